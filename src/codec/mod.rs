@@ -1,0 +1,191 @@
+//! Wire codec: a fixed 16-byte header then a bincode 2 payload. The only module that encodes.
+//!
+//! Decoding never panics: the header is validated (magic, version, flags, length limit) before
+//! the payload is read, the CRC is checked before it is decoded, and bincode runs with a byte
+//! limit so a hostile length prefix inside the payload cannot allocate more than the limit.
+
+mod error;
+mod frames;
+mod header;
+
+pub use error::{CodecError, ErrorCode};
+pub use frames::*;
+pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest payload a server accepts from a client (and the bincode allocation limit for it).
+pub const MAX_CLIENT_PAYLOAD: u32 = 64 * 1024;
+/// Largest payload a client accepts from a server.
+pub const MAX_SERVER_PAYLOAD: u32 = 4 * 1024 * 1024;
+
+/// bincode configuration of every payload: little endian, fixed-width integers, byte limit `N`.
+const fn config<const N: usize>() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::Limit<N>,
+> {
+    bincode::config::standard()
+        .with_fixed_int_encoding()
+        .with_limit::<N>()
+}
+
+/// A family of frames sharing one kind space (client->server, server->client).
+pub trait FrameSet: Sized {
+    /// Largest payload accepted when decoding this family.
+    const MAX_PAYLOAD: u32;
+    /// The header kind byte of this frame.
+    fn kind(&self) -> u8;
+    /// Appends the bincode payload to `out`.
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
+    /// Decodes a payload of frame kind `kind`.
+    fn decode_payload(kind: u8, payload: &[u8]) -> Result<Self, CodecError>;
+}
+
+fn put<T: Serialize, const N: usize>(v: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(v, out, config::<N>())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+fn take<T: DeserializeOwned, const N: usize>(kind: u8, payload: &[u8]) -> Result<T, CodecError> {
+    let (v, used) = bincode::serde::decode_from_slice(payload, config::<N>()).map_err(|e| {
+        CodecError::BadPayload {
+            kind,
+            reason: e.to_string(),
+        }
+    })?;
+    if used != payload.len() {
+        return Err(CodecError::BadPayload {
+            kind,
+            reason: format!("{} trailing bytes", payload.len() - used),
+        });
+    }
+    Ok(v)
+}
+
+macro_rules! frame_set {
+    ($(#[$m:meta])* $name:ident, $max:expr, { $($(#[$vm:meta])* $kind:literal => $var:ident($ty:ty),)+ }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[$vm])* $var($ty),)+ }
+
+        impl FrameSet for $name {
+            const MAX_PAYLOAD: u32 = $max;
+            fn kind(&self) -> u8 {
+                match self { $($name::$var(_) => $kind,)+ }
+            }
+            fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+                match self { $($name::$var(v) => put::<_, { $max as usize }>(v, out),)+ }
+            }
+            fn decode_payload(kind: u8, payload: &[u8]) -> Result<Self, CodecError> {
+                match kind {
+                    $($kind => take::<$ty, { $max as usize }>(kind, payload).map($name::$var),)+
+                    other => Err(CodecError::UnknownKind(other)),
+                }
+            }
+        }
+    };
+}
+
+frame_set!(
+    /// Frames a client sends to a server.
+    ClientFrame, MAX_CLIENT_PAYLOAD, {
+    /// Open a session.
+    0x01 => Hello(Hello),
+    /// Join a room.
+    0x02 => Join(Join),
+    /// Leave a room.
+    0x03 => Leave(Leave),
+    /// Post a message.
+    0x04 => Say(Say),
+    /// List a room's members.
+    0x05 => Who(Who),
+    /// Page through history.
+    0x06 => History(History),
+    /// Liveness probe.
+    0x07 => Ping(Ping),
+});
+
+frame_set!(
+    /// Frames a server sends to a client.
+    ServerFrame, MAX_SERVER_PAYLOAD, {
+    /// Session open.
+    0x41 => Welcome(Welcome),
+    /// A request failed or the connection closes.
+    0x42 => Error(ErrorFrame),
+    /// A chat message.
+    0x43 => Message(ChatMessage),
+    /// A `Say` is committed.
+    0x44 => Ack(Ack),
+    /// A join is complete.
+    0x45 => Joined(Joined),
+    /// A leave is complete.
+    0x46 => Left(Left),
+    /// Presence change.
+    0x47 => Notice(Notice),
+    /// Answer to `Who`.
+    0x48 => Members(Members),
+    /// Answer to `History`.
+    0x49 => HistoryPage(HistoryPage),
+    /// Answer to `Ping`.
+    0x4A => Pong(Ping),
+});
+
+/// Appends one complete frame (header and payload) to `out`.
+pub fn encode_into<F: FrameSet>(frame: &F, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    frame.encode_payload(out)?;
+    let payload = &out[start + HEADER_LEN..];
+    let length = u32::try_from(payload.len())
+        .map_err(|_| CodecError::Encode("payload over 4 GiB".into()))?;
+    if length > F::MAX_PAYLOAD {
+        out.truncate(start);
+        return Err(CodecError::TooLarge {
+            length,
+            max: F::MAX_PAYLOAD,
+        });
+    }
+    let header = Header {
+        kind: frame.kind(),
+        flags: 0,
+        length,
+        crc: crc32fast::hash(payload),
+    };
+    let mut h = [0u8; HEADER_LEN];
+    header.emit(&mut h);
+    out[start..start + HEADER_LEN].copy_from_slice(&h);
+    Ok(())
+}
+
+/// Encodes one complete frame into a new buffer.
+pub fn encode<F: FrameSet>(frame: &F) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes the first frame of `buf`: `Ok(None)` if more bytes are needed, otherwise the frame
+/// and the number of bytes it used. An error means the stream is unusable (close it).
+pub fn decode<F: FrameSet>(buf: &[u8]) -> Result<Option<(F, usize)>, CodecError> {
+    let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let header = Header::parse(head, F::MAX_PAYLOAD)?;
+    let end = HEADER_LEN + header.length as usize;
+    let Some(payload) = buf.get(HEADER_LEN..end) else {
+        return Ok(None);
+    };
+    let actual = crc32fast::hash(payload);
+    if actual != header.crc {
+        return Err(CodecError::BadChecksum {
+            expected: header.crc,
+            actual,
+        });
+    }
+    Ok(Some((F::decode_payload(header.kind, payload)?, end)))
+}
+
+#[cfg(test)]
+mod tests;

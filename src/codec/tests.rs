@@ -1,0 +1,261 @@
+use super::*;
+use proptest::prelude::*;
+
+fn samples() -> Vec<ClientFrame> {
+    vec![
+        ClientFrame::Hello(Hello {
+            user: "alice".into(),
+            client_id: 42,
+        }),
+        ClientFrame::Join(Join {
+            room: "general".into(),
+            after_seq: Some(7),
+        }),
+        ClientFrame::Leave(Leave {
+            room: "general".into(),
+        }),
+        ClientFrame::Say(Say {
+            room: "general".into(),
+            client_seq: 3,
+            text: "héllo".into(),
+        }),
+        ClientFrame::Who(Who { room: "r".into() }),
+        ClientFrame::History(History {
+            room: "r".into(),
+            before_seq: None,
+            limit: 20,
+        }),
+        ClientFrame::Ping(Ping { nonce: u64::MAX }),
+    ]
+}
+
+#[test]
+fn every_client_frame_round_trips() {
+    for f in samples() {
+        let bytes = encode(&f).unwrap();
+        let (back, used) = decode::<ClientFrame>(&bytes).unwrap().unwrap();
+        assert_eq!(back, f);
+        assert_eq!(used, bytes.len());
+    }
+}
+
+#[test]
+fn server_frames_round_trip() {
+    let msg = ChatMessage {
+        room: "g".into(),
+        seq: 9,
+        author: "bob".into(),
+        time_ms: 1,
+        text: "x".into(),
+    };
+    let frames = vec![
+        ServerFrame::Welcome(Welcome {
+            node_id: 1,
+            user: "bob".into(),
+            history_size: 10,
+            max_text: 10,
+        }),
+        ServerFrame::Error(ErrorFrame {
+            code: 13,
+            client_seq: None,
+            message: "no".into(),
+        }),
+        ServerFrame::Message(msg.clone()),
+        ServerFrame::Ack(Ack {
+            room: "g".into(),
+            client_seq: 1,
+            seq: 2,
+        }),
+        ServerFrame::Joined(Joined {
+            room: "g".into(),
+            last_seq: 3,
+            members: vec!["a".into()],
+        }),
+        ServerFrame::Left(Left { room: "g".into() }),
+        ServerFrame::Notice(Notice {
+            room: "g".into(),
+            user: "a".into(),
+            event: NoticeEvent::Left,
+        }),
+        ServerFrame::Members(Members {
+            room: "g".into(),
+            users: vec![],
+        }),
+        ServerFrame::HistoryPage(HistoryPage {
+            room: "g".into(),
+            messages: vec![msg],
+            more: true,
+        }),
+        ServerFrame::Pong(Ping { nonce: 5 }),
+    ];
+    for f in frames {
+        let bytes = encode(&f).unwrap();
+        assert_eq!(decode::<ServerFrame>(&bytes).unwrap().unwrap().0, f);
+    }
+}
+
+/// Pins the documented byte layout of one frame (docs/PROTOCOL.md, "Worked example").
+#[test]
+fn hello_bytes_match_the_protocol_document() {
+    let bytes = encode(&ClientFrame::Hello(Hello {
+        user: "al".into(),
+        client_id: 1,
+    }))
+    .unwrap();
+    let payload: Vec<u8> = [&2u64.to_le_bytes()[..], b"al", &1u64.to_le_bytes()].concat();
+    assert_eq!(&bytes[0..4], b"RC\x01\x01");
+    assert_eq!(&bytes[4..8], &[0, 0, 0, 0]);
+    assert_eq!(&bytes[8..12], &(payload.len() as u32).to_le_bytes());
+    assert_eq!(&bytes[12..16], &crc32fast::hash(&payload).to_le_bytes());
+    assert_eq!(&bytes[16..], &payload[..]);
+}
+
+#[test]
+fn option_and_enum_encodings_are_as_documented() {
+    let b = encode(&ClientFrame::Join(Join {
+        room: "r".into(),
+        after_seq: Some(2),
+    }))
+    .unwrap();
+    assert_eq!(
+        &b[16..],
+        &[1, 0, 0, 0, 0, 0, 0, 0, b'r', 1, 2, 0, 0, 0, 0, 0, 0, 0]
+    );
+    let b = encode(&ServerFrame::Notice(Notice {
+        room: "r".into(),
+        user: "u".into(),
+        event: NoticeEvent::Left,
+    }))
+    .unwrap();
+    assert_eq!(&b[b.len() - 4..], &[1, 0, 0, 0]);
+}
+
+#[test]
+fn partial_input_asks_for_more_and_every_prefix_is_safe() {
+    let bytes = encode(&samples()[3]).unwrap();
+    for cut in 0..bytes.len() {
+        assert_eq!(
+            decode::<ClientFrame>(&bytes[..cut]).unwrap(),
+            None,
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn corrupted_payload_fails_the_checksum() {
+    let mut bytes = encode(&samples()[3]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    assert!(matches!(
+        decode::<ClientFrame>(&bytes),
+        Err(CodecError::BadChecksum { .. })
+    ));
+}
+
+#[test]
+fn oversized_length_is_rejected_from_the_header_alone() {
+    let h = Header {
+        kind: 0x04,
+        flags: 0,
+        length: MAX_CLIENT_PAYLOAD + 1,
+        crc: 0,
+    };
+    let mut b = [0u8; HEADER_LEN];
+    h.emit(&mut b);
+    let err = decode::<ClientFrame>(&b).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+}
+
+#[test]
+fn hostile_inner_length_fails_without_allocating_it() {
+    // A Say whose room string claims u64::MAX / 2 bytes, with a valid header and CRC.
+    let payload = (u64::MAX / 2).to_le_bytes().to_vec();
+    let mut b = vec![0u8; HEADER_LEN];
+    let h = Header {
+        kind: 0x04,
+        flags: 0,
+        length: payload.len() as u32,
+        crc: crc32fast::hash(&payload),
+    };
+    h.emit((&mut b[..HEADER_LEN]).try_into().unwrap());
+    b.extend_from_slice(&payload);
+    assert!(matches!(
+        decode::<ClientFrame>(&b),
+        Err(CodecError::BadPayload { kind: 4, .. })
+    ));
+}
+
+#[test]
+fn trailing_payload_bytes_and_unknown_kinds_are_errors() {
+    let mut payload = bincode::serde::encode_to_vec(Ping { nonce: 1 }, config::<64>()).unwrap();
+    payload.push(0);
+    let mut b = vec![0u8; HEADER_LEN];
+    Header {
+        kind: 0x07,
+        flags: 0,
+        length: payload.len() as u32,
+        crc: crc32fast::hash(&payload),
+    }
+    .emit((&mut b[..HEADER_LEN]).try_into().unwrap());
+    b.extend_from_slice(&payload);
+    assert!(matches!(
+        decode::<ClientFrame>(&b),
+        Err(CodecError::BadPayload { .. })
+    ));
+    b[3] = 0x7f;
+    assert_eq!(
+        decode::<ClientFrame>(&b),
+        Err(CodecError::UnknownKind(0x7f))
+    );
+}
+
+#[test]
+fn error_codes_are_stable_and_unique() {
+    let nums: Vec<u16> = ErrorCode::ALL.iter().map(|c| *c as u16).collect();
+    assert_eq!(nums, [1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 30]);
+    for c in ErrorCode::ALL {
+        assert_eq!(ErrorCode::from_u16(c as u16), Some(c));
+    }
+}
+
+proptest! {
+    #[test]
+    fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<ClientFrame>(&bytes);
+        let _ = decode::<ServerFrame>(&bytes);
+    }
+
+    #[test]
+    fn random_payload_behind_a_valid_header_never_panics(
+        kind in any::<u8>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let mut b = vec![0u8; HEADER_LEN];
+        Header { kind, flags: 0, length: payload.len() as u32, crc: crc32fast::hash(&payload) }
+            .emit((&mut b[..HEADER_LEN]).try_into().unwrap());
+        b.extend_from_slice(&payload);
+        let _ = decode::<ClientFrame>(&b);
+        let _ = decode::<ServerFrame>(&b);
+    }
+
+    #[test]
+    fn mutated_and_truncated_frames_never_panic(
+        idx in 0usize..7, flip in any::<(usize, u8)>(), cut in any::<usize>(),
+        declared in any::<u32>(),
+    ) {
+        let mut bytes = encode(&samples()[idx]).unwrap();
+        let i = flip.0 % bytes.len();
+        bytes[i] ^= flip.1;
+        let _ = decode::<ClientFrame>(&bytes[..cut % (bytes.len() + 1)]);
+        bytes[8..12].copy_from_slice(&declared.to_le_bytes());
+        let _ = decode::<ClientFrame>(&bytes);
+    }
+
+    #[test]
+    fn say_round_trips(room in "[a-z]{1,20}", seq in any::<u64>(), text in ".{0,200}") {
+        let f = ClientFrame::Say(Say { room, client_seq: seq, text });
+        let bytes = encode(&f).unwrap();
+        prop_assert_eq!(decode::<ClientFrame>(&bytes).unwrap().unwrap().0, f);
+    }
+}
