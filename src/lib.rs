@@ -9,3 +9,5 @@
 //! - [`client`]: the blocking client library used by the CLI and the load tool.
 
 pub mod codec;
+pub mod core;
+pub mod storage;

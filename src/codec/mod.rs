@@ -187,5 +187,42 @@ pub fn decode<F: FrameSet>(buf: &[u8]) -> Result<Option<(F, usize)>, CodecError>
     Ok(Some((F::decode_payload(header.kind, payload)?, end)))
 }
 
+/// Encodes a `Message` frame from borrowed fields: the per-message hot path, byte-identical to
+/// `encode(&ServerFrame::Message(..))` without building an owned `ChatMessage` first.
+pub fn encode_message(room: &str, author: &str, seq: u64, time_ms: u64, text: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct MessageRef<'a> {
+        room: &'a str,
+        seq: u64,
+        author: &'a str,
+        time_ms: u64,
+        text: &'a str,
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + 48 + room.len() + author.len() + text.len());
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    // Writing to a Vec cannot fail and the fields are within limits the core already checked.
+    let _ = put::<_, { MAX_SERVER_PAYLOAD as usize }>(
+        &MessageRef {
+            room,
+            seq,
+            author,
+            time_ms,
+            text,
+        },
+        &mut out,
+    );
+    let payload = &out[HEADER_LEN..];
+    let header = Header {
+        kind: 0x43,
+        flags: 0,
+        length: payload.len() as u32,
+        crc: crc32fast::hash(payload),
+    };
+    let mut h = [0u8; HEADER_LEN];
+    header.emit(&mut h);
+    out[..HEADER_LEN].copy_from_slice(&h);
+    out
+}
+
 #[cfg(test)]
 mod tests;

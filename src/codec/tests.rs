@@ -131,6 +131,21 @@ fn option_and_enum_encodings_are_as_documented() {
 }
 
 #[test]
+fn encode_message_matches_the_owned_encoding() {
+    let m = ChatMessage {
+        room: "g".into(),
+        seq: 9,
+        author: "bob".into(),
+        time_ms: 77,
+        text: "hi there".into(),
+    };
+    assert_eq!(
+        encode_message("g", "bob", 9, 77, "hi there"),
+        encode(&ServerFrame::Message(m)).unwrap()
+    );
+}
+
+#[test]
 fn partial_input_asks_for_more_and_every_prefix_is_safe() {
     let bytes = encode(&samples()[3]).unwrap();
     for cut in 0..bytes.len() {

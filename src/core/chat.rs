@@ -1,0 +1,405 @@
+//! The chat state machine: applies committed commands deterministically. The same entries in
+//! the same order give the same rooms, histories and sessions on every node. It knows nothing of
+//! connections or bytes; the node turns each [`Outcome`] into frames for its own clients.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::log::Command;
+use super::SessionId;
+
+/// How many recent (client_seq -> seq) pairs are remembered per client for de-duplication.
+/// A client never has more messages in flight than this.
+pub const DEDUP_WINDOW: usize = 256;
+
+/// A message as kept in a room's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Per-room sequence number.
+    pub seq: u64,
+    /// Author's username.
+    pub author: String,
+    /// Server timestamp, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Text.
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    messages: Vec<StoredMessage>,
+    members: Vec<SessionId>,
+}
+
+#[derive(Debug)]
+struct Session {
+    user: String,
+    client_id: u64,
+    rooms: Vec<String>,
+}
+
+/// What applying one command did, for the node to report to clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing visible (e.g. a no-op, or a command for a session that is gone).
+    Nothing,
+    /// The session is open; `replaced` is the same device's previous session, now closed.
+    SessionOpened {
+        /// The new session.
+        session: SessionId,
+        /// Closed predecessor of the same client id, and the rooms it left.
+        replaced: Option<(SessionId, Vec<RoomExit>)>,
+    },
+    /// The session was refused because the user has too many devices.
+    SessionRefused {
+        /// The refused session.
+        session: SessionId,
+        /// Devices the user has connected.
+        devices: usize,
+    },
+    /// The session closed and left these rooms.
+    SessionClosed {
+        /// The closed session.
+        session: SessionId,
+        /// Rooms it was in.
+        exits: Vec<RoomExit>,
+    },
+    /// The session joined (or was already in) the room.
+    Joined {
+        /// The session.
+        session: SessionId,
+        /// The room.
+        room: String,
+        /// True when the user was not in the room on any device before (announce it).
+        user_arrived: bool,
+        /// Replay messages with seq > this one.
+        replay_after: u64,
+    },
+    /// The session left the room.
+    Left {
+        /// The session.
+        session: SessionId,
+        /// What leaving did.
+        exit: RoomExit,
+    },
+    /// A new message was appended to the room.
+    Said {
+        /// Author's session.
+        session: SessionId,
+        /// The room.
+        room: String,
+        /// The client's sequence number.
+        client_seq: u64,
+        /// The stored message.
+        message: StoredMessage,
+    },
+    /// The message was a re-send of one already committed as `seq`.
+    Duplicate {
+        /// Author's session.
+        session: SessionId,
+        /// The room.
+        room: String,
+        /// The client's sequence number.
+        client_seq: u64,
+        /// Sequence number it got the first time.
+        seq: u64,
+    },
+    /// The session posted to a room it is not in.
+    NotInRoom {
+        /// Author's session.
+        session: SessionId,
+        /// The room.
+        room: String,
+        /// The client's sequence number.
+        client_seq: u64,
+    },
+}
+
+/// A session leaving a room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomExit {
+    /// The room.
+    pub room: String,
+    /// The user.
+    pub user: String,
+    /// True when that was the user's last device in the room (announce it).
+    pub user_gone: bool,
+}
+
+/// Rooms, histories, sessions and de-duplication state.
+#[derive(Debug)]
+pub struct ChatState {
+    devices_per_user: usize,
+    history_size: usize,
+    rooms: HashMap<String, Room>,
+    sessions: HashMap<SessionId, Session>,
+    by_client: HashMap<u64, SessionId>,
+    devices: HashMap<String, Vec<SessionId>>,
+    recent: HashMap<u64, VecDeque<(u64, u64)>>,
+}
+
+impl ChatState {
+    /// An empty state with the session limit and the join replay size.
+    pub fn new(devices_per_user: usize, history_size: usize) -> ChatState {
+        ChatState {
+            devices_per_user,
+            history_size,
+            rooms: HashMap::new(),
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            devices: HashMap::new(),
+            recent: HashMap::new(),
+        }
+    }
+
+    /// Applies one committed command.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::Noop => Outcome::Nothing,
+            Command::OpenSession {
+                session,
+                user,
+                client_id,
+            } => self.open(*session, user, *client_id),
+            Command::CloseSession { session } => match self.close(*session) {
+                Some(exits) => Outcome::SessionClosed {
+                    session: *session,
+                    exits,
+                },
+                None => Outcome::Nothing,
+            },
+            Command::Join {
+                session,
+                room,
+                after_seq,
+            } => self.join(*session, room, *after_seq),
+            Command::Leave { session, room } => match self.leave(*session, room) {
+                Some(exit) => Outcome::Left {
+                    session: *session,
+                    exit,
+                },
+                None => Outcome::Nothing,
+            },
+            Command::Say {
+                session,
+                room,
+                client_seq,
+                text,
+                time_ms,
+            } => self.say(*session, room, *client_seq, text, *time_ms),
+        }
+    }
+
+    fn open(&mut self, session: SessionId, user: &str, client_id: u64) -> Outcome {
+        if self.sessions.contains_key(&session) {
+            return Outcome::Nothing;
+        }
+        // The same device reconnecting takes over its own slot instead of using another.
+        let replaced = match self.by_client.get(&client_id).copied() {
+            Some(old) if self.sessions[&old].user == user => {
+                let exits = self.close(old).unwrap_or_default();
+                Some((old, exits))
+            }
+            _ => None,
+        };
+        let devices = self.devices.get(user).map_or(0, Vec::len);
+        if devices >= self.devices_per_user {
+            return Outcome::SessionRefused { session, devices };
+        }
+        self.sessions.insert(
+            session,
+            Session {
+                user: user.to_owned(),
+                client_id,
+                rooms: Vec::new(),
+            },
+        );
+        self.by_client.insert(client_id, session);
+        self.devices
+            .entry(user.to_owned())
+            .or_default()
+            .push(session);
+        Outcome::SessionOpened { session, replaced }
+    }
+
+    fn close(&mut self, session: SessionId) -> Option<Vec<RoomExit>> {
+        let s = self.sessions.get(&session)?;
+        let rooms = s.rooms.clone();
+        let exits = rooms
+            .iter()
+            .filter_map(|r| self.leave(session, r))
+            .collect();
+        let s = self.sessions.remove(&session)?;
+        if self.by_client.get(&s.client_id) == Some(&session) {
+            self.by_client.remove(&s.client_id);
+        }
+        if let Some(list) = self.devices.get_mut(&s.user) {
+            list.retain(|x| *x != session);
+            if list.is_empty() {
+                self.devices.remove(&s.user);
+            }
+        }
+        Some(exits)
+    }
+
+    fn join(&mut self, session: SessionId, room: &str, after_seq: Option<u64>) -> Outcome {
+        let Some(s) = self.sessions.get(&session) else {
+            return Outcome::Nothing;
+        };
+        let user = s.user.clone();
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        let last = r.messages.last().map_or(0, |m| m.seq);
+        let replay_after = after_seq.unwrap_or(last.saturating_sub(self.history_size as u64));
+        let user_arrived = !r.members.iter().any(|m| self.sessions[m].user == user);
+        if !r.members.contains(&session) {
+            r.members.push(session);
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.rooms.push(room.to_owned());
+            }
+        }
+        Outcome::Joined {
+            session,
+            room: room.to_owned(),
+            user_arrived,
+            replay_after,
+        }
+    }
+
+    fn leave(&mut self, session: SessionId, room: &str) -> Option<RoomExit> {
+        let s = self.sessions.get_mut(&session)?;
+        let pos = s.rooms.iter().position(|r| r == room)?;
+        s.rooms.swap_remove(pos);
+        let user = s.user.clone();
+        let r = self.rooms.get_mut(room)?;
+        r.members.retain(|m| *m != session);
+        let user_gone = !r.members.iter().any(|m| self.sessions[m].user == user);
+        Some(RoomExit {
+            room: room.to_owned(),
+            user,
+            user_gone,
+        })
+    }
+
+    fn say(
+        &mut self,
+        session: SessionId,
+        room: &str,
+        client_seq: u64,
+        text: &str,
+        time_ms: u64,
+    ) -> Outcome {
+        let Some(s) = self.sessions.get(&session) else {
+            return Outcome::Nothing;
+        };
+        let recent = self.recent.entry(s.client_id).or_default();
+        if let Some(&(_, seq)) = recent.iter().find(|(c, _)| *c == client_seq) {
+            return Outcome::Duplicate {
+                session,
+                room: room.to_owned(),
+                client_seq,
+                seq,
+            };
+        }
+        let Some(r) = self
+            .rooms
+            .get_mut(room)
+            .filter(|r| r.members.contains(&session))
+        else {
+            return Outcome::NotInRoom {
+                session,
+                room: room.to_owned(),
+                client_seq,
+            };
+        };
+        let seq = r.messages.last().map_or(1, |m| m.seq + 1);
+        let message = StoredMessage {
+            seq,
+            author: s.user.clone(),
+            time_ms,
+            text: text.to_owned(),
+        };
+        r.messages.push(message.clone());
+        if recent.len() == DEDUP_WINDOW {
+            recent.pop_front();
+        }
+        recent.push_back((client_seq, seq));
+        Outcome::Said {
+            session,
+            room: room.to_owned(),
+            client_seq,
+            message,
+        }
+    }
+
+    /// Sessions in `room`, in join order.
+    pub fn members(&self, room: &str) -> &[SessionId] {
+        self.rooms.get(room).map_or(&[], |r| &r.members)
+    }
+
+    /// Distinct usernames in `room`, sorted.
+    pub fn member_names(&self, room: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .members(room)
+            .iter()
+            .map(|m| self.sessions[m].user.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Messages of `room` with seq > `after`, oldest first.
+    pub fn messages_after(&self, room: &str, after: u64) -> &[StoredMessage] {
+        let Some(r) = self.rooms.get(room) else {
+            return &[];
+        };
+        // Sequence numbers are dense from 1, so seq s sits at position s - 1.
+        let from = (after as usize).min(r.messages.len());
+        &r.messages[from..]
+    }
+
+    /// Up to `limit` messages of `room` with seq < `before` (newest if None), oldest first,
+    /// and whether older ones exist.
+    pub fn page(&self, room: &str, before: Option<u64>, limit: usize) -> (&[StoredMessage], bool) {
+        let Some(r) = self.rooms.get(room) else {
+            return (&[], false);
+        };
+        let end = before.map_or(r.messages.len(), |b| {
+            (b.saturating_sub(1) as usize).min(r.messages.len())
+        });
+        let start = end.saturating_sub(limit);
+        (&r.messages[start..end], start > 0)
+    }
+
+    /// Highest seq in `room` (0 if empty or unknown).
+    pub fn last_seq(&self, room: &str) -> u64 {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.messages.last())
+            .map_or(0, |m| m.seq)
+    }
+
+    /// The username of a live session.
+    pub fn user_of(&self, session: SessionId) -> Option<&str> {
+        self.sessions.get(&session).map(|s| s.user.as_str())
+    }
+
+    /// Live sessions held by `node`, for closing them when the node is known to have lost them.
+    pub fn sessions_on(&self, node: super::NodeId) -> Vec<SessionId> {
+        let mut v: Vec<SessionId> = self
+            .sessions
+            .keys()
+            .filter(|s| s.node == node)
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

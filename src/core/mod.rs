@@ -1,0 +1,66 @@
+//! The sans-IO core: a node's whole behaviour as a state machine.
+//!
+//! Contract (quinn-proto style): every entry point takes `now`; `handle_*` methods feed input
+//! (client frames, connection events, persistence completions, timers); `poll_action` drains
+//! output (bytes to send, connections to close); `unpersisted` hands the driver the log entries
+//! to write; `poll_timeout` is the next deadline. The core never reads the clock, never touches a
+//! socket or a file, so a test can run many nodes in one process on a virtual clock.
+
+pub mod chat;
+pub mod log;
+pub mod names;
+mod node;
+
+pub use node::{Node, NodeConfig};
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a node in the cluster.
+pub type NodeId = u32;
+
+/// Encoded frame bytes, shared by every recipient of one delivery (encoded once).
+pub type SharedBytes = Rc<[u8]>;
+
+/// A client connection on one node, chosen by the driver and never reused during its lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnId(pub u64);
+
+/// A client session cluster-wide: the node holding the connection and the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId {
+    /// Node the client is connected to.
+    pub node: NodeId,
+    /// Connection on that node.
+    pub conn: ConnId,
+}
+
+/// The current time as the driver (or a simulation) sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time, for timers.
+    pub mono: Instant,
+    /// Wall-clock milliseconds since the Unix epoch, for message timestamps.
+    pub unix_ms: u64,
+}
+
+/// Output of the core for the driver to carry out, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Queue these frame bytes on the connection's send buffer.
+    Send {
+        /// Destination connection.
+        conn: ConnId,
+        /// One or more complete encoded frames.
+        bytes: SharedBytes,
+    },
+    /// Close the connection once what is already queued for it has been flushed.
+    Close {
+        /// Connection to close.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: String,
+    },
+}
