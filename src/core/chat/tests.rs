@@ -1,1 +1,244 @@
+use super::*;
+use crate::core::{ConnId, SessionId};
 
+fn s(n: u64) -> SessionId {
+    SessionId {
+        node: 1,
+        conn: ConnId(n),
+    }
+}
+
+fn open(c: &mut ChatState, n: u64, user: &str) -> Outcome {
+    c.apply(&Command::OpenSession {
+        session: s(n),
+        user: user.into(),
+        client_id: 1000 + n,
+    })
+}
+
+fn join(c: &mut ChatState, n: u64, room: &str) -> Outcome {
+    c.apply(&Command::Join {
+        session: s(n),
+        room: room.into(),
+        after_seq: None,
+    })
+}
+
+fn say(c: &mut ChatState, n: u64, room: &str, client_seq: u64) -> Outcome {
+    let text = format!("m{client_seq}");
+    c.apply(&Command::Say {
+        session: s(n),
+        room: room.into(),
+        client_seq,
+        text,
+        time_ms: 5,
+    })
+}
+
+#[test]
+fn third_device_is_refused_until_one_leaves() {
+    let mut c = ChatState::new(2, 10);
+    assert!(matches!(
+        open(&mut c, 1, "al"),
+        Outcome::SessionOpened { .. }
+    ));
+    assert!(matches!(
+        open(&mut c, 2, "al"),
+        Outcome::SessionOpened { .. }
+    ));
+    assert_eq!(
+        open(&mut c, 3, "al"),
+        Outcome::SessionRefused {
+            session: s(3),
+            devices: 2
+        }
+    );
+    assert!(matches!(
+        open(&mut c, 4, "bo"),
+        Outcome::SessionOpened { .. }
+    ));
+    c.apply(&Command::CloseSession { session: s(1) });
+    assert!(matches!(
+        open(&mut c, 5, "al"),
+        Outcome::SessionOpened { .. }
+    ));
+    assert_eq!(c.session_count(), 3);
+}
+
+#[test]
+fn same_device_reconnecting_takes_over_its_slot() {
+    let mut c = ChatState::new(2, 10);
+    open(&mut c, 1, "al");
+    open(&mut c, 2, "al");
+    join(&mut c, 1, "g");
+    let again = Command::OpenSession {
+        session: s(9),
+        user: "al".into(),
+        client_id: 1001,
+    };
+    match c.apply(&again) {
+        Outcome::SessionOpened {
+            session,
+            replaced: Some((old, exits)),
+        } => {
+            assert_eq!((session, old), (s(9), s(1)));
+            // Device 2 is still there, so "al" did not leave "g" as a user... but device 2
+            // never joined "g": the user is gone from the room.
+            assert_eq!(
+                exits,
+                vec![RoomExit {
+                    room: "g".into(),
+                    user: "al".into(),
+                    user_gone: true
+                }]
+            );
+        }
+        other => panic!("expected a replacing open, got {other:?}"),
+    }
+    assert_eq!(c.session_count(), 2);
+}
+
+#[test]
+fn messages_get_dense_sequence_numbers_and_join_replays_the_last_n() {
+    let mut c = ChatState::new(2, 10);
+    open(&mut c, 1, "al");
+    join(&mut c, 1, "g");
+    for i in 1..=25 {
+        match say(&mut c, 1, "g", i) {
+            Outcome::Said { message, .. } => assert_eq!(message.seq, i),
+            other => panic!("{other:?}"),
+        }
+    }
+    open(&mut c, 2, "bo");
+    let Outcome::Joined {
+        replay_after,
+        user_arrived,
+        ..
+    } = join(&mut c, 2, "g")
+    else {
+        panic!()
+    };
+    assert!(user_arrived);
+    let replay: Vec<u64> = c
+        .messages_after("g", replay_after)
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(replay, (16..=25).collect::<Vec<_>>());
+    assert_eq!(c.last_seq("g"), 25);
+    let (page, more) = c.page("g", Some(16), 5);
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14, 15]
+    );
+    assert!(more);
+    let (page, more) = c.page("g", Some(3), 5);
+    assert_eq!((page.len(), more), (2, false));
+}
+
+#[test]
+fn resend_of_a_committed_message_is_a_duplicate_with_its_original_seq() {
+    let mut c = ChatState::new(2, 10);
+    open(&mut c, 1, "al");
+    join(&mut c, 1, "g");
+    say(&mut c, 1, "g", 7);
+    say(&mut c, 1, "g", 8);
+    assert_eq!(
+        say(&mut c, 1, "g", 7),
+        Outcome::Duplicate {
+            session: s(1),
+            room: "g".into(),
+            client_seq: 7,
+            seq: 1
+        }
+    );
+    assert_eq!(c.last_seq("g"), 2);
+    // The de-dup memory belongs to the client id, so it survives a resumed session.
+    let again = Command::OpenSession {
+        session: s(2),
+        user: "al".into(),
+        client_id: 1001,
+    };
+    c.apply(&again);
+    join(&mut c, 2, "g");
+    assert!(matches!(
+        say(&mut c, 2, "g", 8),
+        Outcome::Duplicate { seq: 2, .. }
+    ));
+}
+
+#[test]
+fn posting_outside_a_room_is_refused_and_stores_nothing() {
+    let mut c = ChatState::new(2, 10);
+    open(&mut c, 1, "al");
+    assert!(matches!(say(&mut c, 1, "g", 1), Outcome::NotInRoom { .. }));
+    assert_eq!(c.last_seq("g"), 0);
+    // A command for a session that does not exist (closed or refused) is a no-op.
+    assert_eq!(say(&mut c, 42, "g", 1), Outcome::Nothing);
+    assert_eq!(join(&mut c, 42, "g"), Outcome::Nothing);
+}
+
+#[test]
+fn presence_is_per_user_not_per_device() {
+    let mut c = ChatState::new(2, 10);
+    open(&mut c, 1, "al");
+    open(&mut c, 2, "al");
+    assert!(matches!(
+        join(&mut c, 1, "g"),
+        Outcome::Joined {
+            user_arrived: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        join(&mut c, 2, "g"),
+        Outcome::Joined {
+            user_arrived: false,
+            ..
+        }
+    ));
+    assert_eq!(c.member_names("g"), vec!["al".to_string()]);
+    let left = c.apply(&Command::Leave {
+        session: s(1),
+        room: "g".into(),
+    });
+    assert!(matches!(
+        left,
+        Outcome::Left {
+            exit: RoomExit {
+                user_gone: false,
+                ..
+            },
+            ..
+        }
+    ));
+    let closed = c.apply(&Command::CloseSession { session: s(2) });
+    let Outcome::SessionClosed { exits, .. } = closed else {
+        panic!()
+    };
+    assert_eq!(
+        exits,
+        vec![RoomExit {
+            room: "g".into(),
+            user: "al".into(),
+            user_gone: true
+        }]
+    );
+    assert!(c.member_names("g").is_empty());
+}
+
+#[test]
+fn same_commands_give_the_same_state() {
+    let run = || {
+        let mut c = ChatState::new(2, 3);
+        let mut out = Vec::new();
+        for n in 1..6 {
+            out.push(open(&mut c, n, &format!("u{}", n % 3)));
+            out.push(join(&mut c, n, "g"));
+            out.push(say(&mut c, n, "g", n));
+        }
+        out.push(c.apply(&Command::CloseSession { session: s(2) }));
+        (out, c.member_names("g"), c.messages_after("g", 0).to_vec())
+    };
+    assert_eq!(run(), run());
+}

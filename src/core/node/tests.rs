@@ -1,1 +1,416 @@
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
 
+use super::*;
+use crate::codec::{decode, ClientFrame, Hello, Join, Leave, Say, ServerFrame};
+use crate::storage::{MemStorage, Storage};
+
+/// Drives one node like the driver does: persist everything each step, collect frames per conn.
+struct Harness {
+    node: Node,
+    now: Now,
+    frames: HashMap<ConnId, Vec<ServerFrame>>,
+    closed: Vec<ConnId>,
+    sends: Vec<(ConnId, SharedBytes)>,
+    store: MemStorage,
+}
+
+impl Harness {
+    fn new(cfg: NodeConfig) -> Harness {
+        Harness::recover(cfg, Vec::new())
+    }
+
+    fn recover(cfg: NodeConfig, entries: Vec<Entry>) -> Harness {
+        Harness {
+            node: Node::new(cfg, entries),
+            now: Now {
+                mono: Instant::now(),
+                unix_ms: 1_700_000_000_000,
+            },
+            frames: HashMap::new(),
+            closed: Vec::new(),
+            sends: Vec::new(),
+            store: MemStorage::new(),
+        }
+    }
+
+    /// Collects actions without persisting (what clients see before durability).
+    fn drain(&mut self) {
+        while let Some(a) = self.node.poll_action() {
+            match a {
+                Action::Send { conn, bytes } => {
+                    let mut rest = &bytes[..];
+                    while let Some((f, used)) = decode::<ServerFrame>(rest).unwrap() {
+                        self.frames.entry(conn).or_default().push(f);
+                        rest = &rest[used..];
+                    }
+                    assert!(rest.is_empty(), "a Send carried a partial frame");
+                    self.sends.push((conn, bytes));
+                }
+                Action::Close { conn, .. } => {
+                    self.closed.push(conn);
+                    self.node.handle_disconnect(self.now, conn);
+                }
+            }
+        }
+    }
+
+    /// Persists everything pending (as one sync) and collects the resulting actions.
+    fn step(&mut self) {
+        self.drain();
+        for _ in 0..10 {
+            let Some(last) = self.node.unpersisted().last().map(|e| e.index) else {
+                break;
+            };
+            self.store.append(self.node.unpersisted()).unwrap();
+            self.store.sync().unwrap();
+            self.node.handle_persisted(self.now, last);
+            self.drain();
+        }
+    }
+
+    fn frame(&mut self, conn: u64, f: ClientFrame) {
+        self.node.handle_frame(self.now, ConnId(conn), f);
+    }
+
+    fn connect(&mut self, conn: u64, user: &str) {
+        self.node.handle_connect(self.now, ConnId(conn));
+        self.frame(
+            conn,
+            ClientFrame::Hello(Hello {
+                user: user.into(),
+                client_id: conn,
+            }),
+        );
+    }
+
+    fn join(&mut self, conn: u64, room: &str) {
+        self.frame(
+            conn,
+            ClientFrame::Join(Join {
+                room: room.into(),
+                after_seq: None,
+            }),
+        );
+    }
+
+    fn say(&mut self, conn: u64, room: &str, client_seq: u64, text: &str) {
+        let say = Say {
+            room: room.into(),
+            client_seq,
+            text: text.into(),
+        };
+        self.frame(conn, ClientFrame::Say(say));
+    }
+
+    fn take(&mut self, conn: u64) -> Vec<ServerFrame> {
+        self.frames.remove(&ConnId(conn)).unwrap_or_default()
+    }
+
+    fn errors(&mut self, conn: u64) -> Vec<u16> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Error(e) => Some(e.code),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn texts(frames: &[ServerFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message(m) => Some(m.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn welcome_and_ack_wait_for_persistence() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.drain();
+    assert!(
+        h.take(1).is_empty(),
+        "Welcome before the session was durable"
+    );
+    h.step();
+    assert!(matches!(h.take(1)[..], [ServerFrame::Welcome(_)]));
+    h.join(1, "general");
+    h.say(1, "general", 1, "hi");
+    h.drain();
+    assert!(h.take(1).is_empty(), "Ack before the message was durable");
+    h.step();
+    let frames = h.take(1);
+    assert!(matches!(frames.last(), Some(ServerFrame::Ack(a)) if a.seq == 1 && a.client_seq == 1));
+}
+
+#[test]
+fn join_after_25_messages_replays_exactly_the_last_10_in_order() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.join(1, "general");
+    for i in 1..=25 {
+        h.say(1, "general", i, &format!("msg {i}"));
+    }
+    h.step();
+    h.connect(2, "bob");
+    h.join(2, "general");
+    h.step();
+    let frames = h.take(2);
+    let expect: Vec<String> = (16..=25).map(|i| format!("msg {i}")).collect();
+    assert_eq!(texts(&frames), expect);
+    match frames.last() {
+        Some(ServerFrame::Joined(j)) => {
+            assert_eq!(j.last_seq, 25);
+            assert_eq!(j.members, vec!["alice".to_string(), "bob".to_string()]);
+        }
+        other => panic!("expected Joined last, got {other:?}"),
+    }
+}
+
+#[test]
+fn history_size_is_configurable() {
+    let cfg = NodeConfig {
+        history_size: 3,
+        ..NodeConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.connect(1, "alice");
+    h.join(1, "r");
+    for i in 1..=5 {
+        h.say(1, "r", i, &i.to_string());
+    }
+    h.connect(2, "bob");
+    h.join(2, "r");
+    h.step();
+    assert_eq!(texts(&h.take(2)), vec!["3", "4", "5"]);
+}
+
+#[test]
+fn a_message_is_encoded_once_and_reaches_every_member_including_the_authors_other_device() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.connect(2, "alice");
+    h.connect(3, "bob");
+    h.connect(4, "carol");
+    for c in 1..=3 {
+        h.join(c, "g");
+    }
+    h.join(4, "other");
+    h.step();
+    h.sends.clear();
+    h.frames.clear();
+    h.say(1, "g", 1, "hello");
+    h.step();
+    let msg_sends: Vec<&(ConnId, SharedBytes)> =
+        h.sends.iter().filter(|(_, b)| b[3] == 0x43).collect();
+    let mut to: Vec<u64> = msg_sends.iter().map(|(c, _)| c.0).collect();
+    to.sort();
+    assert_eq!(to, vec![1, 2, 3]);
+    assert!(
+        msg_sends.windows(2).all(|w| Rc::ptr_eq(&w[0].1, &w[1].1)),
+        "bytes were re-encoded"
+    );
+    assert!(h.take(4).is_empty());
+    assert_eq!(texts(&h.take(2)), vec!["hello"]);
+}
+
+#[test]
+fn third_device_is_refused_with_a_clear_error_and_accepted_after_one_leaves() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.connect(2, "alice");
+    h.connect(3, "alice");
+    h.step();
+    let frames = h.take(3);
+    match &frames[..] {
+        [ServerFrame::Error(e)] => {
+            assert_eq!(e.code, ErrorCode::DeviceLimit as u16);
+            assert!(e.message.contains("2 devices"), "{}", e.message);
+        }
+        other => panic!("expected one DeviceLimit error, got {other:?}"),
+    }
+    assert_eq!(h.closed, vec![ConnId(3)]);
+    h.node.handle_disconnect(h.now, ConnId(1));
+    h.connect(4, "alice");
+    h.step();
+    assert!(matches!(h.take(4)[..], [ServerFrame::Welcome(_)]));
+    assert_eq!(h.node.stats().sessions, 2);
+}
+
+#[test]
+fn invalid_input_gets_a_coded_error() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "bad name");
+    h.step();
+    assert_eq!(h.errors(1), vec![ErrorCode::InvalidUser as u16]);
+    assert!(h.closed.contains(&ConnId(1)));
+
+    h.node.handle_connect(h.now, ConnId(2));
+    h.say(2, "g", 1, "x");
+    h.step();
+    assert_eq!(h.errors(2), vec![ErrorCode::ProtocolViolation as u16]);
+    assert!(h.closed.contains(&ConnId(2)));
+
+    h.connect(3, "carol");
+    h.join(3, "no/slash");
+    h.say(3, "elsewhere", 1, "x");
+    h.join(3, "g");
+    h.say(3, "g", 2, "");
+    h.say(3, "g", 3, &"x".repeat(5000));
+    h.step();
+    let codes = h.errors(3);
+    use ErrorCode::*;
+    let want = [InvalidRoom, NotInRoom, InvalidText, InvalidText].map(|c| c as u16);
+    // The NotInRoom comes at apply time, after the synchronous validation errors.
+    let mut got = codes.clone();
+    got.sort();
+    let mut w = want.to_vec();
+    w.sort();
+    assert_eq!(got, w);
+    assert!(
+        !h.closed.contains(&ConnId(3)),
+        "a bad request must not cost the connection"
+    );
+}
+
+#[test]
+fn presence_notices_go_to_the_other_members() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.join(1, "g");
+    h.step();
+    h.take(1);
+    h.connect(2, "bob");
+    h.join(2, "g");
+    h.step();
+    let seen = h.take(1);
+    assert!(
+        matches!(&seen[..], [ServerFrame::Notice(n)] if n.user == "bob" && n.event == crate::codec::NoticeEvent::Joined),
+        "{seen:?}"
+    );
+    h.take(2);
+    h.frame(2, ClientFrame::Leave(Leave { room: "g".into() }));
+    h.step();
+    assert!(matches!(h.take(2)[..], [ServerFrame::Left(_)]));
+    assert!(
+        matches!(&h.take(1)[..], [ServerFrame::Notice(n)] if n.event == crate::codec::NoticeEvent::Left)
+    );
+    h.join(2, "g");
+    h.step();
+    h.take(1);
+    h.node.handle_disconnect(h.now, ConnId(2));
+    h.step();
+    assert!(
+        matches!(&h.take(1)[..], [ServerFrame::Notice(n)] if n.user == "bob" && n.event == crate::codec::NoticeEvent::Left)
+    );
+}
+
+#[test]
+fn a_resent_message_is_acked_with_its_original_seq_and_delivered_once() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.join(1, "g");
+    h.say(1, "g", 1, "once");
+    h.say(1, "g", 1, "once");
+    h.step();
+    let frames = h.take(1);
+    assert_eq!(texts(&frames), vec!["once"]);
+    let acks: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| {
+            if let ServerFrame::Ack(a) = f {
+                Some(a.seq)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(acks, vec![1, 1]);
+}
+
+#[test]
+fn writes_beyond_the_pending_bound_are_refused_as_busy_not_dropped_silently() {
+    let cfg = NodeConfig {
+        max_pending: 3,
+        ..NodeConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.connect(1, "alice");
+    h.join(1, "g");
+    h.step();
+    h.take(1);
+    for i in 1..=5 {
+        h.say(1, "g", i, "x");
+    }
+    h.drain();
+    let errs: Vec<Option<u64>> = h
+        .take(1)
+        .into_iter()
+        .filter_map(|f| {
+            if let ServerFrame::Error(e) = f {
+                Some(e.client_seq)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(errs, vec![Some(4), Some(5)]);
+}
+
+#[test]
+fn shutdown_tells_every_client_and_closes_it() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.step();
+    h.node.begin_shutdown(h.now);
+    h.drain();
+    assert_eq!(h.errors(1), vec![ErrorCode::ShuttingDown as u16]);
+    assert_eq!(h.errors(2), vec![ErrorCode::ShuttingDown as u16]);
+    let mut closed = h.closed.clone();
+    closed.sort();
+    assert_eq!(closed, vec![ConnId(1), ConnId(2)]);
+}
+
+#[test]
+fn ping_is_answered_even_before_hello() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.node.handle_connect(h.now, ConnId(1));
+    h.frame(1, ClientFrame::Ping(crate::codec::Ping { nonce: 9 }));
+    h.drain();
+    assert!(matches!(
+        h.take(1)[..],
+        [ServerFrame::Pong(crate::codec::Ping { nonce: 9 })]
+    ));
+}
+
+#[test]
+fn restart_from_the_durable_log_keeps_history_and_frees_old_device_slots() {
+    let mut h = Harness::new(NodeConfig::default());
+    h.connect(1, "alice");
+    h.connect(2, "alice");
+    h.join(1, "g");
+    for i in 1..=3 {
+        h.say(1, "g", i, &format!("m{i}"));
+    }
+    h.step();
+    let durable = h.store.load().unwrap();
+    assert_eq!(durable.len() as u64, h.node.stats().committed);
+    let mut h2 = Harness::recover(NodeConfig::default(), durable);
+    h2.step();
+    h2.connect(7, "alice");
+    h2.join(7, "g");
+    h2.step();
+    let frames = h2.take(7);
+    assert!(
+        matches!(frames[0], ServerFrame::Welcome(_)),
+        "old sessions still hold the slots: {frames:?}"
+    );
+    assert_eq!(texts(&frames), vec!["m1", "m2", "m3"]);
+}
