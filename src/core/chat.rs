@@ -103,14 +103,14 @@ pub enum Outcome {
         /// Sequence number it got the first time.
         seq: u64,
     },
-    /// The session posted to a room it is not in.
+    /// The session posted to (or left) a room it is not in.
     NotInRoom {
-        /// Author's session.
+        /// The session.
         session: SessionId,
         /// The room.
         room: String,
-        /// The client's sequence number.
-        client_seq: u64,
+        /// The client's sequence number, when it was a Say.
+        client_seq: Option<u64>,
     },
 }
 
@@ -176,6 +176,11 @@ impl ChatState {
                 Some(exit) => Outcome::Left {
                     session: *session,
                     exit,
+                },
+                None if self.sessions.contains_key(session) => Outcome::NotInRoom {
+                    session: *session,
+                    room: room.clone(),
+                    client_seq: None,
                 },
                 None => Outcome::Nothing,
             },
@@ -307,7 +312,7 @@ impl ChatState {
             return Outcome::NotInRoom {
                 session,
                 room: room.to_owned(),
-                client_seq,
+                client_seq: Some(client_seq),
             };
         };
         let seq = r.messages.last().map_or(1, |m| m.seq + 1);

@@ -424,8 +424,8 @@ impl Node {
                 client_seq,
             } => {
                 if self.is_local(session) {
-                    let msg = format!("join room {room:?} before posting to it");
-                    self.fail(session.conn, ErrorCode::NotInRoom, Some(client_seq), msg);
+                    let msg = format!("you are not in room {room:?}; join it first");
+                    self.fail(session.conn, ErrorCode::NotInRoom, client_seq, msg);
                 }
             }
         }

@@ -260,13 +260,14 @@ fn invalid_input_gets_a_coded_error() {
     h.connect(3, "carol");
     h.join(3, "no/slash");
     h.say(3, "elsewhere", 1, "x");
+    h.frame(3, ClientFrame::Leave(Leave { room: "elsewhere".into() }));
     h.join(3, "g");
     h.say(3, "g", 2, "");
     h.say(3, "g", 3, &"x".repeat(5000));
     h.step();
     let codes = h.errors(3);
     use ErrorCode::*;
-    let want = [InvalidRoom, NotInRoom, InvalidText, InvalidText].map(|c| c as u16);
+    let want = [InvalidRoom, NotInRoom, NotInRoom, InvalidText, InvalidText].map(|c| c as u16);
     // The NotInRoom comes at apply time, after the synchronous validation errors.
     let mut got = codes.clone();
     got.sort();
