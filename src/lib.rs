@@ -8,6 +8,8 @@
 //! - [`driver`]: the single-threaded mio event loop around one `core::Node`;
 //! - [`client`]: the blocking client library used by the CLI and the load tool.
 
+pub mod client;
 pub mod codec;
 pub mod core;
+pub mod driver;
 pub mod storage;

@@ -1,1 +1,37 @@
-fn main() {}
+//! `ringchatd`: one node of a ringchat cluster. See `ringchatd --help`.
+//!
+//! Exit status: 0 after a graceful stop (SIGTERM/SIGINT), 1 on a runtime error, 2 on an
+//! invalid flag or configuration file.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, info};
+
+use ringchat::driver::{self, DaemonArgs, DaemonConfig};
+
+fn main() -> ExitCode {
+    let args = DaemonArgs::parse(); // exits 2 with a usage message on a bad flag
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match DaemonConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringchatd: {e}");
+            eprintln!("Run 'ringchatd --help' for the flags and the config file format.");
+            return ExitCode::from(2);
+        }
+    };
+    let id = config.id;
+    info!(
+        "node {id}: ringchatd {} starting (data dir {}; the log is kept in memory in this version)",
+        env!("CARGO_PKG_VERSION"),
+        config.data_dir.display()
+    );
+    match driver::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("node {id}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

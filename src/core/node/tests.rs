@@ -260,7 +260,12 @@ fn invalid_input_gets_a_coded_error() {
     h.connect(3, "carol");
     h.join(3, "no/slash");
     h.say(3, "elsewhere", 1, "x");
-    h.frame(3, ClientFrame::Leave(Leave { room: "elsewhere".into() }));
+    h.frame(
+        3,
+        ClientFrame::Leave(Leave {
+            room: "elsewhere".into(),
+        }),
+    );
     h.join(3, "g");
     h.say(3, "g", 2, "");
     h.say(3, "g", 3, &"x".repeat(5000));

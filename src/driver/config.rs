@@ -1,0 +1,431 @@
+//! Daemon configuration: command-line flags (clap) merged over an optional TOML file, merged
+//! over built-in defaults. Flags win over the file, the file wins over the defaults.
+//!
+//! The TOML keys are the long flag names with `_` for `-`, all optional:
+//!
+//! ```toml
+//! id = 1
+//! listen = "127.0.0.1:7070"
+//! data_dir = "/var/lib/ringchat"
+//! history_size = 10
+//! max_text = 4096
+//! max_connections = 16384
+//! max_output_bytes = 4194304
+//! shutdown_timeout_ms = 2000
+//! port_file = "/run/ringchat/port"
+//! ```
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::codec::MAX_CLIENT_PAYLOAD;
+use crate::core::names::MAX_ROOM_LEN;
+use crate::core::{NodeConfig, NodeId};
+
+/// Default client listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./ringchat-data";
+/// Default number of messages replayed on join.
+pub const DEFAULT_HISTORY_SIZE: u32 = 10;
+/// Default longest message text in bytes.
+pub const DEFAULT_MAX_TEXT: u32 = 4096;
+/// Default client connection limit (below the usual 20000 open-file hard limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Default bound on bytes queued for one client before it is dropped as a slow consumer.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Default bound on a graceful stop.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 2000;
+
+/// Largest `max_text` a `Say` frame can carry within the client payload limit.
+pub const MAX_TEXT_LIMIT: u32 = MAX_CLIENT_PAYLOAD - 3 * 8 - MAX_ROOM_LEN as u32;
+/// Smallest accepted `max_output_bytes`: a client must be able to hold a full Say's worth.
+pub const MIN_OUTPUT_BYTES: usize = 64 * 1024;
+/// Largest accepted `history_size`.
+pub const MAX_HISTORY_SIZE: u32 = 10_000;
+
+const LONG_ABOUT: &str = "\
+ringchatd: one node of a ringchat cluster. It serves chat clients on --listen with a \
+single-threaded event loop and logs to stderr (set RUST_LOG, e.g. RUST_LOG=debug; default \
+info).
+
+Every setting can also come from a TOML file given with --config. Its keys are the long flag \
+names with '_' instead of '-', e.g.
+
+    id = 1
+    listen = \"0.0.0.0:7070\"
+    data_dir = \"/var/lib/ringchat\"
+    history_size = 10
+    max_connections = 16384
+
+Precedence: command-line flags, then the file, then the defaults shown below.
+
+SIGTERM or SIGINT stops the node gracefully: it stops accepting, tells every client to \
+reconnect elsewhere, flushes, and exits 0 within --shutdown-timeout-ms. A second signal \
+stops at once.
+
+Exit status: 0 after a graceful stop, 1 on a runtime error (e.g. the address is in use or the \
+data directory is locked by another daemon), 2 on an invalid flag or configuration file.";
+
+/// The command line of `ringchatd`. Every field is optional so that a value given in the TOML
+/// file can be told apart from one given on the command line.
+#[derive(Parser, Debug, Clone, Default, PartialEq, Eq)]
+#[command(name = "ringchatd", version, about = "ringchat chat server daemon (one cluster node)", long_about = LONG_ABOUT)]
+pub struct DaemonArgs {
+    /// TOML configuration file; its keys are the flag names with '_' (e.g. history_size = 10).
+    /// Flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Node id, unique in the cluster and never reused (1 or more). [default: 1]
+    #[arg(long, value_name = "N")]
+    pub id: Option<NodeId>,
+
+    /// Address (IP:PORT or HOST:PORT) to accept client connections on. Port 0 picks a free
+    /// port; see --port-file. [default: 127.0.0.1:7070]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Directory of this node's data; created if missing and locked (DIR/LOCK holds the pid)
+    /// so two daemons cannot share it. In this version the log itself is kept in memory only:
+    /// nothing but the lock file is written there yet. [default: ./ringchat-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Number of recent messages a client is shown when it joins a room. [default: 10]
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<u32>,
+
+    /// Longest accepted message text, in bytes of UTF-8 (at most 65448). [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    pub max_text: Option<u32>,
+
+    /// Most client connections served at once; a client above the limit gets a SERVER_FULL
+    /// error and is disconnected. The open-file limit is raised to its hard limit at startup.
+    /// [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most bytes queued for one client that does not read fast enough; above it the client
+    /// is disconnected as a slow consumer so nobody else is slowed (at least 65536).
+    /// [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    pub max_output_bytes: Option<usize>,
+
+    /// Longest a graceful stop (SIGTERM/SIGINT) waits for clients to be told and
+    /// disconnected before the daemon exits anyway, in milliseconds. [default: 2000]
+    #[arg(long, value_name = "MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+
+    /// Once listening, write the actual bound client address (e.g. 127.0.0.1:41234) and a
+    /// newline to this file; useful with --listen 127.0.0.1:0. [default: none]
+    #[arg(long, value_name = "PATH")]
+    pub port_file: Option<PathBuf>,
+}
+
+/// The keys of the TOML configuration file (all optional; unknown keys are an error).
+#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See `--id`.
+    pub id: Option<NodeId>,
+    /// See `--listen`.
+    pub listen: Option<String>,
+    /// See `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// See `--history-size`.
+    pub history_size: Option<u32>,
+    /// See `--max-text`.
+    pub max_text: Option<u32>,
+    /// See `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// See `--max-output-bytes`.
+    pub max_output_bytes: Option<usize>,
+    /// See `--shutdown-timeout-ms`.
+    pub shutdown_timeout_ms: Option<u64>,
+    /// See `--port-file`.
+    pub port_file: Option<PathBuf>,
+}
+
+/// A configuration problem, reported to the operator (the daemon exits 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The resolved, validated settings of one daemon.
+///
+/// Built from flags and an optional TOML file by [`DaemonConfig::from_args`]; tests may build
+/// one directly from [`DaemonConfig::default`] and change fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Node id (`--id`).
+    pub id: NodeId,
+    /// Client listen address (`--listen`).
+    pub listen: SocketAddr,
+    /// Data directory (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// Messages replayed on join (`--history-size`).
+    pub history_size: u32,
+    /// Longest message text (`--max-text`).
+    pub max_text: u32,
+    /// Connection limit (`--max-connections`).
+    pub max_connections: usize,
+    /// Output queue bound per connection (`--max-output-bytes`).
+    pub max_output_bytes: usize,
+    /// Graceful stop bound (`--shutdown-timeout-ms`).
+    pub shutdown_timeout_ms: u64,
+    /// Where to write the bound address once listening (`--port-file`).
+    pub port_file: Option<PathBuf>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            id: 1,
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            history_size: DEFAULT_HISTORY_SIZE,
+            max_text: DEFAULT_MAX_TEXT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            port_file: None,
+        }
+    }
+}
+
+impl FileConfig {
+    /// Parses TOML text; `origin` names the source in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid config file {origin}: {e}")))
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        FileConfig::parse(&text, &path.display().to_string())
+    }
+}
+
+impl DaemonConfig {
+    /// Resolves flags over the `--config` file (if any) over defaults, then validates.
+    pub fn from_args(args: DaemonArgs) -> Result<DaemonConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        DaemonConfig::merge(args, file)
+    }
+
+    /// Flags win over the file, the file over the defaults; the result is validated.
+    pub fn merge(args: DaemonArgs, file: FileConfig) -> Result<DaemonConfig, ConfigError> {
+        let d = DaemonConfig::default();
+        let listen = match args.listen.or(file.listen) {
+            Some(s) => resolve_addr(&s)?,
+            None => d.listen,
+        };
+        let cfg = DaemonConfig {
+            id: args.id.or(file.id).unwrap_or(d.id),
+            listen,
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            history_size: args
+                .history_size
+                .or(file.history_size)
+                .unwrap_or(d.history_size),
+            max_text: args.max_text.or(file.max_text).unwrap_or(d.max_text),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_output_bytes: args
+                .max_output_bytes
+                .or(file.max_output_bytes)
+                .unwrap_or(d.max_output_bytes),
+            shutdown_timeout_ms: args
+                .shutdown_timeout_ms
+                .or(file.shutdown_timeout_ms)
+                .unwrap_or(d.shutdown_timeout_ms),
+            port_file: args.port_file.or(file.port_file),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value is in range, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.id == 0 {
+            return err("--id must be 1 or more (node ids start at 1)".into());
+        }
+        if self.history_size > MAX_HISTORY_SIZE {
+            return err(format!(
+                "--history-size {} is too large; the limit is {MAX_HISTORY_SIZE}",
+                self.history_size
+            ));
+        }
+        if self.max_text == 0 || self.max_text > MAX_TEXT_LIMIT {
+            return err(format!(
+                "--max-text {} is out of range; use 1 to {MAX_TEXT_LIMIT} bytes",
+                self.max_text
+            ));
+        }
+        if self.max_connections == 0 {
+            return err("--max-connections must be 1 or more".into());
+        }
+        if self.max_output_bytes < MIN_OUTPUT_BYTES {
+            return err(format!(
+                "--max-output-bytes {} is too small; use at least {MIN_OUTPUT_BYTES}",
+                self.max_output_bytes
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return err("--data-dir must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The core's configuration for these settings.
+    pub fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            id: self.id,
+            history_size: self.history_size,
+            max_text: self.max_text,
+            ..NodeConfig::default()
+        }
+    }
+}
+
+fn resolve_addr(s: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: String| ConfigError(format!("--listen {s:?}: {why} (expected IP:PORT)"));
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let mut addrs = s.to_socket_addrs().map_err(|e| bad(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| bad("no address found for this name".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> DaemonArgs {
+        let mut all = vec!["ringchatd"];
+        all.extend_from_slice(v);
+        DaemonArgs::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_without_flags_or_file() {
+        let c = DaemonConfig::merge(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c, DaemonConfig::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.node_config().history_size, 10);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let file = FileConfig::parse(
+            "id = 3\nlisten = \"127.0.0.1:9000\"\nhistory_size = 20\nmax_text = 100\n\
+             max_connections = 50\nport_file = \"/tmp/p\"\n",
+            "test",
+        )
+        .unwrap();
+        let c = DaemonConfig::merge(
+            args(&["--history-size", "5", "--listen", "127.0.0.1:0"]),
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.id, 3, "from the file");
+        assert_eq!(c.max_text, 100, "from the file");
+        assert_eq!(c.max_connections, 50, "from the file");
+        assert_eq!(c.port_file, Some(PathBuf::from("/tmp/p")));
+        assert_eq!(c.history_size, 5, "the flag wins");
+        assert_eq!(c.listen.port(), 0, "the flag wins");
+        assert_eq!(
+            c.shutdown_timeout_ms, DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            "default"
+        );
+        let n = c.node_config();
+        assert_eq!((n.id, n.history_size, n.max_text), (3, 5, 100));
+    }
+
+    #[test]
+    fn config_file_is_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringchatd.toml");
+        std::fs::write(&path, "id = 7\nmax_output_bytes = 100000\n").unwrap();
+        let a = args(&["--config", path.to_str().unwrap(), "--id", "8"]);
+        let c = DaemonConfig::from_args(a).unwrap();
+        assert_eq!((c.id, c.max_output_bytes), (8, 100_000));
+        let missing = args(&["--config", "/nonexistent/ringchatd.toml"]);
+        let e = DaemonConfig::from_args(missing).unwrap_err();
+        assert!(e.0.contains("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let e = FileConfig::parse("histroy_size = 3\n", "f.toml").unwrap_err();
+        assert!(
+            e.0.contains("f.toml") && e.0.contains("histroy_size"),
+            "{e}"
+        );
+        let e = FileConfig::parse("id = \"one\"\n", "f.toml").unwrap_err();
+        assert!(e.0.contains("f.toml"), "{e}");
+        for (flags, needle) in [
+            (&["--id", "0"][..], "--id"),
+            (&["--max-text", "0"][..], "--max-text"),
+            (&["--max-text", "70000"][..], "--max-text"),
+            (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--max-output-bytes", "10"][..], "--max-output-bytes"),
+            (&["--history-size", "999999"][..], "--history-size"),
+            (&["--listen", "nonsense"][..], "--listen"),
+        ] {
+            let e = DaemonConfig::merge(args(flags), FileConfig::default()).unwrap_err();
+            assert!(e.0.contains(needle), "{flags:?}: {e}");
+        }
+        // A bad value in the file is overridden by a good flag.
+        let file = FileConfig {
+            id: Some(0),
+            ..FileConfig::default()
+        };
+        assert_eq!(
+            DaemonConfig::merge(args(&["--id", "2"]), file).unwrap().id,
+            2
+        );
+    }
+
+    #[test]
+    fn help_mentions_every_flag() {
+        use clap::CommandFactory;
+        let help = DaemonArgs::command().render_long_help().to_string();
+        for flag in [
+            "--config",
+            "--id",
+            "--listen",
+            "--data-dir",
+            "--history-size",
+            "--max-text",
+            "--max-connections",
+            "--max-output-bytes",
+            "--shutdown-timeout-ms",
+            "--port-file",
+            "in memory",
+        ] {
+            assert!(help.contains(flag), "help lacks {flag}:\n{help}");
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Per-connection buffers: the output queue of shared frame bytes and the input reassembly of a
+//! frame split across reads. Both hold no heap memory while idle.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use crate::codec::{self, ClientFrame, CodecError, FrameSet, Header, HEADER_LEN};
+use crate::core::SharedBytes;
+
+/// Most slices handed to one `write_vectored` call.
+pub const MAX_IOV: usize = 64;
+
+/// Outcome of [`OutQueue::flush`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was written.
+    Drained,
+    /// The socket would block with bytes still queued: wait for WRITABLE.
+    Blocked,
+}
+
+/// Frames waiting to be written to one connection: the very `Rc` bytes the core produced (a
+/// delivery to N members queues N pointers to one buffer), plus how much of the front chunk
+/// was already written.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<SharedBytes>,
+    /// Bytes of `chunks[0]` already written.
+    offset: usize,
+    /// Bytes still to write across all chunks.
+    queued: usize,
+}
+
+impl OutQueue {
+    /// An empty queue (no allocation).
+    pub fn new() -> OutQueue {
+        OutQueue::default()
+    }
+
+    /// Queues `bytes` behind what is already queued (no copy).
+    pub fn push(&mut self, bytes: SharedBytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.queued += bytes.len();
+        self.chunks.push_back(bytes);
+    }
+
+    /// Bytes still to write.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// True when the next byte to write starts a frame (nothing is half written).
+    pub fn at_frame_boundary(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// Heap capacity held, in chunks (0 when idle).
+    pub fn capacity(&self) -> usize {
+        self.chunks.capacity()
+    }
+
+    /// Writes with `write_vectored` (up to [`MAX_IOV`] chunks a call) until the queue is empty
+    /// or the writer would block. `Interrupted` is retried; any other error is returned and the
+    /// connection should be dropped. An emptied queue gives its memory back.
+    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
+        while !self.chunks.is_empty() {
+            let n = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                    let from = if i == 0 { self.offset } else { 0 };
+                    iov[i] = IoSlice::new(&chunk[from..]);
+                    count += 1;
+                }
+                match w.write_vectored(&iov[..count]) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "socket accepted no bytes",
+                        ))
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                    Err(e) => return Err(e),
+                }
+            };
+            self.advance(n);
+        }
+        Ok(Flushed::Drained)
+    }
+
+    /// Marks `n` more bytes written.
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n.min(self.queued);
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.offset = 0;
+                self.chunks.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+        if self.chunks.is_empty() {
+            // Idle connections hold no buffers.
+            self.chunks = VecDeque::new();
+            self.offset = 0;
+            self.queued = 0;
+        }
+    }
+
+    /// Drops everything queued and frees the memory.
+    pub fn clear(&mut self) {
+        *self = OutQueue::new();
+    }
+}
+
+/// Reassembles client frames from reads. Frames are decoded straight from the read buffer the
+/// loop shares between connections; only a trailing partial frame is copied into `partial`.
+#[derive(Debug, Default)]
+pub struct InBuf {
+    partial: Vec<u8>,
+}
+
+impl InBuf {
+    /// An empty buffer (no allocation).
+    pub fn new() -> InBuf {
+        InBuf::default()
+    }
+
+    /// Bytes of an incomplete frame held.
+    pub fn len(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// True when no partial frame is held.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_empty()
+    }
+
+    /// Heap capacity held, in bytes (0 when idle).
+    pub fn capacity(&self) -> usize {
+        self.partial.capacity()
+    }
+
+    /// Frees the memory of a partial frame.
+    pub fn clear(&mut self) {
+        self.partial = Vec::new();
+    }
+
+    /// Feeds freshly read `data`, calling `on_frame` for every complete frame in order.
+    /// On an error, frames before the bad one were delivered; the stream is unusable.
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        mut on_frame: impl FnMut(ClientFrame),
+    ) -> Result<(), CodecError> {
+        if !self.partial.is_empty() {
+            // Complete the held frame with just the bytes it is missing.
+            if self.partial.len() < HEADER_LEN {
+                let take = (HEADER_LEN - self.partial.len()).min(data.len());
+                self.partial.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if self.partial.len() < HEADER_LEN {
+                    return Ok(());
+                }
+            }
+            let head: &[u8; HEADER_LEN] = self.partial[..HEADER_LEN]
+                .try_into()
+                .expect("header length checked");
+            let header = Header::parse(head, ClientFrame::MAX_PAYLOAD)?;
+            let total = HEADER_LEN + header.length as usize;
+            let take = (total - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() < total {
+                return Ok(());
+            }
+            let held = std::mem::take(&mut self.partial);
+            // `total` bytes were gathered for a header announcing exactly that: never None.
+            if let Some((frame, _)) = codec::decode::<ClientFrame>(&held)? {
+                on_frame(frame);
+            }
+        }
+        let mut pos = 0;
+        while let Some((frame, used)) = codec::decode::<ClientFrame>(&data[pos..])? {
+            on_frame(frame);
+            pos += used;
+        }
+        if pos < data.len() {
+            self.partial.extend_from_slice(&data[pos..]);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Hello, Ping};
+    use std::rc::Rc;
+
+    /// A writer that accepts at most `budget` bytes in total, then would block; it records the
+    /// number of slices of each call.
+    struct Fake {
+        out: Vec<u8>,
+        budget: usize,
+        per_call: usize,
+        calls: Vec<usize>,
+        interrupt_once: bool,
+    }
+
+    impl Fake {
+        fn new(budget: usize, per_call: usize) -> Fake {
+            Fake {
+                out: Vec::new(),
+                budget,
+                per_call,
+                calls: Vec::new(),
+                interrupt_once: false,
+            }
+        }
+    }
+
+    impl Write for Fake {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.interrupt_once {
+                self.interrupt_once = false;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            self.calls.push(bufs.len());
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.budget).min(self.per_call - n);
+                self.out.extend_from_slice(&b[..take]);
+                self.budget -= take;
+                n += take;
+                if take < b.len() {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn chunk(byte: u8, len: usize) -> SharedBytes {
+        vec![byte; len].into()
+    }
+
+    #[test]
+    fn partial_writes_resume_at_the_right_offset() {
+        let mut q = OutQueue::new();
+        assert_eq!(q.capacity(), 0);
+        q.push(chunk(1, 10));
+        q.push(chunk(2, 10));
+        q.push(chunk(3, 10));
+        assert_eq!(q.queued(), 30);
+        let mut w = Fake::new(15, usize::MAX);
+        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(q.queued(), 15);
+        assert!(!q.at_frame_boundary());
+        w.budget = 3;
+        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(q.queued(), 12);
+        w.budget = 100;
+        w.per_call = 4; // short writes without blocking
+        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Drained);
+        let mut want = vec![1u8; 10];
+        want.extend([2u8; 10]);
+        want.extend([3u8; 10]);
+        assert_eq!(w.out, want);
+        assert_eq!(
+            (q.queued(), q.capacity()),
+            (0, 0),
+            "idle queue frees memory"
+        );
+        assert!(q.at_frame_boundary());
+    }
+
+    #[test]
+    fn vectored_batches_of_at_most_64_slices() {
+        let mut q = OutQueue::new();
+        let shared = chunk(7, 3);
+        for _ in 0..150 {
+            q.push(shared.clone());
+        }
+        assert_eq!(Rc::strong_count(&shared), 151, "queued without copying");
+        let mut w = Fake::new(usize::MAX, usize::MAX);
+        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Drained);
+        assert_eq!(w.calls, vec![64, 64, 22]);
+        assert_eq!(w.out.len(), 450);
+        assert_eq!(Rc::strong_count(&shared), 1);
+    }
+
+    #[test]
+    fn interrupted_is_retried_and_errors_surface() {
+        let mut q = OutQueue::new();
+        q.push(chunk(1, 5));
+        let mut w = Fake::new(100, 100);
+        w.interrupt_once = true;
+        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Drained);
+        assert_eq!(w.out.len(), 5);
+
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        q.push(chunk(1, 5));
+        assert!(q.flush(&mut Broken).is_err());
+        q.clear();
+        assert_eq!((q.queued(), q.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn queued_bytes_track_the_bound() {
+        let mut q = OutQueue::new();
+        for _ in 0..10 {
+            q.push(chunk(0, 1000));
+        }
+        q.push(chunk(0, 0));
+        assert_eq!(q.queued(), 10_000);
+        let mut w = Fake::new(2500, usize::MAX);
+        q.flush(&mut w).unwrap();
+        assert_eq!(q.queued(), 7500);
+        assert!(
+            q.queued() > 5000,
+            "a driver with a 5000-byte bound drops it"
+        );
+    }
+
+    fn frames() -> (Vec<ClientFrame>, Vec<u8>) {
+        let fs = vec![
+            ClientFrame::Hello(Hello {
+                user: "alice".into(),
+                client_id: 9,
+            }),
+            ClientFrame::Ping(Ping { nonce: 1 }),
+            ClientFrame::Ping(Ping { nonce: 2 }),
+        ];
+        let mut bytes = Vec::new();
+        for f in &fs {
+            codec::encode_into(f, &mut bytes).unwrap();
+        }
+        (fs, bytes)
+    }
+
+    #[test]
+    fn frames_split_at_every_point_are_reassembled() {
+        let (want, bytes) = frames();
+        for cut1 in 0..=bytes.len() {
+            for cut2 in [cut1, (cut1 + 7).min(bytes.len()), bytes.len()] {
+                let mut ib = InBuf::new();
+                let mut got = Vec::new();
+                for part in [&bytes[..cut1], &bytes[cut1..cut2], &bytes[cut2..]] {
+                    ib.feed(part, |f| got.push(f)).unwrap();
+                }
+                assert_eq!(got, want, "cuts {cut1} {cut2}");
+                assert!(ib.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_trailing_partial_frame_is_held_and_freed_after() {
+        let (_, bytes) = frames();
+        let mut ib = InBuf::new();
+        let mut n = 0;
+        ib.feed(&bytes[..bytes.len() - 3], |_| n += 1).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(ib.len(), 16 + 8 - 3, "just the partial Ping");
+        ib.feed(&bytes[bytes.len() - 3..], |_| n += 1).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(ib.capacity(), 0, "idle buffer freed");
+    }
+
+    #[test]
+    fn bad_bytes_are_an_error_after_the_good_frames() {
+        let (_, mut bytes) = frames();
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let mut ib = InBuf::new();
+        let mut n = 0;
+        assert_eq!(ib.feed(&bytes, |_| n += 1), Err(CodecError::BadMagic));
+        assert_eq!(n, 3);
+        // An oversized header held as a partial is rejected as soon as its header is complete.
+        let mut ib = InBuf::new();
+        let mut big = [0u8; HEADER_LEN];
+        Header {
+            kind: 1,
+            flags: 0,
+            length: u32::MAX,
+            crc: 0,
+        }
+        .emit(&mut big);
+        ib.feed(&big[..5], |_| ()).unwrap();
+        assert!(matches!(
+            ib.feed(&big[5..], |_| ()),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,302 @@
+//! In-process tests of the event loop over real loopback sockets.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use super::*;
+use crate::codec::{ClientFrame, Hello, Join, Say};
+
+struct Running {
+    addr: SocketAddr,
+    stop: StopHandle,
+    thread: JoinHandle<Result<(), String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(tune: impl FnOnce(&mut DaemonConfig) + Send + 'static) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = DaemonConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            port_file: Some(dir.path().join("port")),
+            shutdown_timeout_ms: 2000,
+            ..DaemonConfig::default()
+        };
+        tune(&mut cfg);
+        let port_file = cfg.port_file.clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            let driver = Driver::new(cfg).map_err(|e| e.to_string())?;
+            tx.send((driver.local_addr(), driver.stop_handle()))
+                .unwrap();
+            driver.run().map_err(|e| e.to_string())
+        });
+        let (addr, stop) = rx.recv().expect("driver started");
+        if let Some(p) = port_file {
+            let written = std::fs::read_to_string(p).unwrap();
+            assert_eq!(written, format!("{addr}\n"));
+        }
+        Running {
+            addr,
+            stop,
+            thread,
+            _dir: dir,
+        }
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        self.thread.join().unwrap().unwrap();
+    }
+}
+
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client { s, buf: Vec::new() }
+    }
+
+    fn send(&mut self, f: &ClientFrame) {
+        self.s.write_all(&codec::encode(f).unwrap()).unwrap();
+    }
+
+    /// The next frame, or None at EOF / reset.
+    fn recv(&mut self) -> Option<ServerFrame> {
+        loop {
+            if let Some((f, used)) = codec::decode::<ServerFrame>(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                return Some(f);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    fn hello(addr: SocketAddr, user: &str, client_id: u64) -> (Client, ServerFrame) {
+        let mut c = Client::connect(addr);
+        c.send(&ClientFrame::Hello(Hello {
+            user: user.into(),
+            client_id,
+        }));
+        let f = c.recv().expect("an answer to Hello");
+        (c, f)
+    }
+
+    fn welcomed(addr: SocketAddr, user: &str, client_id: u64) -> Client {
+        let (c, f) = Client::hello(addr, user, client_id);
+        assert!(matches!(f, ServerFrame::Welcome(_)), "{f:?}");
+        c
+    }
+
+    fn join(&mut self, room: &str) {
+        self.send(&ClientFrame::Join(Join {
+            room: room.into(),
+            after_seq: None,
+        }));
+        loop {
+            match self.recv().expect("Joined") {
+                ServerFrame::Joined(_) => return,
+                ServerFrame::Notice(_) | ServerFrame::Message(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn error_code(f: &ServerFrame) -> Option<ErrorCode> {
+    match f {
+        ServerFrame::Error(e) => ErrorCode::from_u16(e.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn hello_split_across_writes_gets_welcome_and_stop_says_shutting_down() {
+    let d = Running::start(|_| {});
+    let mut c = Client::connect(d.addr);
+    let bytes = codec::encode(&ClientFrame::Hello(Hello {
+        user: "alice".into(),
+        client_id: 1,
+    }))
+    .unwrap();
+    for part in [&bytes[..3], &bytes[3..20], &bytes[20..]] {
+        c.s.write_all(part).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(c.recv(), Some(ServerFrame::Welcome(w)) if w.user == "alice"));
+    d.stop.stop();
+    let f = c.recv().expect("a goodbye");
+    assert_eq!(error_code(&f), Some(ErrorCode::ShuttingDown), "{f:?}");
+    assert!(c.recv().is_none(), "closed after the goodbye");
+    d.thread.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_bad_frame_gets_an_error_then_eof_and_others_are_unaffected() {
+    let d = Running::start(|_| {});
+    let mut good = Client::welcomed(d.addr, "good", 1);
+    let mut bad = Client::connect(d.addr);
+    bad.s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let f = bad.recv().unwrap();
+    assert_eq!(error_code(&f), Some(ErrorCode::MalformedFrame), "{f:?}");
+    assert!(bad.recv().is_none());
+    good.join("lobby");
+    d.stop();
+}
+
+#[test]
+fn half_closed_client_still_gets_its_answer() {
+    let d = Running::start(|_| {});
+    let mut c = Client::connect(d.addr);
+    c.send(&ClientFrame::Hello(Hello {
+        user: "brief".into(),
+        client_id: 3,
+    }));
+    c.s.shutdown(Shutdown::Write).unwrap();
+    assert!(matches!(c.recv(), Some(ServerFrame::Welcome(_))));
+    assert!(c.recv().is_none());
+    d.stop();
+}
+
+#[test]
+fn connections_above_the_limit_are_refused_with_server_full() {
+    let d = Running::start(|c| c.max_connections = 2);
+    let a = Client::welcomed(d.addr, "a", 1);
+    let _b = Client::welcomed(d.addr, "b", 2);
+    let mut c = Client::connect(d.addr);
+    let f = c.recv().expect("an error");
+    assert_eq!(error_code(&f), Some(ErrorCode::ServerFull), "{f:?}");
+    assert!(c.recv().is_none());
+    drop(a);
+    // The freed slot is usable once the driver has seen the close.
+    let mut ok = false;
+    for _ in 0..50 {
+        let (_c, f) = Client::hello(d.addr, "c", 3);
+        if matches!(f, ServerFrame::Welcome(_)) {
+            ok = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok, "a slot frees up when a client leaves");
+    d.stop();
+}
+
+#[test]
+fn every_disconnect_reaches_the_core_so_device_slots_free_up() {
+    let d = Running::start(|_| {});
+    for round in 0..3u64 {
+        let a = Client::welcomed(d.addr, "bob", round * 10 + 1);
+        let b = Client::welcomed(d.addr, "bob", round * 10 + 2);
+        let (_c, f) = Client::hello(d.addr, "bob", round * 10 + 3);
+        assert_eq!(error_code(&f), Some(ErrorCode::DeviceLimit), "{f:?}");
+        drop((a, b));
+        // Two new devices fit once the driver has reported both disconnects to the core.
+        let mut freed = false;
+        for _ in 0..100 {
+            thread::sleep(Duration::from_millis(10));
+            let (c2, f2) = Client::hello(d.addr, "bob", round * 10 + 4);
+            let (c3, f3) = Client::hello(d.addr, "bob", round * 10 + 5);
+            let both =
+                matches!(f2, ServerFrame::Welcome(_)) && matches!(f3, ServerFrame::Welcome(_));
+            drop((c2, c3));
+            if both {
+                freed = true;
+                break;
+            }
+        }
+        assert!(freed, "round {round}: bob's devices were not released");
+        thread::sleep(Duration::from_millis(50));
+    }
+    d.stop();
+}
+
+#[test]
+fn a_slow_consumer_is_dropped_and_the_others_get_everything() {
+    const N: u64 = 3000;
+    let d = Running::start(|c| c.max_output_bytes = 64 * 1024);
+    let mut slow = Client::welcomed(d.addr, "slow", 1);
+    slow.join("r");
+    let mut writer = Client::welcomed(d.addr, "writer", 2);
+    writer.join("r");
+    let reader_sock = writer.s.try_clone().unwrap();
+    let reader = thread::spawn(move || {
+        let mut r = Client {
+            s: reader_sock,
+            buf: Vec::new(),
+        };
+        let (mut acks, mut msgs) = (0u64, 0u64);
+        while acks < N || msgs < N {
+            match r.recv().expect("the writer stays connected") {
+                ServerFrame::Ack(a) => {
+                    acks += 1;
+                    assert_eq!(a.client_seq, acks);
+                }
+                ServerFrame::Message(m) => {
+                    msgs += 1;
+                    assert_eq!(m.seq, msgs, "in order, no gaps");
+                }
+                ServerFrame::Notice(_) => {}
+                other => panic!("writer got {other:?}"),
+            }
+        }
+        (acks, msgs)
+    });
+    let text = "x".repeat(4000);
+    for seq in 1..=N {
+        writer.send(&ClientFrame::Say(Say {
+            room: "r".into(),
+            client_seq: seq,
+            text: text.clone(),
+        }));
+    }
+    assert_eq!(reader.join().unwrap(), (N, N));
+    // The slow reader got part of the stream, then was cut off well before the end.
+    let mut got = 0u64;
+    let mut last = None;
+    while let Some(f) = slow.recv() {
+        got += 1;
+        last = Some(f);
+    }
+    assert!(got < N, "slow consumer received everything ({got})");
+    if let Some(f) = last {
+        if let Some(code) = error_code(&f) {
+            assert_eq!(code, ErrorCode::SlowConsumer);
+        }
+    }
+    d.stop();
+}
+
+#[test]
+fn a_locked_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+        ..DaemonConfig::default()
+    };
+    let first = Driver::new(cfg.clone()).unwrap();
+    let err = Driver::new(cfg.clone()).err().expect("second lock fails");
+    assert!(matches!(err, DriverError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&std::process::id().to_string()),
+        "{err}"
+    );
+    drop(first);
+    Driver::new(cfg).expect("lock released on drop");
+}

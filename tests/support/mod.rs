@@ -1,0 +1,194 @@
+//! Shared helpers for tests that run the real `ringchatd`: free ports, bounded waits, and
+//! cleanup that kills only the daemon this test started, by PID.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// A `ringchatd` child process listening on a free 127.0.0.1 port.
+pub struct Daemon {
+    child: Child,
+    /// The client address it listens on, e.g. "127.0.0.1:40123".
+    pub addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon with `--listen 127.0.0.1:0` plus `extra` flags and waits (bounded)
+    /// until it reports its bound address.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port_file = dir.path().join("addr");
+        let data = dir.path().join("data");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ringchatd"))
+            .args(["--listen", "127.0.0.1:0", "--port-file"])
+            .arg(&port_file)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ringchatd");
+        let mut d = Daemon {
+            child,
+            addr: String::new(),
+            dir,
+        };
+        d.addr = wait_for_file(&port_file, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("daemon did not start; log:\n{}", d.log()));
+        d
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM to this daemon (by PID).
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        assert!(
+            ok.map(|s| s.success()).unwrap_or(false),
+            "kill -TERM failed"
+        );
+    }
+
+    /// Waits up to `limit` for the daemon to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// The temp dir holding this daemon's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_for_file(path: &PathBuf, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            let s = s.trim();
+            if !s.is_empty() {
+                return Some(s.to_owned());
+            }
+        }
+        sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(10));
+    }
+}
+
+/// A client of `d` with reconnection off, so a failure shows up instead of being retried.
+pub fn client(
+    d: &Daemon,
+    user: &str,
+) -> Result<ringchat::client::Client, ringchat::client::ClientError> {
+    let mut cfg = ringchat::client::ClientConfig::new(vec![d.addr.clone()], user);
+    cfg.reconnect = false;
+    cfg.request_timeout = Duration::from_secs(10);
+    ringchat::client::Client::connect(cfg)
+}
+
+/// Collects `n` chat messages from `c` (skipping other events), bounded by `limit`.
+pub fn collect_messages(
+    c: &mut ringchat::client::Client,
+    n: usize,
+    limit: Duration,
+) -> Vec<ringchat::codec::ChatMessage> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        match c.next_event(Duration::from_millis(200)) {
+            Ok(Some(ringchat::client::Event::Message(m))) => out.push(m),
+            Ok(_) => {}
+            Err(e) => panic!("client failed while collecting messages: {e}"),
+        }
+    }
+    out
+}
+
+/// A raw TCP connection for playing a misbehaving client.
+pub fn raw(addr: &str) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Reads frames from a raw connection until EOF/reset or `limit`; returns them and whether the
+/// server closed the connection.
+pub fn read_until_closed(
+    s: &mut std::net::TcpStream,
+    limit: Duration,
+) -> (Vec<ringchat::codec::ServerFrame>, bool) {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut closed = false;
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let mut frames = Vec::new();
+    let mut rest = &buf[..];
+    while let Ok(Some((f, used))) = ringchat::codec::decode::<ringchat::codec::ServerFrame>(rest) {
+        frames.push(f);
+        rest = &rest[used..];
+    }
+    (frames, closed)
+}
