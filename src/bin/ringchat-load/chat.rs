@@ -1,0 +1,763 @@
+//! The `closed` and `open` scenarios: rooms of members, each member its own connection, every
+//! delivery checked (loss, duplicates, order) and timed end to end.
+//!
+//! Message text is `"{sender} {msg_no} {send_nanos}"` padded to `--text-bytes`, where `sender`
+//! is the member's global index and `send_nanos` the tool's monotonic clock. All clients live in
+//! this process, so latency = receive time - send time, for every recipient.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ringchat::codec::{self, ChatMessage, ClientFrame, ErrorCode, ServerFrame};
+use serde_json::{json, Value};
+
+use crate::net::{Clock, Event, Net};
+use crate::procfs::{self, CpuSample};
+use crate::report::{self, round1, round3, CpuUse, Latency};
+use crate::Common;
+
+/// How members send.
+pub enum Load {
+    /// Each member sends `messages`, the next only once its previous one came back.
+    Closed {
+        messages: u64,
+        /// Stop if nothing at all is delivered for this long.
+        stall: Duration,
+    },
+    /// A fixed aggregate rate spread round-robin over all members, by the clock.
+    Open {
+        rate: f64,
+        duration: Duration,
+        /// Longest wait for outstanding deliveries after the last send.
+        drain: Duration,
+    },
+}
+
+/// What the scenario runs.
+pub struct ChatOpts {
+    pub common: Common,
+    pub rooms: usize,
+    pub members: usize,
+    pub text_bytes: usize,
+    pub load: Load,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not connected yet.
+    Waiting,
+    /// Hello and Join sent, Joined not received.
+    Handshake,
+    Joined,
+    Dead,
+}
+
+struct Member {
+    room: usize,
+    /// Index within its room.
+    pos: usize,
+    user: String,
+    stage: Stage,
+    joined_ever: bool,
+    /// Messages sent (the next msg_no).
+    sent: u64,
+    /// (client_seq, send nanos) of Says not acknowledged yet, oldest first.
+    unacked: VecDeque<(u64, u64)>,
+    /// As a receiver: last room seq seen.
+    last_seq: u64,
+    /// As a receiver: distinct messages received.
+    unique: u64,
+    /// As a receiver: bit (sender pos * cap + msg_no) set once received.
+    seen: Vec<u64>,
+}
+
+struct Room {
+    name: String,
+    /// Says written to the server.
+    sent: u64,
+    /// Says the server refused with an Error frame.
+    rejected: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: u64,
+    acked: u64,
+    rejected: u64,
+    /// Says that could not be sent because the member's connection was gone.
+    unsent: u64,
+    deliveries: u64,
+    unique: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    /// Messages not from this run's members, or for another room.
+    foreign: u64,
+    /// Messages replayed before Joined.
+    history: u64,
+    errors: u64,
+    conn_failures: u64,
+}
+
+struct Run {
+    opts: ChatOpts,
+    clock: Clock,
+    net: Net,
+    members: Vec<Member>,
+    rooms: Vec<Room>,
+    /// Most messages one member may send (size of each bitmap row).
+    cap: u64,
+    events: Vec<(usize, u64, Event)>,
+    latency: Histogram<u64>,
+    ack_latency: Histogram<u64>,
+    /// Open runs: how late each send was against its schedule.
+    send_lag: Histogram<u64>,
+    c: Counters,
+    samples: Vec<String>,
+    launched: usize,
+    in_handshake: usize,
+    joined: usize,
+    dead: usize,
+    deadline: Instant,
+    last_progress: u64,
+    pad: String,
+}
+
+/// Shown for at most this many errors and connection failures each.
+const MAX_SAMPLES: usize = 5;
+
+/// Runs a `closed` or `open` scenario, prints its report; returns true if it was clean.
+pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
+    let total = opts.rooms * opts.members;
+    if total == 0 {
+        return Err("--rooms and --members must be at least 1".into());
+    }
+    let cap = match opts.load {
+        Load::Closed { messages, .. } => messages,
+        Load::Open { rate, duration, .. } => {
+            if rate.is_nan() || rate <= 0.0 || !rate.is_finite() {
+                return Err("--rate must be a positive number".into());
+            }
+            planned_sends(rate, duration).div_ceil(total as u64)
+        }
+    };
+    let bitmap_words = (opts.members as u64 * cap).div_ceil(64);
+    if bitmap_words.saturating_mul(total as u64) > 512 * 1024 * 1024 / 8 {
+        return Err(format!(
+            "{total} members x {cap} messages each is too much bookkeeping (over 512 MiB); \
+             use fewer members or messages"
+        ));
+    }
+    match procfs::raise_nofile() {
+        Ok((soft, _)) if (soft as usize) < total + 16 => {
+            return Err(format!(
+                "{total} connections need more file descriptors than the limit of {soft}"
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the file descriptor limit: {e}"),
+    }
+    let run_id = run_id();
+    let rooms: Vec<Room> = (0..opts.rooms)
+        .map(|r| Room {
+            name: format!("load-{run_id}-r{r}"),
+            sent: 0,
+            rejected: 0,
+        })
+        .collect();
+    let members = (0..total)
+        .map(|i| Member {
+            room: i / opts.members,
+            pos: i % opts.members,
+            user: format!("load-{run_id}-r{}-m{}", i / opts.members, i % opts.members),
+            stage: Stage::Waiting,
+            joined_ever: false,
+            sent: 0,
+            unacked: VecDeque::new(),
+            last_seq: 0,
+            unique: 0,
+            seen: Vec::new(),
+        })
+        .collect();
+    let net =
+        Net::new(opts.common.server, clock).map_err(|e| format!("cannot create poll: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.common.timeout_secs);
+    let mut run = Run {
+        clock,
+        net,
+        members,
+        rooms,
+        cap,
+        events: Vec::new(),
+        latency: report::histogram(),
+        ack_latency: report::histogram(),
+        send_lag: report::histogram(),
+        c: Counters::default(),
+        samples: Vec::new(),
+        launched: 0,
+        in_handshake: 0,
+        joined: 0,
+        dead: 0,
+        deadline,
+        last_progress: 0,
+        pad: String::new(),
+        opts,
+    };
+    run.go()
+}
+
+/// Sends in an open run of `duration` at `rate`.
+fn planned_sends(rate: f64, duration: Duration) -> u64 {
+    (rate * duration.as_secs_f64()).round().max(1.0) as u64
+}
+
+/// A short tag making this run's user and room names unique on a long-lived server.
+fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let mut n = t % 36u64.pow(6);
+    let mut s = Vec::new();
+    for _ in 0..6 {
+        s.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// Parses `"{sender} {msg_no} {send_nanos} ..."`.
+fn parse_text(text: &str) -> Option<(usize, u64, u64)> {
+    let mut w = text.split(' ');
+    let sender = w.next()?.parse().ok()?;
+    let no = w.next()?.parse().ok()?;
+    let ts = w.next()?.parse().ok()?;
+    Some((sender, no, ts))
+}
+
+impl Run {
+    fn go(&mut self) -> Result<bool, String> {
+        let clk = procfs::clk_tck();
+        let join_start = self.clock.nanos();
+        let timed_out_joining = !self.join_all()?;
+        let join_secs = (self.clock.nanos() - join_start) as f64 / 1e9;
+
+        let cpu0 = CpuSample::take(self.opts.common.pid);
+        let t0 = self.clock.nanos();
+        self.last_progress = t0;
+        let outcome = if timed_out_joining {
+            "timed out while joining"
+        } else if self.joined == 0 {
+            "no member joined"
+        } else {
+            match self.opts.load {
+                Load::Closed { .. } => self.closed_loop()?,
+                Load::Open { .. } => self.open_loop(t0)?,
+            }
+        };
+        let t1 = self.clock.nanos();
+        let cpu1 = CpuSample::take(self.opts.common.pid);
+        let cpu = CpuUse::between(cpu0, cpu1, clk, ("delivery", "deliveries"), self.c.unique);
+        Ok(self.report(outcome, join_secs, (t1 - t0) as f64 / 1e9, &cpu))
+    }
+
+    /// Waits for socket events (at most `timeout`, and never past the global deadline) and
+    /// handles everything they bring, including events the handling itself causes.
+    fn pump(&mut self, timeout: Duration) -> Result<(), String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        self.net
+            .poll(timeout.min(left), &mut self.events)
+            .map_err(|e| format!("poll: {e}"))?;
+        self.drain_events();
+        Ok(())
+    }
+
+    fn drain_events(&mut self) {
+        while !self.events.is_empty() {
+            let batch = std::mem::take(&mut self.events);
+            for (idx, now, ev) in batch {
+                self.handle(idx, now, ev);
+            }
+        }
+    }
+
+    /// Connects every member (at most `--batch` handshakes at once), Hello then Join, and waits
+    /// for each Joined. False on timeout.
+    fn join_all(&mut self) -> Result<bool, String> {
+        let total = self.members.len();
+        loop {
+            while self.launched < total && self.in_handshake < self.opts.common.batch {
+                let i = self.launched;
+                self.launched += 1;
+                self.in_handshake += 1;
+                self.members[i].stage = Stage::Handshake;
+                let idx = self.net.connect(&mut self.events);
+                debug_assert_eq!(idx, i);
+                let hello = ClientFrame::Hello(codec::Hello {
+                    user: self.members[i].user.clone(),
+                    client_id: 0x4C4F_4144_0000_0000 | i as u64,
+                });
+                let join = ClientFrame::Join(codec::Join {
+                    room: self.rooms[self.members[i].room].name.clone(),
+                    after_seq: None,
+                });
+                self.net.send(i, &hello, &mut self.events);
+                self.net.send(i, &join, &mut self.events);
+                self.drain_events();
+            }
+            if self.joined + self.dead >= total {
+                return Ok(true);
+            }
+            if Instant::now() >= self.deadline {
+                return Ok(false);
+            }
+            self.pump(Duration::from_millis(100))?;
+        }
+    }
+
+    fn closed_loop(&mut self) -> Result<&'static str, String> {
+        let Load::Closed { messages, stall } = self.opts.load else {
+            unreachable!("closed_loop on an open run")
+        };
+        // Members that died while joining will never send.
+        // Members that never joined will never send (those that joined and died already
+        // counted their unsent messages when their connection closed).
+        let never = self.members.iter().filter(|m| !m.joined_ever).count() as u64;
+        self.c.unsent += never * messages;
+        for i in 0..self.members.len() {
+            if messages > 0 && self.members[i].stage == Stage::Joined {
+                self.say(i);
+            }
+        }
+        let target = messages * self.members.len() as u64;
+        loop {
+            if self.c.sent + self.c.unsent >= target && self.all_delivered() {
+                return Ok("complete");
+            }
+            if Instant::now() >= self.deadline {
+                return Ok("timed out (--timeout-secs)");
+            }
+            if self.clock.nanos() - self.last_progress > stall.as_nanos() as u64 {
+                return Ok("stalled (nothing delivered for --stall-secs)");
+            }
+            self.pump(Duration::from_millis(100))?;
+        }
+    }
+
+    fn open_loop(&mut self, t0: u64) -> Result<&'static str, String> {
+        let Load::Open {
+            rate,
+            duration,
+            drain,
+        } = self.opts.load
+        else {
+            unreachable!("open_loop on a closed run")
+        };
+        let planned = planned_sends(rate, duration);
+        let interval = 1e9 / rate;
+        let at = |k: u64| t0 + (k as f64 * interval) as u64;
+        let n = self.members.len() as u64;
+        let mut k = 0;
+        let mut drain_until = None;
+        loop {
+            let now = self.clock.nanos();
+            // Sends that are due, by the schedule (not by replies).
+            while k < planned && at(k) <= now {
+                let sender = (k % n) as usize;
+                if self.members[sender].stage == Stage::Joined
+                    && self.members[sender].sent < self.cap
+                {
+                    self.send_lag.saturating_record((now - at(k)).max(1));
+                    self.say(sender);
+                } else {
+                    self.c.unsent += 1;
+                }
+                k += 1;
+            }
+            if k >= planned {
+                let until = *drain_until.get_or_insert(Instant::now() + drain);
+                if self.all_delivered() {
+                    return Ok("complete");
+                }
+                if Instant::now() >= until {
+                    return Ok("drain time over with deliveries outstanding (--drain-secs)");
+                }
+            }
+            if Instant::now() >= self.deadline {
+                return Ok("timed out (--timeout-secs)");
+            }
+            let next = if k < planned {
+                self.clock
+                    .at(at(k))
+                    .saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(100)
+            };
+            self.pump(next.min(Duration::from_millis(100)))?;
+        }
+    }
+
+    /// Every live receiver has every message accepted for its room.
+    fn all_delivered(&self) -> bool {
+        self.members.iter().all(|m| {
+            m.stage != Stage::Joined || {
+                let r = &self.rooms[m.room];
+                m.unique >= r.sent - r.rejected
+            }
+        })
+    }
+
+    /// Member `i` posts its next message, stamped with the send time (tool nanos).
+    fn say(&mut self, i: usize) {
+        let no = self.members[i].sent;
+        let stamp = self.clock.nanos();
+        let mut text = format!("{i} {no} {stamp}");
+        if text.len() + 1 < self.opts.text_bytes {
+            text.push(' ');
+            if self.pad.len() < self.opts.text_bytes {
+                self.pad = "x".repeat(self.opts.text_bytes);
+            }
+            let fill = self.opts.text_bytes - text.len();
+            text.push_str(&self.pad[..fill]);
+        }
+        let room = self.members[i].room;
+        let frame = ClientFrame::Say(codec::Say {
+            room: self.rooms[room].name.clone(),
+            client_seq: no + 1,
+            text,
+        });
+        let now = stamp;
+        if self.net.send(i, &frame, &mut self.events) {
+            let m = &mut self.members[i];
+            m.sent += 1;
+            m.unacked.push_back((no + 1, now));
+            self.rooms[room].sent += 1;
+            self.c.sent += 1;
+            self.last_progress = now;
+        } else {
+            self.c.unsent += 1;
+        }
+    }
+
+    /// In a closed run, member `i` sends its next message if it has one left.
+    fn next_closed(&mut self, i: usize) {
+        if let Load::Closed { messages, .. } = self.opts.load {
+            if self.members[i].stage == Stage::Joined && self.members[i].sent < messages {
+                self.say(i);
+            }
+        }
+    }
+
+    fn sample(&mut self, s: String) {
+        if self.samples.len() < 2 * MAX_SAMPLES {
+            eprintln!("{s}");
+            self.samples.push(s);
+        }
+    }
+
+    fn handle(&mut self, i: usize, now: u64, ev: Event) {
+        match ev {
+            Event::Closed(reason) => self.on_closed(i, reason),
+            Event::Frame(ServerFrame::Message(msg)) => self.on_message(i, now, msg),
+            Event::Frame(ServerFrame::Joined(j)) => {
+                let m = &mut self.members[i];
+                if m.stage == Stage::Handshake && j.room == self.rooms[m.room].name {
+                    m.stage = Stage::Joined;
+                    m.joined_ever = true;
+                    m.last_seq = j.last_seq;
+                    m.seen = vec![0; (self.opts.members as u64 * self.cap).div_ceil(64) as usize];
+                    self.joined += 1;
+                    self.in_handshake -= 1;
+                }
+            }
+            Event::Frame(ServerFrame::Ack(a)) => {
+                self.c.acked += 1;
+                let m = &mut self.members[i];
+                while let Some(&(seq, sent_at)) = m.unacked.front() {
+                    if seq > a.client_seq {
+                        break;
+                    }
+                    m.unacked.pop_front();
+                    if seq == a.client_seq {
+                        self.ack_latency
+                            .saturating_record(now.saturating_sub(sent_at).max(1));
+                    }
+                }
+            }
+            Event::Frame(ServerFrame::Error(e)) => self.on_error(i, e),
+            Event::Frame(_) => {} // Welcome, Notice, Pong, ...: nothing to check.
+        }
+    }
+
+    fn on_closed(&mut self, i: usize, reason: String) {
+        let stage = self.members[i].stage;
+        if stage == Stage::Dead {
+            return;
+        }
+        if stage == Stage::Handshake {
+            self.in_handshake -= 1;
+        }
+        self.members[i].stage = Stage::Dead;
+        self.dead += 1;
+        self.c.conn_failures += 1;
+        if let Load::Closed { messages, .. } = self.opts.load {
+            if stage == Stage::Joined {
+                self.c.unsent += messages - self.members[i].sent;
+            }
+        }
+        let s = format!("connection of {} lost: {reason}", self.members[i].user);
+        self.sample(s);
+    }
+
+    fn on_error(&mut self, i: usize, e: codec::ErrorFrame) {
+        self.c.errors += 1;
+        let name = ErrorCode::from_u16(e.code).map_or("UNKNOWN", |c| c.name());
+        let s = format!(
+            "error for {}: {name} ({}) {}{}",
+            self.members[i].user,
+            e.code,
+            e.message,
+            e.client_seq
+                .map(|s| format!(" [client_seq {s}]"))
+                .unwrap_or_default()
+        );
+        self.sample(s);
+        match (self.members[i].stage, e.client_seq) {
+            (Stage::Joined, Some(seq)) => {
+                let m = &mut self.members[i];
+                m.unacked.retain(|&(s, _)| s != seq);
+                self.rooms[m.room].rejected += 1;
+                self.c.rejected += 1;
+                if seq == self.members[i].sent {
+                    self.next_closed(i);
+                }
+            }
+            (Stage::Handshake, _) => {
+                // Hello or Join refused: this member cannot take part.
+                self.net
+                    .close(i, "refused while joining".into(), &mut self.events);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message(&mut self, i: usize, now: u64, msg: ChatMessage) {
+        if self.members[i].stage != Stage::Joined {
+            self.c.history += 1;
+            return;
+        }
+        self.c.deliveries += 1;
+        let room = self.members[i].room;
+        if msg.room != self.rooms[room].name {
+            self.c.foreign += 1;
+            return;
+        }
+        {
+            let m = &mut self.members[i];
+            if msg.seq != m.last_seq + 1 {
+                self.c.out_of_order += 1;
+                if self.c.out_of_order <= MAX_SAMPLES as u64 {
+                    eprintln!(
+                        "out of order for {}: seq {} after {}",
+                        m.user, msg.seq, m.last_seq
+                    );
+                }
+            }
+            m.last_seq = msg.seq;
+        }
+        let Some((sender, no, stamp)) = parse_text(&msg.text) else {
+            self.c.foreign += 1;
+            return;
+        };
+        if sender >= self.members.len() || self.members[sender].room != room || no >= self.cap {
+            self.c.foreign += 1;
+            return;
+        }
+        let bit = self.members[sender].pos as u64 * self.cap + no;
+        let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+        let m = &mut self.members[i];
+        if m.seen[word] & mask != 0 {
+            self.c.duplicated += 1;
+            return;
+        }
+        m.seen[word] |= mask;
+        m.unique += 1;
+        self.c.unique += 1;
+        self.last_progress = now;
+        self.latency
+            .saturating_record(now.saturating_sub(stamp).max(1));
+        if sender == i && no + 1 == self.members[i].sent {
+            self.next_closed(i);
+        }
+    }
+
+    /// Prints the report; true if the run was clean.
+    fn report(&self, outcome: &str, join_secs: f64, secs: f64, cpu: &CpuUse) -> bool {
+        let expected: u64 = self
+            .members
+            .iter()
+            .filter(|m| m.joined_ever)
+            .map(|m| self.rooms[m.room].sent - self.rooms[m.room].rejected)
+            .sum();
+        let lost: u64 = self
+            .members
+            .iter()
+            .filter(|m| m.joined_ever)
+            .map(|m| {
+                let r = &self.rooms[m.room];
+                (r.sent - r.rejected).saturating_sub(m.unique)
+            })
+            .sum();
+        let unacked: u64 = self.members.iter().map(|m| m.unacked.len() as u64).sum();
+        let c = &self.c;
+        let clean = outcome == "complete"
+            && lost == 0
+            && c.duplicated == 0
+            && c.out_of_order == 0
+            && c.errors == 0
+            && c.conn_failures == 0
+            && c.foreign == 0
+            && c.unsent == 0;
+        let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let lat = Latency::of(&self.latency);
+        let ack = Latency::of(&self.ack_latency);
+        let o = &self.opts;
+        let (mode, load_desc, load_json) = match o.load {
+            Load::Closed { messages, .. } => (
+                "closed",
+                format!("{messages} messages per member, closed loop"),
+                json!({ "messages_per_member": messages }),
+            ),
+            Load::Open {
+                rate,
+                duration,
+                drain,
+            } => (
+                "open",
+                format!(
+                    "{rate} msgs/s for {} s (drain up to {} s)",
+                    duration.as_secs_f64(),
+                    drain.as_secs_f64()
+                ),
+                json!({
+                    "rate": rate,
+                    "duration_s": duration.as_secs_f64(),
+                    "drain_s": drain.as_secs_f64(),
+                    "send_lag_us": Latency::of(&self.send_lag).json(),
+                }),
+            ),
+        };
+        if o.common.json {
+            let mut v = json!({
+                "mode": mode,
+                "server": o.common.server.to_string(),
+                "rooms": o.rooms,
+                "members": o.members,
+                "text_bytes": o.text_bytes,
+                "load": load_json,
+                "outcome": outcome,
+                "clean": clean,
+                "joined": self.joined,
+                "join_elapsed_s": round3(join_secs),
+                "sent": c.sent,
+                "acked": c.acked,
+                "unacked": unacked,
+                "rejected": c.rejected,
+                "unsent": c.unsent,
+                "deliveries": c.deliveries,
+                "unique_deliveries": c.unique,
+                "expected_deliveries": expected,
+                "elapsed_s": round3(secs),
+                "sent_per_s": round1(per_s(c.sent)),
+                "deliveries_per_s": round1(per_s(c.unique)),
+                "latency_us": lat.json(),
+                "ack_latency_us": ack.json(),
+                "lost": lost,
+                "duplicated": c.duplicated,
+                "out_of_order": c.out_of_order,
+                "foreign": c.foreign,
+                "history_replayed": c.history,
+                "errors": c.errors,
+                "connection_failures": c.conn_failures,
+                "samples": self.samples,
+            });
+            if let (Value::Object(m), Value::Object(cpu)) = (&mut v, cpu.json()) {
+                m.extend(cpu);
+            }
+            println!("{v}");
+        } else {
+            let total = self.members.len();
+            println!(
+                "ringchat-load {mode}: {} room(s) x {} members, {load_desc}, text {} B, server {}",
+                o.rooms, o.members, o.text_bytes, o.common.server
+            );
+            println!("outcome:     {outcome}");
+            println!(
+                "join:        {}/{total} members joined in {join_secs:.2} s",
+                self.joined
+            );
+            println!(
+                "sent:        {} messages in {secs:.2} s = {:.0} msg/s  (acked {}, unacked {unacked}, rejected {}, unsent {})",
+                c.sent,
+                per_s(c.sent),
+                c.acked,
+                c.rejected,
+                c.unsent
+            );
+            println!(
+                "deliveries:  {} of {expected} expected = {:.0} deliveries/s  ({} received incl. duplicates)",
+                c.unique,
+                per_s(c.unique),
+                c.deliveries
+            );
+            println!(
+                "latency µs:  {}  (send -> delivery, every recipient)",
+                lat.line()
+            );
+            println!("ack µs:      {}  (send -> Ack, sender only)", ack.line());
+            if let Load::Open { .. } = o.load {
+                println!(
+                    "send lag µs: {}  (actual send time behind the schedule)",
+                    Latency::of(&self.send_lag).line()
+                );
+            }
+            println!(
+                "checks:      lost {lost}, duplicated {}, out of order {}, foreign {}, errors {}, connection failures {}",
+                c.duplicated, c.out_of_order, c.foreign, c.errors, c.conn_failures
+            );
+            for l in cpu.lines() {
+                println!("{l}");
+            }
+            println!("result:      {}", if clean { "CLEAN" } else { "NOT CLEAN" });
+        }
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_pads() {
+        assert_eq!(parse_text("12 7 123456789 xxxx"), Some((12, 7, 123456789)));
+        assert_eq!(parse_text("12 7 123456789"), Some((12, 7, 123456789)));
+        assert_eq!(parse_text("hello there"), None);
+        assert_eq!(parse_text(""), None);
+    }
+
+    #[test]
+    fn open_capacity_covers_the_schedule() {
+        assert_eq!(planned_sends(500.0, Duration::from_secs(20)), 10_000);
+        assert_eq!(planned_sends(0.1, Duration::from_secs(1)), 1);
+    }
+
+    #[test]
+    fn run_ids_are_valid_name_parts() {
+        let id = run_id();
+        assert_eq!(id.len(), 6);
+        let user = format!("load-{id}-r9999-m99999");
+        ringchat::core::names::validate_user(&user).unwrap();
+    }
+}

@@ -1,0 +1,234 @@
+//! `ringchat-load`: load generator and checker for a ringchat server.
+//!
+//! One single-threaded mio event loop drives every client connection (no thread per
+//! connection), speaking the wire codec directly. Scenarios:
+//! - `closed`: rooms x members, each member sends M messages, the next one only after its
+//!   previous one came back as a delivered message;
+//! - `open`: a fixed aggregate send rate by the clock, then a bounded drain;
+//! - `idle`: daemon RSS growth per idle, joined connection.
+//!
+//! Every delivery to every recipient is checked (lost, duplicated, out of order) and timed end
+//! to end. With `--pid`, the daemon's CPU time over the run is reported per delivery. Exit
+//! status: 0 clean, 1 the run finished but something was lost/duplicated/out of order/refused
+//! or it timed out, 2 it could not run.
+
+mod chat;
+mod idle;
+mod net;
+mod procfs;
+mod report;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ringchat-load",
+    version,
+    about = "Load generator and delivery checker for ringchat (one mio event loop, many connections)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Closed loop: each member sends its next message once its previous one was delivered back.
+    Closed {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        rooms: RoomArgs,
+        /// Messages each member sends.
+        #[arg(long)]
+        messages: u64,
+        /// Stop early if nothing is delivered for this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        stall_secs: f64,
+    },
+    /// Open loop: a fixed aggregate send rate, scheduled by the clock, spread over all members.
+    Open {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        rooms: RoomArgs,
+        /// Aggregate messages per second over all members.
+        #[arg(long)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long)]
+        duration: f64,
+        /// Longest wait for outstanding deliveries after the last send, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        drain_secs: f64,
+    },
+    /// Idle connections: daemon RSS growth per joined connection (needs --pid).
+    Idle {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Connections to open (each its own user, each joins a room).
+        #[arg(long)]
+        connections: usize,
+        /// Rooms the connections are spread over.
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Seconds to keep the connections open after measuring.
+        #[arg(long, default_value_t = 2.0)]
+        hold_secs: f64,
+        /// Seconds to let the daemon settle before each RSS reading.
+        #[arg(long, default_value_t = 1.0)]
+        settle_secs: f64,
+    },
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Server address, host:port.
+    #[arg(long)]
+    server: String,
+    /// The daemon's process id: report its CPU (and RSS for idle) from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Give up after this many seconds in all, report what was measured, exit non-zero.
+    #[arg(long, default_value_t = 120.0)]
+    timeout_secs: f64,
+    /// Connections handshaking at once while connecting.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RoomArgs {
+    /// Number of rooms.
+    #[arg(long)]
+    rooms: usize,
+    /// Members per room, each its own connection and user.
+    #[arg(long)]
+    members: usize,
+    /// Message text size in bytes (the text holds sender, number and send time, then padding).
+    #[arg(long, default_value_t = 32)]
+    text_bytes: usize,
+}
+
+/// Options every scenario has, validated.
+pub struct Common {
+    pub server: SocketAddr,
+    pub pid: Option<u32>,
+    pub timeout_secs: f64,
+    pub batch: usize,
+    pub json: bool,
+}
+
+impl CommonArgs {
+    fn check(self) -> Result<Common, String> {
+        let server = self
+            .server
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve --server {}: {e}", self.server))?
+            .next()
+            .ok_or_else(|| format!("--server {} resolves to no address", self.server))?;
+        if !(self.timeout_secs > 0.0 && self.timeout_secs < 1e7) {
+            return Err("--timeout-secs must be a positive number of seconds".into());
+        }
+        if let Some(pid) = self.pid {
+            procfs::cpu_ticks(Some(pid))
+                .map_err(|e| format!("--pid {pid}: cannot read /proc/{pid}/stat: {e}"))?;
+        }
+        Ok(Common {
+            server,
+            pid: self.pid,
+            timeout_secs: self.timeout_secs,
+            batch: self.batch.max(1),
+            json: self.json,
+        })
+    }
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number"))
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
+    let clock = net::Clock::new();
+    match cli.cmd {
+        Cmd::Closed {
+            common,
+            rooms,
+            messages,
+            stall_secs,
+        } => chat::run(
+            chat::ChatOpts {
+                common: common.check()?,
+                rooms: rooms.rooms,
+                members: rooms.members,
+                text_bytes: rooms.text_bytes,
+                load: chat::Load::Closed {
+                    messages,
+                    stall: secs("stall-secs", stall_secs)?,
+                },
+            },
+            clock,
+        ),
+        Cmd::Open {
+            common,
+            rooms,
+            rate,
+            duration,
+            drain_secs,
+        } => chat::run(
+            chat::ChatOpts {
+                common: common.check()?,
+                rooms: rooms.rooms,
+                members: rooms.members,
+                text_bytes: rooms.text_bytes,
+                load: chat::Load::Open {
+                    rate,
+                    duration: secs("duration", duration)?,
+                    drain: secs("drain-secs", drain_secs)?,
+                },
+            },
+            clock,
+        ),
+        Cmd::Idle {
+            common,
+            connections,
+            rooms,
+            hold_secs,
+            settle_secs,
+        } => {
+            let common = common.check()?;
+            let pid = common
+                .pid
+                .ok_or("idle needs --pid: it measures the daemon's RSS")?;
+            idle::run(
+                idle::IdleOpts {
+                    common,
+                    pid,
+                    connections,
+                    rooms,
+                    hold: secs("hold-secs", hold_secs)?,
+                    settle: secs("settle-secs", settle_secs)?,
+                },
+                clock,
+            )
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("ringchat-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Process figures from /proc (Linux): a daemon's RSS and CPU ticks, the tool's own CPU, and
+//! the file-descriptor limit.
+
+use std::fs;
+use std::io;
+use std::process::Command;
+
+/// Resident set size of `pid` in bytes (VmRSS of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("cannot parse {line:?}")))?;
+    Ok(kb * 1024)
+}
+
+/// utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat); `None`
+/// means this process.
+pub fn cpu_ticks(pid: Option<u32>) -> io::Result<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = fs::read_to_string(&path)?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::other(format!("cannot parse {path}")))?;
+    // `rest` starts at field 3, so fields 14 and 15 are its 12th and 13th words.
+    let mut words = rest.split_whitespace().skip(11);
+    let mut next = || -> io::Result<u64> {
+        words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("cannot parse {path}")))
+    };
+    Ok(next()? + next()?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), and whether it was measured rather than assumed
+/// to be the usual 100.
+pub fn clk_tck() -> (u64, bool) {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t| t > 0)
+        .map_or((100, false), |t| (t, true))
+}
+
+/// CPU seconds of a daemon (if a pid was given) and of this tool, sampled together.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    pub daemon_ticks: Option<u64>,
+    pub tool_ticks: u64,
+}
+
+impl CpuSample {
+    pub fn take(pid: Option<u32>) -> CpuSample {
+        CpuSample {
+            daemon_ticks: pid.and_then(|p| cpu_ticks(Some(p)).ok()),
+            tool_ticks: cpu_ticks(None).unwrap_or(0),
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) after.
+pub fn raise_nofile() -> io::Result<(u64, u64)> {
+    use rlimit::Resource;
+    let (_, hard) = rlimit::getrlimit(Resource::NOFILE)?;
+    rlimit::setrlimit(Resource::NOFILE, hard, hard)?;
+    rlimit::getrlimit(Resource::NOFILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_figures() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).unwrap() > 0);
+        let burn: u64 = (0..2_000_000u64).map(|x| x ^ (x >> 3)).sum();
+        assert!(burn > 0);
+        assert!(cpu_ticks(None).is_ok());
+        assert!(cpu_ticks(Some(me)).is_ok());
+        assert!(clk_tck().0 > 0);
+    }
+}
