@@ -1,0 +1,121 @@
+# ringchat: build, run, test and install.  `make help` lists the targets.
+
+CARGO   ?= cargo
+PREFIX  ?= /usr/local
+DESTDIR ?=
+
+BINDIR    := $(DESTDIR)$(PREFIX)/bin
+DOCDIR    := $(DESTDIR)$(PREFIX)/share/doc/ringchat
+UNITDIR   := $(DESTDIR)/etc/systemd/system
+CONFDIR   := $(DESTDIR)/etc/ringchat
+
+BINS      := ringchatd ringchat ringchat-load
+RELEASE   := target/release
+UNIT      := systemd/ringchatd@.service
+EXAMPLE   := systemd/ringchatd.toml.example
+
+# Local demo node (`make run`).
+RUN_LISTEN   ?= 127.0.0.1:7070
+RUN_DATA_DIR ?= ./ringchat-data
+
+.PHONY: all build run test lint loadtest bench-closed bench-open bench-idle \
+        install uninstall verify-units clean help
+
+all: build
+
+help:
+	@echo "make build         release build of ringchatd, ringchat, ringchat-load"
+	@echo "make run           build, then run one local node on $(RUN_LISTEN) (foreground)"
+	@echo "make test          run the test suite (cargo test --all-targets)"
+	@echo "make lint          cargo fmt --check and clippy -D warnings"
+	@echo "make loadtest      every load scenario (scripts/bench.sh all)"
+	@echo "make bench-closed  closed-loop load scenario"
+	@echo "make bench-open    open-loop (fixed rate) load scenario"
+	@echo "make bench-idle    many idle connections scenario"
+	@echo "make verify-units  systemd-analyze verify the systemd unit"
+	@echo "make install       install binaries, unit and example config (PREFIX=$(PREFIX) DESTDIR=)"
+	@echo "make uninstall     remove what install put in place (configs are kept)"
+	@echo "make clean         cargo clean"
+
+build:
+	$(CARGO) build --release --bins
+
+run: build
+	$(RELEASE)/ringchatd --listen $(RUN_LISTEN) --data-dir $(RUN_DATA_DIR)
+
+test:
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+loadtest:
+	scripts/bench.sh all
+
+bench-closed:
+	scripts/bench.sh closed
+
+bench-open:
+	scripts/bench.sh open
+
+bench-idle:
+	scripts/bench.sh idle
+
+# Builds only if a binary is missing, so that `sudo make install` after `make build` does not
+# run cargo as root. The unit's paths follow PREFIX. An existing example config is kept.
+install:
+	@for b in $(BINS); do \
+	  if [ ! -x $(RELEASE)/$$b ]; then $(MAKE) build || exit 1; break; fi; \
+	done
+	install -d $(BINDIR) $(UNITDIR) $(CONFDIR) $(DOCDIR)
+	for b in $(BINS); do install -m 0755 $(RELEASE)/$$b $(BINDIR)/$$b; done
+	sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' \
+	    -e 's|/usr/local/share/doc/|$(PREFIX)/share/doc/|g' \
+	    $(UNIT) > $(UNITDIR)/ringchatd@.service.tmp
+	chmod 0644 $(UNITDIR)/ringchatd@.service.tmp
+	mv -f $(UNITDIR)/ringchatd@.service.tmp $(UNITDIR)/ringchatd@.service
+	@if [ -e $(CONFDIR)/ringchatd.toml.example ]; then \
+	  echo "keeping existing $(CONFDIR)/ringchatd.toml.example"; \
+	else \
+	  echo "install -m 0644 $(EXAMPLE) $(CONFDIR)/ringchatd.toml.example"; \
+	  install -m 0644 $(EXAMPLE) $(CONFDIR)/ringchatd.toml.example; \
+	fi
+	install -m 0644 README.md docs/PROTOCOL.md $(DOCDIR)/
+	@echo
+	@echo "Installed. To run node1 under systemd:"
+	@echo "  cp /etc/ringchat/ringchatd.toml.example /etc/ringchat/node1.toml   # then edit id, listen"
+	@echo "  systemctl daemon-reload && systemctl enable --now ringchatd@node1"
+
+uninstall:
+	for b in $(BINS); do rm -f $(BINDIR)/$$b; done
+	rm -f $(UNITDIR)/ringchatd@.service
+	rm -rf $(DOCDIR)
+	@echo "kept $(CONFDIR) (configuration) and /var/lib/ringchat (data)"
+
+# systemd-analyze verify wants ExecStart's binary to exist, and a template needs an instance.
+# The unit is checked unchanged inside a scratch root (--root) that holds it and a stub
+# /usr/local/bin/ringchatd, so nothing needs to be built or installed. systemd < 250 lacks
+# --root/--recursive-errors for verify: there the unit is checked with ExecStart rewritten to
+# the stub's path.
+verify-units:
+	@command -v systemd-analyze >/dev/null || { \
+	  echo "verify-units: systemd-analyze not found (apt-get install systemd)" >&2; exit 1; }
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir -p "$$tmp/usr/local/bin" "$$tmp/etc/systemd/system"; \
+	printf '#!/bin/sh\nexit 0\n' > "$$tmp/usr/local/bin/ringchatd"; \
+	chmod 0755 "$$tmp/usr/local/bin/ringchatd"; \
+	if systemd-analyze --help 2>/dev/null | grep -q -- '--recursive-errors'; then \
+	  cp $(UNIT) "$$tmp/etc/systemd/system/ringchatd@.service"; \
+	  echo "systemd-analyze verify --recursive-errors=no --root=$$tmp ringchatd@demo.service"; \
+	  systemd-analyze verify --recursive-errors=no --root="$$tmp" ringchatd@demo.service; \
+	else \
+	  sed "s|/usr/local/bin/ringchatd|$$tmp/usr/local/bin/ringchatd|" $(UNIT) \
+	    > "$$tmp/ringchatd@demo.service"; \
+	  echo "systemd-analyze verify $$tmp/ringchatd@demo.service"; \
+	  systemd-analyze verify "$$tmp/ringchatd@demo.service"; \
+	fi; \
+	echo "verify-units: $(UNIT) OK"
+
+clean:
+	$(CARGO) clean
