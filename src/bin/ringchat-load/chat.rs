@@ -117,6 +117,8 @@ struct Run {
     launched: usize,
     in_handshake: usize,
     joined: usize,
+    /// Members joined whose connection is still up.
+    live: usize,
     dead: usize,
     deadline: Instant,
     last_progress: u64,
@@ -197,6 +199,7 @@ pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
         launched: 0,
         in_handshake: 0,
         joined: 0,
+        live: 0,
         dead: 0,
         deadline,
         last_progress: 0,
@@ -332,6 +335,9 @@ impl Run {
         }
         let target = messages * self.members.len() as u64;
         loop {
+            if self.live == 0 {
+                return Ok("every connection was lost");
+            }
             if self.c.sent + self.c.unsent >= target && self.all_delivered() {
                 return Ok("complete");
             }
@@ -374,6 +380,9 @@ impl Run {
                     self.c.unsent += 1;
                 }
                 k += 1;
+            }
+            if self.live == 0 {
+                return Ok("every connection was lost");
             }
             if k >= planned {
                 let until = *drain_until.get_or_insert(Instant::now() + drain);
@@ -468,6 +477,7 @@ impl Run {
                     m.last_seq = j.last_seq;
                     m.seen = vec![0; (self.opts.members as u64 * self.cap).div_ceil(64) as usize];
                     self.joined += 1;
+                    self.live += 1;
                     self.in_handshake -= 1;
                 }
             }
@@ -497,6 +507,9 @@ impl Run {
         }
         if stage == Stage::Handshake {
             self.in_handshake -= 1;
+        }
+        if stage == Stage::Joined {
+            self.live -= 1;
         }
         self.members[i].stage = Stage::Dead;
         self.dead += 1;
