@@ -352,11 +352,10 @@ impl<S: Storage> Driver<S> {
         let node = Node::new(config.node_config(), recovered);
 
         let poll = Poll::new().map_err(io_err("creating the poller"))?;
-        let mut listener =
-            TcpListener::bind(config.listen).map_err(|source| DriverError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let mut listener = listen(config.listen).map_err(|source| DriverError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local_addr = listener
             .local_addr()
             .map_err(io_err("reading the listen address"))?;
@@ -886,6 +885,24 @@ impl<S: Storage> Driver<S> {
         self.drops += 1;
         self.node.handle_disconnect(now, id);
     }
+}
+
+/// Accept backlog: std and mio use 128, and a reconnect storm after a failover brings more
+/// clients than that at once; the kernel caps it at net.core.somaxconn.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener with a backlog deep enough for reconnect storms.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 fn set_write_interest(registry: &Registry, c: &mut Conn, key: usize) -> io::Result<()> {
