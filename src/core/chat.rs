@@ -134,7 +134,36 @@ pub struct ChatState {
     sessions: HashMap<SessionId, Session>,
     by_client: HashMap<u64, SessionId>,
     devices: HashMap<String, Vec<SessionId>>,
-    recent: HashMap<u64, VecDeque<(u64, u64)>>,
+    recent: HashMap<u64, Recent>,
+}
+
+/// A client's last committed (client_seq, seq) pairs, and the highest client_seq among them.
+#[derive(Debug, Default)]
+struct Recent {
+    pairs: VecDeque<(u64, u64)>,
+    max_client_seq: u64,
+}
+
+impl Recent {
+    /// The seq a re-sent `client_seq` got the first time, if it is remembered.
+    fn find(&self, client_seq: u64) -> Option<u64> {
+        // Clients number their messages in increasing order, so a new message skips the scan.
+        if client_seq > self.max_client_seq {
+            return None;
+        }
+        self.pairs
+            .iter()
+            .find(|(c, _)| *c == client_seq)
+            .map(|&(_, seq)| seq)
+    }
+
+    fn remember(&mut self, client_seq: u64, seq: u64) {
+        if self.pairs.len() == DEDUP_WINDOW {
+            self.pairs.pop_front();
+        }
+        self.pairs.push_back((client_seq, seq));
+        self.max_client_seq = self.max_client_seq.max(client_seq);
+    }
 }
 
 impl ChatState {
@@ -296,7 +325,7 @@ impl ChatState {
             return Outcome::Nothing;
         };
         let recent = self.recent.entry(s.client_id).or_default();
-        if let Some(&(_, seq)) = recent.iter().find(|(c, _)| *c == client_seq) {
+        if let Some(seq) = recent.find(client_seq) {
             return Outcome::Duplicate {
                 session,
                 room: room.to_owned(),
@@ -323,10 +352,7 @@ impl ChatState {
             text: text.to_owned(),
         };
         r.messages.push(message.clone());
-        if recent.len() == DEDUP_WINDOW {
-            recent.pop_front();
-        }
-        recent.push_back((client_seq, seq));
+        recent.remember(client_seq, seq);
         Outcome::Said {
             session,
             room: room.to_owned(),

@@ -49,7 +49,8 @@ pub struct Now {
 /// Output of the core for the driver to carry out, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Queue these frame bytes on the connection's send buffer.
+    /// Queue these frame bytes on the connection's send buffer. The connection may have gone
+    /// in the meantime (its close is still on its way through the log): then drop the bytes.
     Send {
         /// Destination connection.
         conn: ConnId,

@@ -402,8 +402,11 @@ impl Node {
                     &message.text,
                 )
                 .into();
+                // The per-recipient hot path: no connection lookup, since a member whose
+                // connection just went is still in the room until its CloseSession applies, and
+                // the driver ignores sends to connections it no longer has.
                 for m in self.chat.members(&room) {
-                    if m.node == self.cfg.id && self.conns.contains_key(&m.conn) {
+                    if m.node == self.cfg.id {
                         self.actions.push_back(Action::Send {
                             conn: m.conn,
                             bytes: bytes.clone(),
