@@ -7,10 +7,12 @@
 mod error;
 mod frames;
 mod header;
+mod peer;
 
 pub use error::{CodecError, ErrorCode};
 pub use frames::*;
 pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
+pub use peer::*;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -18,6 +20,8 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const MAX_CLIENT_PAYLOAD: u32 = 64 * 1024;
 /// Largest payload a client accepts from a server.
 pub const MAX_SERVER_PAYLOAD: u32 = 4 * 1024 * 1024;
+/// Largest payload of a node-to-node frame (an `Append` batch is kept well below it).
+pub const MAX_PEER_PAYLOAD: u32 = 16 * 1024 * 1024;
 
 /// bincode configuration of every payload: little endian, fixed-width integers, byte limit `N`.
 const fn config<const N: usize>() -> bincode::config::Configuration<
@@ -105,6 +109,8 @@ frame_set!(
     0x06 => History(History),
     /// Liveness probe.
     0x07 => Ping(Ping),
+    /// Admin: the node's view of the cluster.
+    0x08 => Status(StatusRequest),
 });
 
 frame_set!(
@@ -130,6 +136,27 @@ frame_set!(
     0x49 => HistoryPage(HistoryPage),
     /// Answer to `Ping`.
     0x4A => Pong(Ping),
+    /// Answer to `Status`.
+    0x4B => Status(StatusReport),
+});
+
+frame_set!(
+    /// Frames between cluster nodes.
+    PeerFrame, MAX_PEER_PAYLOAD, {
+    /// Connection handshake.
+    0x81 => Hello(PeerHello),
+    /// Liveness.
+    0x82 => Heartbeat(Heartbeat),
+    /// Log replication.
+    0x83 => Append(Append),
+    /// Replication answer.
+    0x84 => AppendReply(AppendReply),
+    /// Election token.
+    0x85 => Token(Token),
+    /// Election result.
+    0x86 => Elected(Elected),
+    /// Writes forwarded to the leader.
+    0x87 => Forward(Forward),
 });
 
 /// Appends one complete frame (header and payload) to `out`.

@@ -4,8 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::log::Command;
-use super::SessionId;
+use super::log::{Command, Entry};
+use super::{NodeId, SessionId};
 
 /// How many recent (client_seq -> seq) pairs are remembered per client for de-duplication.
 /// A client never has more messages in flight than this.
@@ -103,6 +103,13 @@ pub enum Outcome {
         /// Sequence number it got the first time.
         seq: u64,
     },
+    /// A node restarted: the sessions it held before are closed.
+    NodeBooted {
+        /// The node.
+        node: NodeId,
+        /// Rooms those sessions left.
+        exits: Vec<RoomExit>,
+    },
     /// The session posted to (or left) a room it is not in.
     NotInRoom {
         /// The session.
@@ -135,6 +142,8 @@ pub struct ChatState {
     by_client: HashMap<u64, SessionId>,
     devices: HashMap<String, Vec<SessionId>>,
     recent: HashMap<u64, Recent>,
+    /// Highest proposal number applied per proposing node: re-forwarded copies are skipped.
+    applied_proposals: HashMap<NodeId, u64>,
 }
 
 /// A client's last committed (client_seq, seq) pairs, and the highest client_seq among them.
@@ -177,13 +186,40 @@ impl ChatState {
             by_client: HashMap::new(),
             devices: HashMap::new(),
             recent: HashMap::new(),
+            applied_proposals: HashMap::new(),
         }
+    }
+
+    /// Applies one committed entry, unless it repeats a proposal already applied (a proposal is
+    /// re-forwarded when the leader changes, so the log may hold it twice).
+    pub fn apply_entry(&mut self, entry: &Entry) -> Outcome {
+        if let Some(id) = entry.origin {
+            let last = self.applied_proposals.entry(id.node).or_default();
+            if id.seq <= *last {
+                return Outcome::Nothing;
+            }
+            if *last != 0 && id.seq > *last + 1 && id.seq >> 32 == *last >> 32 {
+                // Proposals of one incarnation arrive gap-free; a gap means one was lost.
+                log::error!("proposal {id:?} applied after {last}: a proposal was skipped");
+            }
+            *last = id.seq;
+        }
+        self.apply(&entry.command)
     }
 
     /// Applies one committed command.
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
             Command::Noop => Outcome::Nothing,
+            Command::NodeBoot { node } => {
+                let exits = self
+                    .sessions_on(*node)
+                    .into_iter()
+                    .filter_map(|s| self.close(s))
+                    .flatten()
+                    .collect();
+                Outcome::NodeBooted { node: *node, exits }
+            }
             Command::OpenSession {
                 session,
                 user,

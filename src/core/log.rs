@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::SessionId;
+use super::{NodeId, SessionId};
 
 /// Position in the log, starting at 1 (0 means "before the first entry").
 pub type LogIndex = u64;
@@ -15,6 +15,11 @@ pub type Epoch = u64;
 pub enum Command {
     /// Written by a new leader to commit entries of earlier epochs.
     Noop,
+    /// A node (re)started: every session it held before is gone.
+    NodeBoot {
+        /// The node.
+        node: NodeId,
+    },
     /// A client said Hello: register its session (subject to the device limit).
     OpenSession {
         /// The new session.
@@ -60,6 +65,25 @@ pub enum Command {
     },
 }
 
+/// Identifies a proposal cluster-wide: the node that made it and its number there. A node
+/// numbers its proposals in increasing order, so applying skips any number already applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProposalId {
+    /// The proposing node.
+    pub node: NodeId,
+    /// Its sequence number on that node.
+    pub seq: u64,
+}
+
+/// A command on its way to the leader's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Identity, for de-duplication of re-forwarded proposals.
+    pub id: ProposalId,
+    /// The change.
+    pub command: Command,
+}
+
 /// A log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -67,11 +91,33 @@ pub struct Entry {
     pub index: LogIndex,
     /// Epoch of the leader that created it.
     pub epoch: Epoch,
+    /// The proposal it carries (None for a leader's Noop).
+    pub origin: Option<ProposalId>,
     /// The change.
     pub command: Command,
 }
 
-/// The node's log: entries still held in memory and how far each stage has got.
+/// What a node must make durable: the election state and the log's new suffix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Highest epoch this node has seen.
+    pub epoch: Epoch,
+    /// Highest epoch whose election this node took part in (at most once per epoch).
+    pub participated: Epoch,
+    /// Counts the node's starts; part of every connection id so ids never repeat.
+    pub incarnation: u64,
+}
+
+/// Marks how far a [`Persist`] reached, for [`Log::persisted_through`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersistMark {
+    /// Last index written.
+    pub index: LogIndex,
+    /// Truncations seen by the log when the batch was taken.
+    pub generation: u64,
+}
+
+/// The node's log: entries held in memory and how far each stage has got.
 #[derive(Debug, Default)]
 pub struct Log {
     entries: Vec<Entry>,
@@ -80,12 +126,28 @@ pub struct Log {
     persisted: LogIndex,
     committed: LogIndex,
     applied: LogIndex,
+    /// Lowest index removed since the last persist, which storage must drop too.
+    truncated_from: Option<LogIndex>,
+    /// Counts truncations, so a persist mark from before one is not trusted past it.
+    generation: u64,
 }
 
 impl Log {
     /// An empty log.
     pub fn new() -> Log {
         Log::default()
+    }
+
+    /// A log recovered from storage: everything in it is durable.
+    pub fn recovered(entries: Vec<Entry>) -> Log {
+        let offset = entries.first().map_or(0, |e| e.index - 1);
+        let last = offset + entries.len() as LogIndex;
+        Log {
+            entries,
+            offset,
+            persisted: last,
+            ..Log::default()
+        }
     }
 
     /// Index of the last entry (0 when empty).
@@ -98,26 +160,115 @@ impl Log {
         self.entries.last().map_or(0, |e| e.epoch)
     }
 
+    /// Epoch of the entry at `index` (0 for index 0; None if not held).
+    pub fn epoch_at(&self, index: LogIndex) -> Option<Epoch> {
+        if index == 0 {
+            return Some(0);
+        }
+        self.get(index).map(|e| e.epoch)
+    }
+
+    /// The entry at `index`, if held.
+    pub fn get(&self, index: LogIndex) -> Option<&Entry> {
+        let i = index.checked_sub(self.offset + 1)?;
+        self.entries.get(i as usize)
+    }
+
+    /// Up to `max` entries starting at `from`, staying under `max_bytes` (approximate) but
+    /// always at least one when any is available.
+    pub fn slice(&self, from: LogIndex, max: usize, max_bytes: usize) -> &[Entry] {
+        let Some(start) = from.checked_sub(self.offset + 1) else {
+            return &[];
+        };
+        let start = (start as usize).min(self.entries.len());
+        let rest = &self.entries[start..];
+        let mut bytes = 0;
+        let mut n = 0;
+        for e in rest.iter().take(max) {
+            bytes += approx_size(&e.command);
+            if n > 0 && bytes > max_bytes {
+                break;
+            }
+            n += 1;
+        }
+        &rest[..n]
+    }
+
     /// Appends a new entry at the end and returns its index.
-    pub fn append(&mut self, epoch: Epoch, command: Command) -> LogIndex {
+    pub fn append(
+        &mut self,
+        epoch: Epoch,
+        origin: Option<ProposalId>,
+        command: Command,
+    ) -> LogIndex {
         let index = self.last_index() + 1;
         self.entries.push(Entry {
             index,
             epoch,
+            origin,
             command,
         });
         index
     }
 
-    /// Entries not yet reported persisted, for the driver to write.
+    /// Appends entries received from the leader after `prev_index`, dropping a conflicting
+    /// suffix first. Returns Err with the index if that would remove a committed entry.
+    pub fn merge(&mut self, entries: &[Entry]) -> Result<(), LogIndex> {
+        for e in entries {
+            match self.get(e.index).map(|x| x.epoch) {
+                Some(epoch) if epoch == e.epoch => continue,
+                Some(_) => {
+                    if e.index <= self.committed {
+                        return Err(e.index);
+                    }
+                    self.truncate_from(e.index);
+                    self.entries.push(e.clone());
+                }
+                None => {
+                    debug_assert_eq!(e.index, self.last_index() + 1);
+                    if e.index != self.last_index() + 1 {
+                        return Err(e.index);
+                    }
+                    self.entries.push(e.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn truncate_from(&mut self, index: LogIndex) {
+        let keep = (index - self.offset - 1) as usize;
+        self.entries.truncate(keep);
+        self.persisted = self.persisted.min(index - 1);
+        self.truncated_from = Some(self.truncated_from.map_or(index, |t| t.min(index)));
+        self.generation += 1;
+    }
+
+    /// Where storage must cut before appending [`Log::unpersisted`], if anywhere.
+    pub fn truncated_from(&self) -> Option<LogIndex> {
+        self.truncated_from
+    }
+
+    /// Entries not yet persisted, for the driver to write.
     pub fn unpersisted(&self) -> &[Entry] {
         let from = (self.persisted - self.offset) as usize;
         &self.entries[from.min(self.entries.len())..]
     }
 
-    /// Records that storage holds everything up to `index` durably.
-    pub fn mark_persisted(&mut self, index: LogIndex) {
-        self.persisted = self.persisted.max(index.min(self.last_index()));
+    /// The mark to hand back once what is unpersisted now has been made durable.
+    pub fn persist_mark(&self) -> PersistMark {
+        PersistMark {
+            index: self.last_index(),
+            generation: self.generation,
+        }
+    }
+
+    /// Storage holds everything up to the mark durably (and applied any truncation).
+    pub fn persisted_through(&mut self, mark: PersistMark) {
+        if mark.generation == self.generation {
+            self.truncated_from = None;
+            self.persisted = self.persisted.max(mark.index.min(self.last_index()));
+        }
     }
 
     /// Highest index known durable on this node.
@@ -146,7 +297,17 @@ impl Log {
             return None;
         }
         self.applied += 1;
-        self.entries.get((self.applied - self.offset - 1) as usize)
+        self.get(self.applied)
+    }
+}
+
+/// A rough payload size, to bound the bytes of one replication message.
+fn approx_size(c: &Command) -> usize {
+    match c {
+        Command::Say { room, text, .. } => 64 + room.len() + text.len(),
+        Command::OpenSession { user, .. } => 64 + user.len(),
+        Command::Join { room, .. } | Command::Leave { room, .. } => 64 + room.len(),
+        _ => 48,
     }
 }
 
@@ -154,20 +315,80 @@ impl Log {
 mod tests {
     use super::*;
 
+    fn e(index: LogIndex, epoch: Epoch) -> Entry {
+        Entry {
+            index,
+            epoch,
+            origin: None,
+            command: Command::Noop,
+        }
+    }
+
     #[test]
     fn marks_advance_in_order_and_never_past_the_log() {
         let mut log = Log::new();
-        assert_eq!(log.append(1, Command::Noop), 1);
-        assert_eq!(log.append(1, Command::Noop), 2);
+        assert_eq!(log.append(1, None, Command::Noop), 1);
+        assert_eq!(log.append(1, None, Command::Noop), 2);
         assert_eq!(log.unpersisted().len(), 2);
-        log.mark_persisted(1);
+        let mark = log.persist_mark();
+        log.persisted_through(PersistMark { index: 1, ..mark });
         assert_eq!(log.unpersisted()[0].index, 2);
         log.commit_to(9);
         assert_eq!(log.committed(), 2);
         assert_eq!(log.next_to_apply().map(|e| e.index), Some(1));
         assert_eq!(log.next_to_apply().map(|e| e.index), Some(2));
         assert!(log.next_to_apply().is_none());
-        log.mark_persisted(0);
         assert_eq!(log.persisted(), 1);
+    }
+
+    #[test]
+    fn merge_truncates_a_diverging_suffix_and_storage_is_told() {
+        let mut log = Log::recovered(vec![e(1, 1), e(2, 1), e(3, 1)]);
+        assert_eq!(log.persisted(), 3);
+        log.merge(&[e(2, 1), e(3, 2), e(4, 2)]).unwrap();
+        assert_eq!(log.epoch_at(3), Some(2));
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.truncated_from(), Some(3));
+        assert_eq!(log.persisted(), 2);
+        assert_eq!(
+            log.unpersisted()
+                .iter()
+                .map(|e| e.index)
+                .collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        log.persisted_through(log.persist_mark());
+        assert_eq!((log.persisted(), log.truncated_from()), (4, None));
+    }
+
+    #[test]
+    fn a_stale_persist_mark_does_not_cover_entries_replaced_after_it() {
+        let mut log = Log::recovered(vec![e(1, 1)]);
+        log.append(1, None, Command::Noop);
+        let stale = log.persist_mark();
+        log.merge(&[e(2, 2)]).unwrap();
+        log.persisted_through(stale);
+        assert_eq!(log.persisted(), 1);
+    }
+
+    #[test]
+    fn merge_refuses_to_remove_committed_entries() {
+        let mut log = Log::recovered(vec![e(1, 1), e(2, 1)]);
+        log.commit_to(2);
+        assert_eq!(log.merge(&[e(2, 3)]), Err(2));
+        assert_eq!(log.epoch_at(2), Some(1));
+    }
+
+    #[test]
+    fn slice_respects_count_and_bytes_but_returns_at_least_one() {
+        let mut log = Log::new();
+        for _ in 0..10 {
+            log.append(1, None, Command::Noop);
+        }
+        assert_eq!(log.slice(3, 4, 1 << 20).len(), 4);
+        assert_eq!(log.slice(3, 100, 1).len(), 1);
+        assert_eq!(log.slice(11, 5, 100).len(), 0);
+        assert_eq!(log.epoch_at(0), Some(0));
+        assert_eq!(log.epoch_at(11), None);
     }
 }

@@ -1,17 +1,25 @@
 //! The sans-IO core: a node's whole behaviour as a state machine.
 //!
 //! Contract (quinn-proto style): every entry point takes `now`; `handle_*` methods feed input
-//! (client frames, connection events, persistence completions, timers); `poll_action` drains
-//! output (bytes to send, connections to close); `unpersisted` hands the driver the log entries
-//! to write; `poll_timeout` is the next deadline. The core never reads the clock, never touches a
-//! socket or a file, so a test can run many nodes in one process on a virtual clock.
+//! (client frames, peer frames, connection events, persistence completions, timers);
+//! `poll_action` drains output (bytes for a client or a peer, connections to close);
+//! `to_persist` hands the driver what must become durable and `handle_persisted` reports it
+//! done; `poll_timeout` is the next deadline. The core never reads the clock, never touches a
+//! socket or a file, and draws randomness from a seeded generator, so a test can run a whole
+//! cluster in one process on a virtual clock.
+//!
+//! One loop turn of a driver: feed every input, `handle_timeout` if due, `flush`, carry out
+//! `to_persist` (one sync) and `handle_persisted`, `flush` again, then drain `poll_action`.
 
 pub mod chat;
+mod election;
 pub mod log;
 pub mod names;
 mod node;
+mod outbox;
+mod progress;
 
-pub use node::{Node, NodeConfig};
+pub use node::{Node, NodeConfig, NodeStats, Persist, PersistToken, Role};
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -33,6 +41,9 @@ pub struct ConnId(pub u64);
 pub struct SessionId {
     /// Node the client is connected to.
     pub node: NodeId,
+    /// That node's incarnation (start count), so connection ids of a restarted node never
+    /// alias sessions of its previous run.
+    pub incarnation: u64,
     /// Connection on that node.
     pub conn: ConnId,
 }
@@ -55,6 +66,13 @@ pub enum Action {
         /// Destination connection.
         conn: ConnId,
         /// One or more complete encoded frames.
+        bytes: SharedBytes,
+    },
+    /// Send these frame bytes to a peer node (dropped if there is no connection to it).
+    SendPeer {
+        /// Destination node.
+        to: NodeId,
+        /// One complete encoded peer frame.
         bytes: SharedBytes,
     },
     /// Close the connection once what is already queued for it has been flushed.

@@ -46,9 +46,8 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::codec::{self, ErrorCode, ErrorFrame, ServerFrame};
-use crate::core::log::LogIndex;
 use crate::core::{Action, ConnId, Node, NodeId, Now};
-use crate::storage::{MemStorage, Storage, StorageError};
+use crate::storage::{self, MemStorage, Storage, StorageError};
 use conn::{InBuf, OutQueue};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -263,8 +262,6 @@ pub struct Driver<S: Storage = MemStorage> {
     scratch: Box<[u8]>,
     node: Node,
     storage: S,
-    /// Highest index handed to `storage.append`.
-    appended: LogIndex,
     storage_retry_at: Option<Instant>,
     accept_retry_at: Option<Instant>,
     /// Connections with new output this turn.
@@ -348,8 +345,7 @@ impl<S: Storage> Driver<S> {
         raise_fd_limit(id, config.max_connections);
 
         let recovered = storage.load().map_err(DriverError::Storage)?;
-        let appended = recovered.last().map_or(0, |e| e.index);
-        let node = Node::new(config.node_config(), recovered);
+        let node = Node::new(config.node_config(), recovered, now());
 
         let poll = Poll::new().map_err(io_err("creating the poller"))?;
         let mut listener = listen(config.listen).map_err(|source| DriverError::Bind {
@@ -396,7 +392,6 @@ impl<S: Storage> Driver<S> {
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
             node,
             storage,
-            appended,
             storage_retry_at: None,
             accept_retry_at: None,
             dirty: Vec::new(),
@@ -510,7 +505,7 @@ impl<S: Storage> Driver<S> {
     /// The poll timeout: zero while work is pending, else until the nearest deadline.
     fn poll_timeout(&self, at: Instant) -> Option<Duration> {
         if !self.reread.is_empty()
-            || (self.storage_retry_at.is_none() && !self.node.unpersisted().is_empty())
+            || (self.storage_retry_at.is_none() && self.node.to_persist().is_some())
         {
             return Some(Duration::ZERO);
         }
@@ -739,42 +734,30 @@ impl<S: Storage> Driver<S> {
         }
     }
 
-    /// Step 4: append what is new, one sync, then tell the node.
+    /// Step 4: write what the node must make durable, one sync, then tell the node; and let
+    /// the node send what that released.
     fn persist(&mut self, now: Now) {
+        self.node.flush(now);
         if let Some(t) = self.storage_retry_at {
             if now.mono < t {
                 return;
             }
             self.storage_retry_at = None;
         }
-        let entries = self.node.unpersisted();
-        let Some(last) = entries.last().map(|e| e.index) else {
+        let Some(p) = self.node.to_persist() else {
             return;
         };
-        let fresh = entries
-            .iter()
-            .position(|e| e.index > self.appended)
-            .map_or(&[][..], |i| &entries[i..]);
-        if !fresh.is_empty() {
-            if let Err(e) = self.storage.append(fresh) {
-                error!(
-                    "node {}: {e}; entries up to {last} are not durable, retrying in {:?}",
-                    self.id, STORAGE_RETRY
-                );
-                self.storage_retry_at = Some(now.mono + STORAGE_RETRY);
-                return;
-            }
-            self.appended = last;
-        }
-        if let Err(e) = self.storage.sync() {
+        let token = p.token;
+        if let Err(e) = storage::write(&mut self.storage, &p) {
             error!(
-                "node {}: {e}; entries up to {last} are not durable, retrying in {:?}",
+                "node {}: {e}; the last writes are not durable, retrying in {:?}",
                 self.id, STORAGE_RETRY
             );
             self.storage_retry_at = Some(now.mono + STORAGE_RETRY);
             return;
         }
-        self.node.handle_persisted(now, last);
+        self.node.handle_persisted(now, token);
+        self.node.flush(now);
     }
 
     /// Step 5: the node's actions into output queues and closes.
@@ -792,6 +775,8 @@ impl<S: Storage> Driver<S> {
                         self.dirty.push(conn);
                     }
                 }
+                // Peer links arrive with the cluster driver.
+                Action::SendPeer { .. } => {}
                 Action::Close { conn, reason } => {
                     let Some(key) = self.key_of(conn) else {
                         continue;

@@ -1,6 +1,6 @@
-//! Durable storage of the log behind a trait: the driver writes through it, the core never does.
-//! The in-memory implementation serves tests and the single-node demo; the file log
-//! (segments, checksums, torn-tail truncation) implements the same trait.
+//! Durable storage of the log and the election state behind a trait: the driver writes through
+//! it, the core never does. The in-memory implementation serves tests, the simulation and the
+//! demo; the file log (segments, checksums, torn-tail truncation) implements the same trait.
 
 mod memory;
 
@@ -8,7 +8,8 @@ pub use memory::MemStorage;
 
 use std::fmt;
 
-use crate::core::log::Entry;
+use crate::core::log::{Entry, HardState, LogIndex};
+use crate::core::Persist;
 
 /// A storage failure, with what was being done.
 #[derive(Debug)]
@@ -31,13 +32,40 @@ impl std::error::Error for StorageError {
     }
 }
 
-/// Where a node keeps its log. `append` may buffer; only `sync` makes entries durable, and the
-/// driver reports entries persisted to the core only after `sync` returned Ok.
+/// What a node finds in its storage when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The last durable election state.
+    pub hard_state: HardState,
+    /// Every durable entry, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// Where a node keeps its log and election state. Writes may be buffered; only `sync` makes
+/// them durable, and the driver reports a [`Persist`] done only after `sync` returned Ok.
 pub trait Storage {
+    /// Removes every entry with index >= `from`.
+    fn truncate(&mut self, from: LogIndex) -> Result<(), StorageError>;
     /// Appends entries after the current last entry.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
-    /// Makes every appended entry durable (one fsync for a whole loop turn).
+    /// Replaces the stored election state.
+    fn save_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError>;
+    /// Makes everything written so far durable (one fsync for a whole loop turn).
     fn sync(&mut self) -> Result<(), StorageError>;
-    /// Every durable entry, in order, as found when the node starts.
-    fn load(&mut self) -> Result<Vec<Entry>, StorageError>;
+    /// What is durable, as found when the node starts.
+    fn load(&mut self) -> Result<Recovered, StorageError>;
+}
+
+/// Carries out one [`Persist`] bundle: truncate, append, save the election state, one sync.
+pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<(), StorageError> {
+    if let Some(from) = p.truncate_from {
+        storage.truncate(from)?;
+    }
+    if !p.entries.is_empty() {
+        storage.append(p.entries)?;
+    }
+    if let Some(hs) = &p.hard_state {
+        storage.save_hard_state(hs)?;
+    }
+    storage.sync()
 }

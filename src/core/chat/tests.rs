@@ -4,6 +4,7 @@ use crate::core::{ConnId, SessionId};
 fn s(n: u64) -> SessionId {
     SessionId {
         node: 1,
+        incarnation: 1,
         conn: ConnId(n),
     }
 }

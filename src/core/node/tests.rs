@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::codec::{decode, ClientFrame, Hello, Join, Leave, Say, ServerFrame};
-use crate::storage::{MemStorage, Storage};
+use crate::storage::{self, MemStorage, Recovered, Storage};
 
 /// Drives one node like the driver does: persist everything each step, collect frames per conn.
 struct Harness {
@@ -18,16 +18,17 @@ struct Harness {
 
 impl Harness {
     fn new(cfg: NodeConfig) -> Harness {
-        Harness::recover(cfg, Vec::new())
+        Harness::recover(cfg, Recovered::default())
     }
 
-    fn recover(cfg: NodeConfig, entries: Vec<Entry>) -> Harness {
+    fn recover(cfg: NodeConfig, recovered: Recovered) -> Harness {
+        let now = Now {
+            mono: Instant::now(),
+            unix_ms: 1_700_000_000_000,
+        };
         Harness {
-            node: Node::new(cfg, entries),
-            now: Now {
-                mono: Instant::now(),
-                unix_ms: 1_700_000_000_000,
-            },
+            node: Node::new(cfg, recovered, now),
+            now,
             frames: HashMap::new(),
             closed: Vec::new(),
             sends: Vec::new(),
@@ -48,6 +49,7 @@ impl Harness {
                     assert!(rest.is_empty(), "a Send carried a partial frame");
                     self.sends.push((conn, bytes));
                 }
+                Action::SendPeer { to, .. } => panic!("a cluster of one sent to peer {to}"),
                 Action::Close { conn, .. } => {
                     self.closed.push(conn);
                     self.node.handle_disconnect(self.now, conn);
@@ -56,16 +58,18 @@ impl Harness {
         }
     }
 
-    /// Persists everything pending (as one sync) and collects the resulting actions.
+    /// One driver turn: flush, persist (one sync), flush, collect the actions.
     fn step(&mut self) {
         self.drain();
         for _ in 0..10 {
-            let Some(last) = self.node.unpersisted().last().map(|e| e.index) else {
+            self.node.flush(self.now);
+            let Some(p) = self.node.to_persist() else {
                 break;
             };
-            self.store.append(self.node.unpersisted()).unwrap();
-            self.store.sync().unwrap();
-            self.node.handle_persisted(self.now, last);
+            let token = p.token;
+            storage::write(&mut self.store, &p).unwrap();
+            self.node.handle_persisted(self.now, token);
+            self.node.flush(self.now);
             self.drain();
         }
     }
@@ -407,7 +411,7 @@ fn restart_from_the_durable_log_keeps_history_and_frees_old_device_slots() {
     }
     h.step();
     let durable = h.store.load().unwrap();
-    assert_eq!(durable.len() as u64, h.node.stats().committed);
+    assert_eq!(durable.entries.len() as u64, h.node.stats().committed);
     let mut h2 = Harness::recover(NodeConfig::default(), durable);
     h2.step();
     h2.connect(7, "alice");

@@ -1,49 +1,119 @@
-//! `Node`: one cluster member's state machine. Clients' frames become log commands; committed
-//! commands are applied to the chat state and their outcomes become frames for local clients.
-//!
-//! This foundation runs a single-node cluster: the node is the leader of epoch 1 and an entry
-//! commits as soon as it is persisted locally (a majority of one). Replication plugs in between
-//! `propose` and `commit_to` without changing the client side.
+//! `Node`: one cluster member's state machine. Clients' frames become proposals; proposals reach
+//! the leader's log (directly, or forwarded by a follower); committed entries are applied to the
+//! chat state on every node, and each node turns the outcomes into frames for its own clients.
+//! The cluster half (ring election, replication, timers) is in `cluster.rs`.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+mod cluster;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
 use super::chat::{ChatState, Outcome, RoomExit, StoredMessage};
-use super::log::{Command, Entry, Epoch, Log, LogIndex};
+use super::log::{Command, Entry, HardState, Log, LogIndex, PersistMark};
 use super::names;
+use super::outbox::Outbox;
+use super::progress::Progress;
 use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
+use crate::storage::Recovered;
 
 /// Tunables of the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
     /// This node's id.
     pub id: NodeId,
+    /// Every member of the cluster, this node included (just this node when empty).
+    pub members: Vec<NodeId>,
+    /// Cluster identity checked in peer handshakes.
+    pub cluster_id: u64,
     /// Messages replayed on a plain join.
     pub history_size: u32,
     /// Longest message text in bytes.
     pub max_text: u32,
     /// Devices a user may have connected at once.
     pub devices_per_user: u32,
-    /// Uncommitted entries allowed before clients are told "busy".
+    /// Proposals waiting for the leader (or for a leader to exist) before clients get "busy".
     pub max_pending: usize,
     /// Largest history page returned.
     pub max_page: u32,
+    /// How often heartbeats (and the leader's empty appends) go to every peer.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a peer (or the leader) is considered dead.
+    pub failure_timeout: Duration,
+    /// Most entries in one Append.
+    pub max_append_entries: usize,
+    /// Rough byte bound of one Append.
+    pub max_append_bytes: usize,
+    /// Most entries sent to a follower and not yet acknowledged.
+    pub replication_window: u64,
+    /// Seed of the node's random generator (election jitter).
+    pub seed: u64,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             id: 1,
+            members: Vec::new(),
+            cluster_id: 0,
             history_size: 10,
             max_text: 4096,
             devices_per_user: 2,
             max_pending: 65_536,
             max_page: 200,
+            heartbeat_interval: Duration::from_millis(30),
+            failure_timeout: Duration::from_millis(200),
+            max_append_entries: 1024,
+            max_append_bytes: 1 << 20,
+            replication_window: 8192,
+            seed: 1,
         }
     }
+}
+
+/// What a node is doing in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Started an election and waits for its token to come back.
+    Candidate,
+    /// Orders every write of its epoch.
+    Leader,
+}
+
+impl Role {
+    /// Lower-case name for status views.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// Hands back what a [`Persist`] covered once it is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersistToken {
+    log: PersistMark,
+    hard_version: u64,
+}
+
+/// What the driver must make durable now: carry it out (see `storage::write`), sync once, then
+/// call [`Node::handle_persisted`] with the token.
+#[derive(Debug)]
+pub struct Persist<'a> {
+    /// New election state to save, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Drop stored entries from this index on first (a follower's diverging suffix).
+    pub truncate_from: Option<LogIndex>,
+    /// Entries to append.
+    pub entries: &'a [Entry],
+    /// Identifies this bundle.
+    pub token: PersistToken,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -57,8 +127,14 @@ enum ConnState {
 }
 
 /// Counters for status views and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeStats {
+    /// Role.
+    pub role: Role,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Known leader.
+    pub leader: Option<NodeId>,
     /// Client connections known to the core.
     pub connections: usize,
     /// Live sessions cluster-wide.
@@ -67,52 +143,120 @@ pub struct NodeStats {
     pub last_index: LogIndex,
     /// Commit index.
     pub committed: LogIndex,
+    /// Applied index.
+    pub applied: LogIndex,
+    /// Own proposals not yet applied.
+    pub pending: usize,
+}
+
+/// What this node knows of one peer.
+#[derive(Clone, Debug, Default)]
+struct Peer {
+    connected: bool,
+    last_heard: Option<Instant>,
+    load: u32,
+}
+
+/// An output that may leave only once the election state (version) and the log (index) it
+/// depends on are durable.
+#[derive(Debug)]
+struct Held {
+    hard_version: u64,
+    index: LogIndex,
+    action: Action,
 }
 
 /// A cluster member's whole state.
 pub struct Node {
     cfg: NodeConfig,
-    epoch: Epoch,
+    members: Vec<NodeId>,
+    incarnation: u64,
+    hard: HardState,
+    hard_version: u64,
+    hard_persisted: u64,
+    role: Role,
+    leader: Option<NodeId>,
     log: Log,
     chat: ChatState,
+    outbox: Outbox,
     conns: HashMap<ConnId, ConnState>,
+    peers: BTreeMap<NodeId, Peer>,
+    progress: BTreeMap<NodeId, Progress>,
+    /// When the leader was last heard from (followers).
+    leader_heard: Instant,
+    /// When to start an election if nothing changes.
+    election_due: Option<Instant>,
+    /// The epoch of the election this node started and waits on.
+    election: Option<u64>,
+    heartbeat_due: Instant,
+    held: Vec<Held>,
+    /// Highest commit index sent to each peer.
+    commit_sent: BTreeMap<NodeId, LogIndex>,
     actions: VecDeque<Action>,
+    rng: fastrand::Rng,
     shutting_down: bool,
 }
 
 impl Node {
-    /// A node that recovers from `recovered` (the durable log) and leads a cluster of one.
-    pub fn new(cfg: NodeConfig, recovered: Vec<Entry>) -> Node {
-        let mut chat = ChatState::new(cfg.devices_per_user as usize, cfg.history_size as usize);
-        let mut log = Log::new();
-        let mut epoch = 0;
-        for e in recovered {
-            epoch = epoch.max(e.epoch);
-            chat.apply(&e.command);
-            log.append(e.epoch, e.command);
-        }
-        let last = log.last_index();
-        log.mark_persisted(last);
-        log.commit_to(last);
-        while log.next_to_apply().is_some() {}
+    /// A node that recovers from `recovered` (its durable state). A cluster of one leads at once;
+    /// otherwise the node follows and waits for a leader (or elects one).
+    pub fn new(cfg: NodeConfig, recovered: Recovered, now: Now) -> Node {
+        let mut members = cfg.members.clone();
+        members.push(cfg.id);
+        members.sort_unstable();
+        members.dedup();
+        let mut hard = recovered.hard_state;
+        // A wiped data dir restarts the count: the wall clock keeps incarnations increasing.
+        hard.incarnation = (hard.incarnation + 1).max(now.unix_ms / 1000);
+        let incarnation = hard.incarnation;
+        let chat = ChatState::new(cfg.devices_per_user as usize, cfg.history_size as usize);
+        let log = Log::recovered(recovered.entries);
+        let mut outbox = Outbox::new(cfg.id, incarnation << 32);
+        // Sessions of our previous run are gone; this goes first, before any new session.
+        outbox.push(Command::NodeBoot { node: cfg.id });
+        let rng = fastrand::Rng::with_seed(cfg.seed ^ (u64::from(cfg.id) << 48) ^ incarnation);
+        let peers = members
+            .iter()
+            .filter(|&&m| m != cfg.id)
+            .map(|&m| (m, Peer::default()))
+            .collect();
         let mut node = Node {
-            epoch: epoch + 1,
-            cfg,
+            members,
+            incarnation,
+            hard,
+            hard_version: 1,
+            hard_persisted: 0,
+            role: Role::Follower,
+            leader: None,
             log,
             chat,
+            outbox,
             conns: HashMap::new(),
+            peers,
+            progress: BTreeMap::new(),
+            leader_heard: now.mono,
+            election_due: None,
+            election: None,
+            heartbeat_due: now.mono,
+            held: Vec::new(),
+            commit_sent: BTreeMap::new(),
             actions: VecDeque::new(),
+            rng,
             shutting_down: false,
+            cfg,
         };
-        // Our previous incarnation's connections are gone: free their device slots first.
-        for session in node.chat.sessions_on(node.cfg.id) {
-            node.log
-                .append(node.epoch, Command::CloseSession { session });
-        }
         info!(
-            "node {}: leading epoch {} from log index {last}",
-            node.cfg.id, node.epoch
+            "node {}: starting (incarnation {}, epoch {}, log index {}, {} members)",
+            node.cfg.id,
+            node.incarnation,
+            node.hard.epoch,
+            node.log.last_index(),
+            node.members.len()
         );
+        node.election_due = Some(now.mono + node.election_delay());
+        if node.members.len() == 1 {
+            node.start_election(now);
+        }
         node
     }
 
@@ -126,18 +270,38 @@ impl Node {
         &self.cfg
     }
 
+    /// This run's incarnation number.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.hard.epoch
+    }
+
     /// Read access to the applied chat state.
     pub fn chat(&self) -> &ChatState {
         &self.chat
     }
 
+    /// The log entry at `index`, if held (for invariant checks).
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.get(index)
+    }
+
     /// Counters for status views.
     pub fn stats(&self) -> NodeStats {
         NodeStats {
+            role: self.role,
+            epoch: self.hard.epoch,
+            leader: self.leader,
             connections: self.conns.len(),
             sessions: self.chat.session_count(),
             last_index: self.log.last_index(),
             committed: self.log.committed(),
+            applied: self.log.applied(),
+            pending: self.outbox.len(),
         }
     }
 
@@ -178,10 +342,17 @@ impl Node {
         let session = self.session(conn);
         match (state, frame) {
             (_, ClientFrame::Ping(p)) => self.send(conn, &ServerFrame::Pong(p)),
+            (_, ClientFrame::Status(_)) => {
+                let report = self.status(now);
+                self.send(conn, &ServerFrame::Status(report));
+            }
             (ConnState::New, ClientFrame::Hello(h)) => {
                 if let Err(e) = names::validate_user(&h.user) {
                     self.fail(conn, ErrorCode::InvalidUser, None, e);
                     return self.close(conn, "invalid username".into());
+                }
+                if self.busy(conn, None) {
+                    return self.close(conn, "busy".into());
                 }
                 self.conns.insert(conn, ConnState::Opening);
                 self.propose(Command::OpenSession {
@@ -204,7 +375,7 @@ impl Node {
                 );
             }
             (_, ClientFrame::Join(j)) => {
-                if self.room_ok(conn, &j.room, None) {
+                if self.room_ok(conn, &j.room, None) && !self.busy(conn, None) {
                     self.propose(Command::Join {
                         session,
                         room: j.room,
@@ -213,7 +384,7 @@ impl Node {
                 }
             }
             (_, ClientFrame::Leave(l)) => {
-                if self.room_ok(conn, &l.room, None) {
+                if self.room_ok(conn, &l.room, None) && !self.busy(conn, None) {
                     self.propose(Command::Leave {
                         session,
                         room: l.room,
@@ -227,9 +398,8 @@ impl Node {
                 if let Err(e) = names::validate_text(&s.text, self.cfg.max_text as usize) {
                     return self.fail(conn, ErrorCode::InvalidText, Some(s.client_seq), e);
                 }
-                if self.log.last_index() - self.log.committed() >= self.cfg.max_pending as u64 {
-                    let msg = "too many writes pending; retry shortly".into();
-                    return self.fail(conn, ErrorCode::Busy, Some(s.client_seq), msg);
+                if self.busy(conn, Some(s.client_seq)) {
+                    return;
                 }
                 self.propose(Command::Say {
                     session,
@@ -267,24 +437,43 @@ impl Node {
         }
     }
 
-    /// Timers are due (none in a single-node cluster; heartbeats arrive with peers).
-    pub fn handle_timeout(&mut self, _now: Now) {}
-
-    /// The next instant `handle_timeout` must be called, if any.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+    /// What must become durable now, if anything.
+    pub fn to_persist(&self) -> Option<Persist<'_>> {
+        let hard_state = (self.hard_version != self.hard_persisted).then_some(self.hard);
+        let entries = self.log.unpersisted();
+        let truncate_from = self.log.truncated_from();
+        if hard_state.is_none() && entries.is_empty() && truncate_from.is_none() {
+            return None;
+        }
+        let token = PersistToken {
+            log: self.log.persist_mark(),
+            hard_version: self.hard_version,
+        };
+        Some(Persist {
+            hard_state,
+            truncate_from,
+            entries,
+            token,
+        })
     }
 
-    /// Log entries the driver must append to storage (and sync) before `handle_persisted`.
-    pub fn unpersisted(&self) -> &[Entry] {
-        self.log.unpersisted()
-    }
-
-    /// Storage holds everything up to `index` durably: commit and apply what that allows.
-    pub fn handle_persisted(&mut self, _now: Now, index: LogIndex) {
-        self.log.mark_persisted(index);
-        // A majority of one: what this node persisted is committed.
-        self.log.commit_to(self.log.persisted());
+    /// Storage made a [`Persist`] durable: commit what that allows, release what waited on it.
+    pub fn handle_persisted(&mut self, _now: Now, token: PersistToken) {
+        self.log.persisted_through(token.log);
+        self.hard_persisted = self.hard_persisted.max(token.hard_version);
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+        let (hard, index) = (self.hard_persisted, self.log.persisted());
+        let mut i = 0;
+        while i < self.held.len() {
+            if self.held[i].hard_version <= hard && self.held[i].index <= index {
+                let h = self.held.remove(i);
+                self.actions.push_back(h.action);
+            } else {
+                i += 1;
+            }
+        }
         self.apply_committed();
     }
 
@@ -308,18 +497,32 @@ impl Node {
     fn session(&self, conn: ConnId) -> SessionId {
         SessionId {
             node: self.cfg.id,
+            incarnation: self.incarnation,
             conn,
         }
     }
 
+    /// Too many proposals wait already: tell the client to retry rather than drop silently.
+    fn busy(&mut self, conn: ConnId, client_seq: Option<u64>) -> bool {
+        if self.outbox.len() < self.cfg.max_pending {
+            return false;
+        }
+        let msg = "too many writes are waiting for the cluster; retry shortly".into();
+        self.fail(conn, ErrorCode::Busy, client_seq, msg);
+        true
+    }
+
     fn propose(&mut self, command: Command) {
-        let index = self.log.append(self.epoch, command);
-        debug!("node {}: proposed entry {index}", self.cfg.id);
+        let id = self.outbox.push(command);
+        debug!("node {}: proposed {}:{}", self.cfg.id, id.node, id.seq);
     }
 
     fn apply_committed(&mut self) {
         while let Some(entry) = self.log.next_to_apply() {
-            let outcome = self.chat.apply(&entry.command);
+            if let Some(id) = entry.origin.filter(|id| id.node == self.cfg.id) {
+                self.outbox.applied(id.seq);
+            }
+            let outcome = self.chat.apply_entry(entry);
             self.report(outcome);
         }
     }
@@ -328,6 +531,7 @@ impl Node {
     fn report(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Nothing => {}
+            Outcome::NodeBooted { exits, .. } => self.announce_exits(&exits),
             Outcome::SessionOpened { session, replaced } => {
                 if let Some((old, exits)) = replaced {
                     self.announce_exits(&exits);
@@ -406,7 +610,7 @@ impl Node {
                 // connection just went is still in the room until its CloseSession applies, and
                 // the driver ignores sends to connections it no longer has.
                 for m in self.chat.members(&room) {
-                    if m.node == self.cfg.id {
+                    if m.node == self.cfg.id && m.incarnation == self.incarnation {
                         self.actions.push_back(Action::Send {
                             conn: m.conn,
                             bytes: bytes.clone(),
@@ -492,7 +696,7 @@ impl Node {
             return;
         };
         for m in self.chat.members(room) {
-            if Some(*m) != skip && m.node == self.cfg.id && self.conns.contains_key(&m.conn) {
+            if Some(*m) != skip && self.is_local(*m) {
                 self.actions.push_back(Action::Send {
                     conn: m.conn,
                     bytes: bytes.clone(),
@@ -512,7 +716,9 @@ impl Node {
     }
 
     fn is_local(&self, s: SessionId) -> bool {
-        s.node == self.cfg.id && self.conns.contains_key(&s.conn)
+        s.node == self.cfg.id
+            && s.incarnation == self.incarnation
+            && self.conns.contains_key(&s.conn)
     }
 
     fn encode(&self, frame: &ServerFrame) -> Option<SharedBytes> {
@@ -570,6 +776,7 @@ fn frame_name(f: &ClientFrame) -> &'static str {
         ClientFrame::Who(_) => "Who",
         ClientFrame::History(_) => "History",
         ClientFrame::Ping(_) => "Ping",
+        ClientFrame::Status(_) => "Status",
     }
 }
 

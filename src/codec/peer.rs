@@ -1,0 +1,140 @@
+//! Payload types of node-to-node frames (kinds 0x81-0x8F) and of the admin status view.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::log::{Entry, Epoch, LogIndex, Proposal};
+use crate::core::NodeId;
+
+/// First frame on a peer connection, both ways.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    /// Cluster identity; a node refuses peers of another cluster.
+    pub cluster_id: u64,
+    /// The sender's node id.
+    pub node_id: NodeId,
+    /// The sender's current epoch.
+    pub epoch: Epoch,
+}
+
+/// Periodic liveness signal every node sends every peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's current epoch.
+    pub epoch: Epoch,
+    /// The leader the sender follows (or is), if any.
+    pub leader: Option<NodeId>,
+    /// Client connections the sender holds (for redirects).
+    pub load: u32,
+}
+
+/// Leader -> follower: entries after (prev_index, prev_epoch), and the commit index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Append {
+    /// Leader's epoch.
+    pub epoch: Epoch,
+    /// Index of the entry before `entries`.
+    pub prev_index: LogIndex,
+    /// Epoch of that entry (0 for index 0).
+    pub prev_epoch: Epoch,
+    /// Leader's commit index.
+    pub commit: LogIndex,
+    /// Entries to append (empty for a heartbeat).
+    pub entries: Vec<Entry>,
+}
+
+/// Follower -> leader: the answer to an `Append`, sent only once the entries are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendReply {
+    /// The follower's current epoch.
+    pub epoch: Epoch,
+    /// True when the entries matched and are stored.
+    pub ok: bool,
+    /// If ok: the highest index known to match the leader. If not: the follower's last index
+    /// (a hint where to retry from).
+    pub index: LogIndex,
+}
+
+/// How up to date a node's log is; the election picks the greatest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Epoch of the last log entry.
+    pub last_epoch: Epoch,
+    /// Index of the last log entry.
+    pub last_index: LogIndex,
+    /// Node id (breaks ties).
+    pub id: NodeId,
+}
+
+/// The ring election token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// The epoch being elected.
+    pub epoch: Epoch,
+    /// The node that started this election; the token ends there.
+    pub initiator: NodeId,
+    /// Best candidate among the participants so far.
+    pub best: Candidate,
+    /// Nodes that took part, in ring order.
+    pub participants: Vec<NodeId>,
+}
+
+/// The outcome of a successful election, announced to every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elected {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Its leader.
+    pub leader: NodeId,
+    /// The majority that took part.
+    pub participants: Vec<NodeId>,
+}
+
+/// Follower -> leader: client writes to append, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The proposals.
+    pub proposals: Vec<Proposal>,
+}
+
+/// Client -> server: asks for the node's view of the cluster (admin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+/// What one node knows of one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Peer node id.
+    pub id: NodeId,
+    /// Whether a peer connection is up.
+    pub connected: bool,
+    /// Milliseconds since anything was heard from it (None: never).
+    pub last_heard_ms: Option<u64>,
+    /// Highest index known replicated there (leader only; 0 otherwise).
+    pub match_index: LogIndex,
+}
+
+/// Server -> client: a node's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Node id.
+    pub node_id: NodeId,
+    /// "leader", "follower" or "candidate".
+    pub role: String,
+    /// Current epoch.
+    pub epoch: Epoch,
+    /// Leader known to this node.
+    pub leader: Option<NodeId>,
+    /// Last log index.
+    pub last_index: LogIndex,
+    /// Commit index.
+    pub commit_index: LogIndex,
+    /// Applied index.
+    pub applied_index: LogIndex,
+    /// Client connections on this node.
+    pub connections: u32,
+    /// Peers.
+    pub peers: Vec<PeerStatus>,
+}

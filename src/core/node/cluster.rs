@@ -1,0 +1,691 @@
+//! The cluster half of [`Node`]: peer links, heartbeats, the ring election, log replication and
+//! commit, and the timers that drive them.
+//!
+//! Election safety (at most one leader per epoch): a node takes part in at most one token per
+//! epoch (`HardState::participated`, made durable before the token moves on), and a token wins
+//! only if a majority took part; two tokens of one epoch would need two disjoint majorities.
+//! The winner is the participant with the most up-to-date log (last epoch, last index, id), so
+//! it holds every committed entry: each committed entry sits on a majority, which meets the
+//! participants, and a participant refuses replication from older epochs once it took part.
+//! A leader commits only entries of its own epoch by counting (older ones commit under them).
+
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use super::{Held, Node, Role};
+use crate::codec::{
+    self, Append, AppendReply, Candidate, Elected, Forward, Heartbeat, PeerFrame, PeerStatus,
+    StatusReport, Token,
+};
+use crate::core::election::{distance, majority, next_hop};
+use crate::core::log::{Command, Epoch, LogIndex};
+use crate::core::progress::Progress;
+use crate::core::{Action, NodeId, Now};
+
+impl Node {
+    /// A peer connection is up (the driver did the handshake).
+    pub fn handle_peer_connected(&mut self, now: Now, peer: NodeId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.connected = true;
+        p.last_heard = Some(now.mono);
+        info!("node {}: peer {peer} connected", self.cfg.id);
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            pr.reset();
+            self.commit_sent.remove(&peer);
+            self.send_append(now.mono, peer, true);
+        }
+        if self.leader == Some(peer) {
+            // Anything forwarded on the old link may be lost: send it all again.
+            self.outbox.resend_all();
+        }
+        self.send_heartbeat(peer);
+    }
+
+    /// A peer connection went down.
+    pub fn handle_peer_disconnected(&mut self, now: Now, peer: NodeId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !p.connected {
+            return;
+        }
+        p.connected = false;
+        info!("node {}: peer {peer} disconnected", self.cfg.id);
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            pr.reset();
+        }
+        if self.leader == Some(peer) && self.role != Role::Leader {
+            // The quick path for a crashed leader (its sockets close at once); a hung one is
+            // found by the heartbeat timeout instead.
+            self.lose_leader(now.mono, "the connection to the leader closed");
+        }
+    }
+
+    /// A frame from a connected peer.
+    pub fn handle_peer_frame(&mut self, now: Now, from: NodeId, frame: PeerFrame) {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        p.last_heard = Some(now.mono);
+        match frame {
+            PeerFrame::Hello(_) => {}
+            PeerFrame::Heartbeat(h) => {
+                p.load = h.load;
+                if h.epoch == self.hard.epoch
+                    && h.leader == Some(from)
+                    && self.leader.is_none()
+                    && self.role != Role::Leader
+                {
+                    // The announcement of this epoch's leader was lost on the way to us.
+                    self.follow(now.mono, from);
+                }
+            }
+            PeerFrame::Append(a) => self.handle_append(now.mono, from, a),
+            PeerFrame::AppendReply(r) => self.handle_append_reply(now.mono, from, r),
+            PeerFrame::Token(t) => self.handle_token(now.mono, from, t),
+            PeerFrame::Elected(e) => self.handle_elected(now.mono, e),
+            PeerFrame::Forward(f) => {
+                if self.role == Role::Leader {
+                    for p in f.proposals {
+                        self.log.append(self.hard.epoch, Some(p.id), p.command);
+                    }
+                } else {
+                    debug!(
+                        "node {}: dropped {} forwarded proposals (not leader)",
+                        self.cfg.id,
+                        f.proposals.len()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs every timer that is due.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let t = now.mono;
+        if t >= self.heartbeat_due {
+            self.heartbeat_due = t + self.cfg.heartbeat_interval;
+            let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+            for p in peers {
+                self.send_heartbeat(p);
+                if self.role == Role::Leader {
+                    self.send_append(t, p, true);
+                }
+            }
+        }
+        match self.role {
+            Role::Leader => self.check_majority(t),
+            _ => {
+                if self.leader.is_some() && t >= self.leader_heard + self.cfg.failure_timeout {
+                    self.lose_leader(t, "no word from the leader within the failure timeout");
+                }
+            }
+        }
+        if self.role != Role::Leader && self.election_due.is_some_and(|d| t >= d) {
+            self.start_election(now);
+        }
+    }
+
+    /// The next instant [`Node::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.heartbeat_due;
+        if self.role != Role::Leader {
+            if let Some(d) = self.election_due {
+                next = next.min(d);
+            }
+            if self.leader.is_some() {
+                next = next.min(self.leader_heard + self.cfg.failure_timeout);
+            }
+        }
+        Some(next)
+    }
+
+    /// Sends what this turn's input produced: the leader appends pending proposals and
+    /// replicates; a follower forwards its proposals to the leader. Call after the input of a
+    /// loop turn and again after [`Node::handle_persisted`].
+    pub fn flush(&mut self, now: Now) {
+        match self.role {
+            Role::Leader => {
+                for p in self.outbox.take_unsent() {
+                    self.log.append(self.hard.epoch, Some(p.id), p.command);
+                }
+                if self.members.len() == 1 {
+                    return;
+                }
+                let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+                for p in peers {
+                    self.send_append(now.mono, p, false);
+                }
+            }
+            _ => {
+                let Some(leader) = self.leader else { return };
+                if self.outbox.has_unsent() && self.peers.get(&leader).is_some_and(|p| p.connected)
+                {
+                    let proposals = self.outbox.take_unsent();
+                    self.send_peer(leader, &PeerFrame::Forward(Forward { proposals }));
+                }
+            }
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self, now: Now) -> StatusReport {
+        let peers = self
+            .peers
+            .iter()
+            .map(|(&id, p)| PeerStatus {
+                id,
+                connected: p.connected,
+                last_heard_ms: p
+                    .last_heard
+                    .map(|t| now.mono.saturating_duration_since(t).as_millis() as u64),
+                match_index: self.progress.get(&id).map_or(0, |pr| pr.match_index),
+            })
+            .collect();
+        StatusReport {
+            node_id: self.cfg.id,
+            role: self.role.name().into(),
+            epoch: self.hard.epoch,
+            leader: self.leader,
+            last_index: self.log.last_index(),
+            commit_index: self.log.committed(),
+            applied_index: self.log.applied(),
+            connections: self.conns.len() as u32,
+            peers,
+        }
+    }
+
+    /// Client connections each connected peer reported in its last heartbeat.
+    pub fn peer_loads(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(&id, p)| (id, p.load))
+    }
+
+    fn candidate(&self) -> Candidate {
+        Candidate {
+            last_epoch: self.log.last_epoch(),
+            last_index: self.log.last_index(),
+            id: self.cfg.id,
+        }
+    }
+
+    /// A peer counts as alive while linked and heard from within the failure timeout.
+    fn alive(&self, peer: NodeId, now: Instant) -> bool {
+        self.peers.get(&peer).is_some_and(|p| {
+            p.connected
+                && p.last_heard
+                    .is_some_and(|t| now < t + self.cfg.failure_timeout)
+        })
+    }
+
+    /// How long to wait before starting an election: the dead leader's ring successor goes first,
+    /// the others a heartbeat later each, plus jitter, so elections rarely collide.
+    pub(super) fn election_delay(&mut self) -> Duration {
+        let hb = self.cfg.heartbeat_interval;
+        let from = self.leader.unwrap_or(self.members[0]);
+        let rank = distance(&self.members, from, self.cfg.id).saturating_sub(1) as u32;
+        hb * rank + hb.mul_f64(self.rng.f64())
+    }
+
+    fn lose_leader(&mut self, now: Instant, why: &str) {
+        info!(
+            "node {}: leader {:?} of epoch {} lost: {why}",
+            self.cfg.id, self.leader, self.hard.epoch
+        );
+        let delay = self.election_delay();
+        self.leader = None;
+        self.outbox.resend_all();
+        self.election_due = Some(now + delay);
+    }
+
+    fn follow(&mut self, now: Instant, leader: NodeId) {
+        if self.leader != Some(leader) {
+            info!(
+                "node {}: following leader {leader} in epoch {}",
+                self.cfg.id, self.hard.epoch
+            );
+            self.outbox.resend_all();
+        }
+        self.role = Role::Follower;
+        self.leader = Some(leader);
+        self.election = None;
+        self.progress.clear();
+        self.leader_heard = now;
+        self.election_due = Some(now + self.cfg.failure_timeout * 2);
+    }
+
+    /// Moves to a newer epoch (durably); whoever led or campaigned before stops.
+    fn observe_epoch(&mut self, epoch: Epoch, now: Instant) {
+        if epoch <= self.hard.epoch {
+            return;
+        }
+        self.hard.epoch = epoch;
+        self.hard_version += 1;
+        if self.role != Role::Follower {
+            info!(
+                "node {}: stepping down: epoch {epoch} is newer",
+                self.cfg.id
+            );
+            self.role = Role::Follower;
+            self.progress.clear();
+            self.election = None;
+        }
+        if self.leader.is_some() {
+            self.leader = None;
+            self.outbox.resend_all();
+        }
+        self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+    }
+
+    /// Starts a ring election for a new epoch, if a majority looks reachable.
+    pub(super) fn start_election(&mut self, now: Now) {
+        let t = now.mono;
+        let reachable = 1 + self.peers.keys().filter(|&&p| self.alive(p, t)).count();
+        if reachable < majority(self.members.len()) {
+            // Campaigning without a majority only inflates epochs and disturbs others later.
+            self.election_due = Some(t + self.cfg.failure_timeout + self.election_delay());
+            return;
+        }
+        let epoch = self.hard.epoch.max(self.hard.participated) + 1;
+        self.hard.epoch = epoch;
+        self.hard.participated = epoch;
+        self.hard_version += 1;
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.election = Some(epoch);
+        self.progress.clear();
+        self.election_due = Some(t + self.cfg.failure_timeout * 2 + self.election_delay());
+        info!(
+            "node {}: starting an election for epoch {epoch}",
+            self.cfg.id
+        );
+        let token = Token {
+            epoch,
+            initiator: self.cfg.id,
+            best: self.candidate(),
+            participants: vec![self.cfg.id],
+        };
+        self.pass_token(t, token);
+    }
+
+    /// Sends the token to the next live node on the ring (once our participation is durable),
+    /// or completes it here when no one else is reachable.
+    fn pass_token(&mut self, now: Instant, token: Token) {
+        let next = next_hop(&self.members, self.cfg.id, token.initiator, |p| {
+            self.alive(p, now)
+        });
+        match next {
+            Some(to) => {
+                let bytes = encode_peer(&PeerFrame::Token(token));
+                self.hold(Action::SendPeer { to, bytes });
+            }
+            None if token.initiator == self.cfg.id => self.finish_election(now, token),
+            None => debug!(
+                "node {}: token for epoch {} has nowhere to go",
+                self.cfg.id, token.epoch
+            ),
+        }
+    }
+
+    fn handle_token(&mut self, now: Instant, from: NodeId, mut token: Token) {
+        if token.initiator == self.cfg.id {
+            return self.finish_election(now, token);
+        }
+        if token.epoch <= self.hard.participated {
+            debug!(
+                "node {}: token of epoch {} from {from} refused: took part in {}",
+                self.cfg.id, token.epoch, self.hard.participated
+            );
+            return;
+        }
+        let has_live_leader = match self.role {
+            Role::Leader => self.majority_acked(now),
+            _ => self.leader.is_some() && now < self.leader_heard + self.cfg.failure_timeout,
+        };
+        if has_live_leader {
+            // A node that merely lost sight of a healthy leader must not depose it.
+            debug!(
+                "node {}: token of epoch {} from {from} refused: the leader is alive",
+                self.cfg.id, token.epoch
+            );
+            return;
+        }
+        self.observe_epoch(token.epoch, now);
+        self.hard.participated = token.epoch;
+        self.hard_version += 1;
+        token.participants.push(self.cfg.id);
+        token.best = token.best.max(self.candidate());
+        debug!(
+            "node {}: took part in the election of epoch {}",
+            self.cfg.id, token.epoch
+        );
+        self.pass_token(now, token);
+    }
+
+    fn finish_election(&mut self, now: Instant, token: Token) {
+        if self.election != Some(token.epoch)
+            || self.hard.epoch != token.epoch
+            || self.role != Role::Candidate
+        {
+            return;
+        }
+        self.election = None;
+        let need = majority(self.members.len());
+        if token.participants.len() < need {
+            info!(
+                "node {}: election for epoch {} failed: {} of {need} needed took part",
+                self.cfg.id,
+                token.epoch,
+                token.participants.len()
+            );
+            self.role = Role::Follower;
+            self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+            return;
+        }
+        let elected = Elected {
+            epoch: token.epoch,
+            leader: token.best.id,
+            participants: token.participants,
+        };
+        info!(
+            "node {}: epoch {} elected node {} ({:?} took part)",
+            self.cfg.id, elected.epoch, elected.leader, elected.participants
+        );
+        let bytes = encode_peer(&PeerFrame::Elected(elected.clone()));
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        for to in peers {
+            self.actions.push_back(Action::SendPeer {
+                to,
+                bytes: bytes.clone(),
+            });
+        }
+        self.handle_elected(now, elected);
+    }
+
+    fn handle_elected(&mut self, now: Instant, e: Elected) {
+        if e.epoch < self.hard.epoch
+            || (e.epoch == self.hard.epoch && self.leader == Some(e.leader))
+        {
+            return;
+        }
+        self.observe_epoch(e.epoch, now);
+        if e.leader != self.cfg.id {
+            return self.follow(now, e.leader);
+        }
+        if self.hard.participated != e.epoch {
+            warn!(
+                "node {}: named leader of epoch {} without taking part; ignored",
+                self.cfg.id, e.epoch
+            );
+            return;
+        }
+        self.become_leader(now);
+    }
+
+    fn become_leader(&mut self, now: Instant) {
+        info!(
+            "node {}: leading epoch {} from log index {}",
+            self.cfg.id,
+            self.hard.epoch,
+            self.log.last_index()
+        );
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.election = None;
+        self.election_due = None;
+        let last = self.log.last_index();
+        self.progress = self
+            .peers
+            .keys()
+            .map(|&p| (p, Progress::new(last, now)))
+            .collect();
+        self.commit_sent.clear();
+        // Entries of earlier epochs commit only under an entry of this one.
+        self.log.append(self.hard.epoch, None, Command::Noop);
+        self.outbox.resend_all();
+        self.heartbeat_due = now;
+    }
+
+    /// True while a majority (this leader included) answered within the failure timeout.
+    fn majority_acked(&self, now: Instant) -> bool {
+        let acked = self
+            .progress
+            .values()
+            .filter(|p| now < p.last_ack + self.step_down_after())
+            .count();
+        acked + 1 >= majority(self.members.len())
+    }
+
+    /// A leader steps down before a new leader can be elected elsewhere: followers wait the
+    /// whole failure timeout without word from it, the leader gives up a heartbeat earlier.
+    fn step_down_after(&self) -> Duration {
+        self.cfg
+            .failure_timeout
+            .saturating_sub(self.cfg.heartbeat_interval)
+    }
+
+    fn check_majority(&mut self, now: Instant) {
+        if !self.majority_acked(now) {
+            warn!(
+                "node {}: stepping down from epoch {}: a majority stopped answering",
+                self.cfg.id, self.hard.epoch
+            );
+            self.role = Role::Follower;
+            self.leader = None;
+            self.progress.clear();
+            self.outbox.resend_all();
+            self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+        }
+    }
+
+    fn handle_append(&mut self, now: Instant, from: NodeId, a: Append) {
+        if a.epoch < self.hard.epoch {
+            let reply = AppendReply {
+                epoch: self.hard.epoch,
+                ok: false,
+                index: self.log.last_index(),
+            };
+            return self.send_peer(from, &PeerFrame::AppendReply(reply));
+        }
+        self.observe_epoch(a.epoch, now);
+        if self.leader != Some(from) || self.role != Role::Follower {
+            self.follow(now, from);
+        }
+        self.leader_heard = now;
+        self.election_due = Some(now + self.cfg.failure_timeout * 2);
+        if self.log.epoch_at(a.prev_index) != Some(a.prev_epoch) {
+            let hint = self.log.last_index().min(a.prev_index.saturating_sub(1));
+            let reply = AppendReply {
+                epoch: self.hard.epoch,
+                ok: false,
+                index: hint,
+            };
+            return self.send_peer(from, &PeerFrame::AppendReply(reply));
+        }
+        if let Err(index) = self.log.merge(&a.entries) {
+            warn!(
+                "node {}: leader {from} would overwrite committed entry {index}; refused",
+                self.cfg.id
+            );
+            let reply = AppendReply {
+                epoch: self.hard.epoch,
+                ok: false,
+                index: index.saturating_sub(1),
+            };
+            return self.send_peer(from, &PeerFrame::AppendReply(reply));
+        }
+        let matched = a.prev_index + a.entries.len() as LogIndex;
+        self.log.commit_to(a.commit.min(matched));
+        self.apply_committed();
+        let reply = AppendReply {
+            epoch: self.hard.epoch,
+            ok: true,
+            index: matched,
+        };
+        let bytes = encode_peer(&PeerFrame::AppendReply(reply));
+        self.hold_until(matched, Action::SendPeer { to: from, bytes });
+    }
+
+    fn handle_append_reply(&mut self, now: Instant, from: NodeId, r: AppendReply) {
+        if r.epoch > self.hard.epoch {
+            return self.observe_epoch(r.epoch, now);
+        }
+        if self.role != Role::Leader || r.epoch < self.hard.epoch {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.last_ack = now;
+        if r.ok {
+            pr.matched(r.index);
+            self.maybe_commit();
+        } else {
+            pr.rejected(r.index);
+        }
+        self.send_append(now, from, false);
+    }
+
+    /// Commits the highest index a majority stores, if it is of this leader's epoch.
+    pub(super) fn maybe_commit(&mut self) {
+        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matched.push(self.log.persisted());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let n = matched[majority(self.members.len()) - 1];
+        if n > self.log.committed() && self.log.epoch_at(n) == Some(self.hard.epoch) {
+            self.log.commit_to(n);
+            self.apply_committed();
+        }
+    }
+
+    /// Sends `peer` what it lacks: pipelined entries within the window, one probe at a time
+    /// while its position is unknown, and an empty append to carry a new commit index (or as
+    /// a heartbeat when `force`).
+    fn send_append(&mut self, now: Instant, peer: NodeId, force: bool) {
+        if !self.peers.get(&peer).is_some_and(|p| p.connected) {
+            return;
+        }
+        let Some(pr) = self.progress.get(&peer).cloned() else {
+            return;
+        };
+        let commit = self.log.committed();
+        let last = self.log.last_index();
+        let mut next = pr.next_index;
+        let mut sent = false;
+        if pr.probing {
+            if pr
+                .probe_sent
+                .is_some_and(|t| now < t + self.cfg.heartbeat_interval)
+                && !force
+            {
+                return;
+            }
+            self.send_entries(peer, next, commit);
+            if let Some(p) = self.progress.get_mut(&peer) {
+                p.probe_sent = Some(now);
+            }
+            sent = true;
+        } else {
+            while next <= last && next - pr.match_index - 1 < self.cfg.replication_window {
+                next += self.send_entries(peer, next, commit);
+                sent = true;
+            }
+            if let Some(p) = self.progress.get_mut(&peer) {
+                p.next_index = next;
+            }
+        }
+        if !sent && (force || self.commit_sent.get(&peer).is_none_or(|&c| c < commit)) {
+            self.send_entries_none(peer, next, commit);
+            sent = true;
+        }
+        if sent {
+            self.commit_sent.insert(peer, commit);
+        }
+    }
+
+    /// Sends one Append starting at `from`; returns how many entries it carried.
+    fn send_entries(&mut self, peer: NodeId, from: LogIndex, commit: LogIndex) -> u64 {
+        let entries = self
+            .log
+            .slice(from, self.cfg.max_append_entries, self.cfg.max_append_bytes)
+            .to_vec();
+        let n = entries.len() as u64;
+        let prev_index = from - 1;
+        let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
+        let append = Append {
+            epoch: self.hard.epoch,
+            prev_index,
+            prev_epoch,
+            commit,
+            entries,
+        };
+        self.send_peer(peer, &PeerFrame::Append(append));
+        n
+    }
+
+    fn send_entries_none(&mut self, peer: NodeId, next: LogIndex, commit: LogIndex) {
+        let prev_index = next - 1;
+        let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
+        let append = Append {
+            epoch: self.hard.epoch,
+            prev_index,
+            prev_epoch,
+            commit,
+            entries: Vec::new(),
+        };
+        self.send_peer(peer, &PeerFrame::Append(append));
+    }
+
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        if !self.peers.get(&peer).is_some_and(|p| p.connected) {
+            return;
+        }
+        let hb = Heartbeat {
+            epoch: self.hard.epoch,
+            leader: self.leader,
+            load: self.conns.len() as u32,
+        };
+        self.send_peer(peer, &PeerFrame::Heartbeat(hb));
+    }
+
+    fn send_peer(&mut self, to: NodeId, frame: &PeerFrame) {
+        let bytes = encode_peer(frame);
+        self.actions.push_back(Action::SendPeer { to, bytes });
+    }
+
+    /// Queues an action that must wait until the current election state is durable.
+    fn hold(&mut self, action: Action) {
+        self.hold_until(0, action);
+    }
+
+    /// Queues an action that must wait until the election state and the log up to `index`
+    /// are durable.
+    fn hold_until(&mut self, index: LogIndex, action: Action) {
+        if self.hard_persisted >= self.hard_version && self.log.persisted() >= index {
+            self.actions.push_back(action);
+        } else {
+            self.held.push(Held {
+                hard_version: self.hard_version,
+                index,
+                action,
+            });
+        }
+    }
+}
+
+fn encode_peer(frame: &PeerFrame) -> crate::core::SharedBytes {
+    // Peer frames are built from our own state and bounded (Append batches by bytes), so a
+    // failure here is a bug; an empty send keeps the node running and the log says why.
+    match codec::encode(frame) {
+        Ok(b) => b.into(),
+        Err(e) => {
+            log::error!("cannot encode a peer frame: {e}");
+            Vec::new().into()
+        }
+    }
+}

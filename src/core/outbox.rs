@@ -1,0 +1,99 @@
+//! A node's own proposals from the moment a client asks until the node applies them. They are
+//! kept so that a change of leader never loses one: every proposal not yet applied is sent
+//! again to the new leader, and applying skips the copies by proposal id.
+
+use std::collections::VecDeque;
+
+use super::log::{Command, Proposal, ProposalId};
+use super::NodeId;
+
+/// Proposals of this node not yet applied, oldest first.
+#[derive(Debug)]
+pub struct Outbox {
+    node: NodeId,
+    next_seq: u64,
+    pending: VecDeque<Proposal>,
+    /// How many of `pending` (from the front) the current leader has been given.
+    sent: usize,
+}
+
+impl Outbox {
+    /// An empty outbox numbering proposals from `first_seq`.
+    pub fn new(node: NodeId, first_seq: u64) -> Outbox {
+        Outbox {
+            node,
+            next_seq: first_seq,
+            pending: VecDeque::new(),
+            sent: 0,
+        }
+    }
+
+    /// Adds a proposal and returns its id.
+    pub fn push(&mut self, command: Command) -> ProposalId {
+        let id = ProposalId {
+            node: self.node,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        self.pending.push_back(Proposal { id, command });
+        id
+    }
+
+    /// Proposals waiting to be applied.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes the proposals the leader has not been given yet, marking them given.
+    pub fn take_unsent(&mut self) -> Vec<Proposal> {
+        let out = self.pending.range(self.sent..).cloned().collect();
+        self.sent = self.pending.len();
+        out
+    }
+
+    /// True when some proposal has not been given to the leader.
+    pub fn has_unsent(&self) -> bool {
+        self.sent < self.pending.len()
+    }
+
+    /// The leader changed (or the link to it broke): everything pending must go again.
+    pub fn resend_all(&mut self) {
+        self.sent = 0;
+    }
+
+    /// This node applied its proposal `seq` (and so every earlier one).
+    pub fn applied(&mut self, seq: u64) {
+        while self.pending.front().is_some_and(|p| p.id.seq <= seq) {
+            self.pending.pop_front();
+            self.sent = self.sent.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposals_stay_until_applied_and_are_resent_after_a_leader_change() {
+        let mut o = Outbox::new(3, 100);
+        let a = o.push(Command::Noop);
+        let b = o.push(Command::Noop);
+        assert_eq!((a.seq, b.seq, a.node), (100, 101, 3));
+        assert_eq!(o.take_unsent().len(), 2);
+        assert!(!o.has_unsent());
+        o.push(Command::Noop);
+        assert_eq!(
+            o.take_unsent().iter().map(|p| p.id.seq).collect::<Vec<_>>(),
+            vec![102]
+        );
+        o.applied(100);
+        o.resend_all();
+        assert_eq!(
+            o.take_unsent().iter().map(|p| p.id.seq).collect::<Vec<_>>(),
+            vec![101, 102]
+        );
+        o.applied(102);
+        assert_eq!(o.len(), 0);
+    }
+}
