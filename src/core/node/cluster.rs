@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use super::{Held, Node, Role};
+use super::{Amnesia, Held, Node, Role};
 use crate::codec::{
     self, Append, AppendReply, Candidate, Elected, Forward, Heartbeat, PeerFrame, PeerStatus,
     StatusReport, Token,
@@ -74,6 +74,8 @@ impl Node {
             PeerFrame::Hello(_) => {}
             PeerFrame::Heartbeat(h) => {
                 p.load = h.load;
+                p.epoch = Some(h.epoch);
+                self.check_amnesia();
                 if h.epoch == self.hard.epoch
                     && h.leader == Some(from)
                     && self.leader.is_none()
@@ -206,6 +208,28 @@ impl Node {
             .map(|(&id, p)| (id, p.load))
     }
 
+    /// Ends the abstention of a node that started without state: once it applied what the
+    /// leader had committed when it first heard from it, or once a majority (itself included)
+    /// reports epoch 0, which means the whole cluster is new.
+    fn check_amnesia(&mut self) {
+        let done = match self.amnesia {
+            Amnesia::No => return,
+            Amnesia::CatchingUpTo(index) => self.log.applied() >= index,
+            Amnesia::Unknown => {
+                let fresh = self.peers.values().filter(|p| p.epoch == Some(0)).count() + 1;
+                let heard_newer = self.peers.values().any(|p| p.epoch.is_some_and(|e| e > 0));
+                !heard_newer && fresh >= majority(self.members.len())
+            }
+        };
+        if done {
+            info!(
+                "node {}: may take part in elections ({:?} resolved)",
+                self.cfg.id, self.amnesia
+            );
+            self.amnesia = Amnesia::No;
+        }
+    }
+
     fn candidate(&self) -> Candidate {
         Candidate {
             last_epoch: self.log.last_epoch(),
@@ -285,6 +309,10 @@ impl Node {
     /// Starts a ring election for a new epoch, if a majority looks reachable.
     pub(super) fn start_election(&mut self, now: Now) {
         let t = now.mono;
+        if self.amnesia != Amnesia::No {
+            self.election_due = Some(t + self.cfg.failure_timeout + self.election_delay());
+            return;
+        }
         let reachable = 1 + self.peers.keys().filter(|&&p| self.alive(p, t)).count();
         if reachable < majority(self.members.len()) {
             // Campaigning without a majority only inflates epochs and disturbs others later.
@@ -341,6 +369,10 @@ impl Node {
                 "node {}: token of epoch {} from {from} refused: took part in {}",
                 self.cfg.id, token.epoch, self.hard.participated
             );
+            return;
+        }
+        if self.amnesia != Amnesia::No {
+            debug!("node {}: token of epoch {} refused: this node has not caught up since it lost its state", self.cfg.id, token.epoch);
             return;
         }
         let has_live_leader = match self.role {
@@ -522,6 +554,10 @@ impl Node {
         let matched = a.prev_index + a.entries.len() as LogIndex;
         self.log.commit_to(a.commit.min(matched));
         self.apply_committed();
+        if self.amnesia == Amnesia::Unknown {
+            self.amnesia = Amnesia::CatchingUpTo(a.commit);
+        }
+        self.check_amnesia();
         let reply = AppendReply {
             epoch: self.hard.epoch,
             ok: true,

@@ -155,6 +155,8 @@ struct Peer {
     connected: bool,
     last_heard: Option<Instant>,
     load: u32,
+    /// Epoch in its last heartbeat.
+    epoch: Option<u64>,
 }
 
 /// An output that may leave only once the election state (version) and the log (index) it
@@ -195,6 +197,20 @@ pub struct Node {
     actions: VecDeque<Action>,
     rng: fastrand::Rng,
     shutting_down: bool,
+    /// Started without durable state in a cluster of several: until it has caught up (or sees
+    /// the whole cluster is new) its empty log must not count in an election.
+    amnesia: Amnesia,
+}
+
+/// Whether a node that started with no durable state may take part in elections yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Amnesia {
+    /// It has its state (or caught up): it may.
+    No,
+    /// It lost (or never had) its state and has not heard enough yet.
+    Unknown,
+    /// It must first apply up to this commit index, learned from a leader.
+    CatchingUpTo(LogIndex),
 }
 
 impl Node {
@@ -205,6 +221,14 @@ impl Node {
         members.push(cfg.id);
         members.sort_unstable();
         members.dedup();
+        let amnesia = if recovered.hard_state == HardState::default()
+            && recovered.entries.is_empty()
+            && members.len() > 1
+        {
+            Amnesia::Unknown
+        } else {
+            Amnesia::No
+        };
         let mut hard = recovered.hard_state;
         // A wiped data dir restarts the count: the wall clock keeps incarnations increasing.
         hard.incarnation = (hard.incarnation + 1).max(now.unix_ms / 1000);
@@ -243,6 +267,7 @@ impl Node {
             actions: VecDeque::new(),
             rng,
             shutting_down: false,
+            amnesia,
             cfg,
         };
         info!(
