@@ -103,8 +103,8 @@ pub enum Outcome {
         /// Sequence number it got the first time.
         seq: u64,
     },
-    /// A node restarted: the sessions it held before are closed.
-    NodeBooted {
+    /// A node restarted, or was lost for too long: the sessions it held are closed.
+    NodeSessionsEnded {
         /// The node.
         node: NodeId,
         /// Rooms those sessions left.
@@ -211,14 +211,14 @@ impl ChatState {
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
             Command::Noop => Outcome::Nothing,
-            Command::NodeBoot { node } => {
+            Command::NodeBoot { node } | Command::NodeDown { node } => {
                 let exits = self
                     .sessions_on(*node)
                     .into_iter()
                     .filter_map(|s| self.close(s))
                     .flatten()
                     .collect();
-                Outcome::NodeBooted { node: *node, exits }
+                Outcome::NodeSessionsEnded { node: *node, exits }
             }
             Command::OpenSession {
                 session,

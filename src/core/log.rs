@@ -20,6 +20,13 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
+    /// The leader lost a node for longer than the session timeout: its sessions end, which
+    /// frees their device slots; a node that was merely cut off closes its clients, and they
+    /// resume elsewhere.
+    NodeDown {
+        /// The node.
+        node: NodeId,
+    },
     /// A client said Hello: register its session (subject to the device limit).
     OpenSession {
         /// The new session.

@@ -243,3 +243,41 @@ fn same_commands_give_the_same_state() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_lost_nodes_sessions_end_and_free_their_device_slots() {
+    let mut c = ChatState::new(2, 10);
+    let on = |node, conn| SessionId {
+        node,
+        incarnation: 1,
+        conn: ConnId(conn),
+    };
+    let open_on = |c: &mut ChatState, s: SessionId, id| {
+        c.apply(&Command::OpenSession {
+            session: s,
+            user: "al".into(),
+            client_id: id,
+        })
+    };
+    open_on(&mut c, on(2, 1), 1);
+    open_on(&mut c, on(2, 2), 2);
+    c.apply(&Command::Join {
+        session: on(2, 1),
+        room: "g".into(),
+        after_seq: None,
+    });
+    assert!(matches!(
+        open_on(&mut c, on(3, 1), 3),
+        Outcome::SessionRefused { .. }
+    ));
+    let Outcome::NodeSessionsEnded { node, exits } = c.apply(&Command::NodeDown { node: 2 }) else {
+        panic!("expected the node's sessions to end")
+    };
+    assert_eq!(node, 2);
+    assert_eq!(exits.len(), 1);
+    assert!(c.sessions_on(2).is_empty());
+    assert!(matches!(
+        open_on(&mut c, on(3, 1), 3),
+        Outcome::SessionOpened { .. }
+    ));
+}

@@ -119,7 +119,10 @@ impl Node {
             }
         }
         match self.role {
-            Role::Leader => self.check_majority(t),
+            Role::Leader => {
+                self.check_majority(t);
+                self.expire_lost_nodes(t);
+            }
             _ => {
                 if self.leader.is_some() && t >= self.leader_heard + self.cfg.failure_timeout {
                     self.lose_leader(t, "no word from the leader within the failure timeout");
@@ -477,6 +480,8 @@ impl Node {
             .map(|&p| (p, Progress::new(last, now)))
             .collect();
         self.commit_sent.clear();
+        self.expiring.clear();
+        self.leader_since = now;
         // Entries of earlier epochs commit only under an entry of this one.
         self.log.append(self.hard.epoch, None, Command::Noop);
         self.outbox.resend_all();
@@ -499,6 +504,34 @@ impl Node {
         self.cfg
             .failure_timeout
             .saturating_sub(self.cfg.heartbeat_interval)
+    }
+
+    /// Ends the sessions of nodes silent for longer than the session timeout, so their users'
+    /// device slots and presence do not stay taken by connections that no longer exist.
+    fn expire_lost_nodes(&mut self, now: Instant) {
+        let lost: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                let since = p
+                    .last_heard
+                    .unwrap_or(self.leader_since)
+                    .max(self.leader_since);
+                !p.connected
+                    && now >= since + self.cfg.session_timeout
+                    && !self.expiring.contains(id)
+            })
+            .map(|(&id, _)| id)
+            .filter(|&id| !self.chat.sessions_on(id).is_empty())
+            .collect();
+        for node in lost {
+            info!(
+                "node {}: node {node} lost for over {:?}: ending its sessions",
+                self.cfg.id, self.cfg.session_timeout
+            );
+            self.expiring.insert(node);
+            self.propose(Command::NodeDown { node });
+        }
     }
 
     fn check_majority(&mut self, now: Instant) {

@@ -5,7 +5,7 @@
 
 mod cluster;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a peer (or the leader) is considered dead.
     pub failure_timeout: Duration,
+    /// Silence after which the leader ends a lost node's client sessions.
+    pub session_timeout: Duration,
     /// Most entries in one Append.
     pub max_append_entries: usize,
     /// Rough byte bound of one Append.
@@ -65,6 +67,7 @@ impl Default for NodeConfig {
             max_page: 200,
             heartbeat_interval: Duration::from_millis(30),
             failure_timeout: Duration::from_millis(200),
+            session_timeout: Duration::from_secs(5),
             max_append_entries: 1024,
             max_append_bytes: 1 << 20,
             replication_window: 8192,
@@ -194,6 +197,10 @@ pub struct Node {
     held: Vec<Held>,
     /// Highest commit index sent to each peer.
     commit_sent: BTreeMap<NodeId, LogIndex>,
+    /// Lost nodes whose sessions this leader proposed to end (not applied yet).
+    expiring: BTreeSet<NodeId>,
+    /// When this node became leader.
+    leader_since: Instant,
     actions: VecDeque<Action>,
     rng: fastrand::Rng,
     shutting_down: bool,
@@ -264,6 +271,8 @@ impl Node {
             heartbeat_due: now.mono,
             held: Vec::new(),
             commit_sent: BTreeMap::new(),
+            expiring: BTreeSet::new(),
+            leader_since: now.mono,
             actions: VecDeque::new(),
             rng,
             shutting_down: false,
@@ -556,7 +565,13 @@ impl Node {
     fn report(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Nothing => {}
-            Outcome::NodeBooted { exits, .. } => self.announce_exits(&exits),
+            Outcome::NodeSessionsEnded { node, exits } => {
+                self.expiring.remove(&node);
+                self.announce_exits(&exits);
+                if node == self.cfg.id {
+                    self.close_orphans();
+                }
+            }
             Outcome::SessionOpened { session, replaced } => {
                 if let Some((old, exits)) = replaced {
                     self.announce_exits(&exits);
@@ -660,6 +675,26 @@ impl Node {
                     self.fail(session.conn, ErrorCode::NotInRoom, client_seq, msg);
                 }
             }
+        }
+    }
+
+    /// Closes local connections whose session the cluster ended (this node was cut off for
+    /// longer than the session timeout); their clients resume on another node.
+    fn close_orphans(&mut self) {
+        let mut orphans: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(&c, st)| {
+                **st == ConnState::Open && self.chat.user_of(self.session(c)).is_none()
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        orphans.sort();
+        for conn in orphans {
+            let msg =
+                "the cluster lost this node for too long and ended your session; reconnect".into();
+            self.fail(conn, ErrorCode::ShuttingDown, None, msg);
+            self.close(conn, "session ended by the cluster".into());
         }
     }
 
