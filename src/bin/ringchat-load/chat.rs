@@ -4,18 +4,62 @@
 //! Message text is `"{sender} {msg_no} {send_nanos}"` padded to `--text-bytes`, where `sender`
 //! is the member's global index and `send_nanos` the tool's monotonic clock. All clients live in
 //! this process, so latency = receive time - send time, for every recipient.
+//!
+//! With `--target redis` the same scenario runs against a redis-server's PUBLISH/SUBSCRIBE, for
+//! comparison: each member has a subscriber connection (`SUBSCRIBE <room>`; the subscribe
+//! confirmation plays the role of Joined, together with a `PONG` on the other connection) and a
+//! publisher connection (`PUBLISH <room> <text>`; the integer reply plays the role of the Ack).
+//! Deliveries are the `message` pushes on subscriber connections. Redis has no room sequence
+//! numbers, so the seq order check is replaced by a per-sender one: a message must not arrive
+//! before the same sender's previous message.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringchat::codec::{self, ChatMessage, ClientFrame, ErrorCode, ServerFrame};
+use ringchat::codec::{self, ClientFrame, ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
-use crate::net::{Clock, Event, Net};
+use crate::net::{Clock, Event, Net, Proto};
 use crate::procfs::{self, CpuSample};
 use crate::report::{self, round1, round3, CpuUse, Latency};
+use crate::resp;
 use crate::Common;
+
+/// What server the scenario runs against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Target {
+    /// A ringchat daemon (its wire codec; Hello, Join, Say).
+    Ringchat,
+    /// A redis-server, over RESP2: SUBSCRIBE on one connection, PUBLISH on another, per member.
+    Redis,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ringchat => "ringchat",
+            Target::Redis => "redis",
+        }
+    }
+
+    /// Connections per member.
+    fn conns(self) -> usize {
+        match self {
+            Target::Ringchat => 1,
+            Target::Redis => 2,
+        }
+    }
+}
+
+/// What a connection is for. With ringchat a member's one connection is both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Receives deliveries (ringchat: also sends).
+    Sub,
+    /// Redis only: PUBLISHes.
+    Pub,
+}
 
 /// How members send.
 pub enum Load {
@@ -37,6 +81,7 @@ pub enum Load {
 /// What the scenario runs.
 pub struct ChatOpts {
     pub common: Common,
+    pub target: Target,
     pub rooms: usize,
     pub members: usize,
     pub text_bytes: usize,
@@ -47,7 +92,8 @@ pub struct ChatOpts {
 enum Stage {
     /// Not connected yet.
     Waiting,
-    /// Hello and Join sent, Joined not received.
+    /// Hello and Join sent, Joined not received (redis: SUBSCRIBE and PING sent, the
+    /// confirmation and PONG not both received).
     Handshake,
     Joined,
     Dead,
@@ -60,19 +106,25 @@ struct Member {
     user: String,
     stage: Stage,
     joined_ever: bool,
+    /// Redis: the subscribe confirmation came.
+    sub_ready: bool,
+    /// Redis: the publisher connection answered PING.
+    pub_ready: bool,
     /// Messages sent (the next msg_no).
     sent: u64,
     /// (client_seq, send nanos) of Says not acknowledged yet, oldest first.
     unacked: VecDeque<(u64, u64)>,
-    /// As a receiver: last room seq seen.
+    /// As a receiver: last room seq seen (ringchat only).
     last_seq: u64,
     /// As a receiver: distinct messages received.
     unique: u64,
     /// As a receiver: bit (sender pos * cap + msg_no) set once received.
+    /// Redis: a message whose same-sender predecessor's bit is unset is out of order.
     seen: Vec<u64>,
 }
 
 struct Room {
+    /// The ringchat room, or the Redis channel.
     name: String,
     /// Says written to the server.
     sent: u64,
@@ -123,6 +175,9 @@ struct Run {
     deadline: Instant,
     last_progress: u64,
     pad: String,
+    /// Random high bits of this run's client ids (the low 32 bits are the member index): the
+    /// server de-duplicates Says by (client_id, client_seq), so ids must not repeat across runs.
+    client_base: u64,
 }
 
 /// Shown for at most this many errors and connection failures each.
@@ -150,10 +205,11 @@ pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
              use fewer members or messages"
         ));
     }
+    let conns = total * opts.target.conns();
     match procfs::raise_nofile() {
-        Ok((soft, _)) if (soft as usize) < total + 16 => {
+        Ok((soft, _)) if (soft as usize) < conns + 16 => {
             return Err(format!(
-                "{total} connections need more file descriptors than the limit of {soft}"
+                "{conns} connections need more file descriptors than the limit of {soft}"
             ))
         }
         Ok(_) => {}
@@ -174,6 +230,8 @@ pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
             user: format!("load-{run_id}-r{}-m{}", i / opts.members, i % opts.members),
             stage: Stage::Waiting,
             joined_ever: false,
+            sub_ready: false,
+            pub_ready: false,
             sent: 0,
             unacked: VecDeque::new(),
             last_seq: 0,
@@ -181,8 +239,12 @@ pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
             seen: Vec::new(),
         })
         .collect();
-    let net =
-        Net::new(opts.common.server, clock).map_err(|e| format!("cannot create poll: {e}"))?;
+    let proto = match opts.target {
+        Target::Ringchat => Proto::Ringchat,
+        Target::Redis => Proto::Resp,
+    };
+    let net = Net::with_proto(opts.common.server, clock, proto)
+        .map_err(|e| format!("cannot create poll: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs_f64(opts.common.timeout_secs);
     let mut run = Run {
         clock,
@@ -204,6 +266,7 @@ pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
         deadline,
         last_progress: 0,
         pad: String::new(),
+        client_base: fastrand::u64(..) << 32,
         opts,
     };
     run.go()
@@ -228,6 +291,13 @@ fn run_id() -> String {
         n /= 36;
     }
     String::from_utf8(s).unwrap_or_default()
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Sub => "subscriber",
+        Role::Pub => "publisher",
+    }
 }
 
 /// Parses `"{sender} {msg_no} {send_nanos} ..."`.
@@ -286,7 +356,8 @@ impl Run {
     }
 
     /// Connects every member (at most `--batch` handshakes at once), Hello then Join, and waits
-    /// for each Joined. False on timeout.
+    /// for each Joined (redis: SUBSCRIBE and PING, and waits for the confirmation and PONG).
+    /// False on timeout.
     fn join_all(&mut self) -> Result<bool, String> {
         let total = self.members.len();
         loop {
@@ -295,18 +366,31 @@ impl Run {
                 self.launched += 1;
                 self.in_handshake += 1;
                 self.members[i].stage = Stage::Handshake;
-                let idx = self.net.connect(&mut self.events);
-                debug_assert_eq!(idx, i);
-                let hello = ClientFrame::Hello(codec::Hello {
-                    user: self.members[i].user.clone(),
-                    client_id: 0x4C4F_4144_0000_0000 | i as u64,
-                });
-                let join = ClientFrame::Join(codec::Join {
-                    room: self.rooms[self.members[i].room].name.clone(),
-                    after_seq: None,
-                });
-                self.net.send(i, &hello, &mut self.events);
-                self.net.send(i, &join, &mut self.events);
+                match self.opts.target {
+                    Target::Ringchat => {
+                        let idx = self.net.connect(&mut self.events);
+                        debug_assert_eq!(idx, i);
+                        let hello = ClientFrame::Hello(codec::Hello {
+                            user: self.members[i].user.clone(),
+                            client_id: self.client_base | i as u64,
+                        });
+                        let join = ClientFrame::Join(codec::Join {
+                            room: self.rooms[self.members[i].room].name.clone(),
+                            after_seq: None,
+                        });
+                        self.net.send(i, &hello, &mut self.events);
+                        self.net.send(i, &join, &mut self.events);
+                    }
+                    Target::Redis => {
+                        let sub = self.net.connect(&mut self.events);
+                        let publ = self.net.connect(&mut self.events);
+                        debug_assert_eq!((sub, publ), (2 * i, 2 * i + 1));
+                        let channel = self.rooms[self.members[i].room].name.as_bytes();
+                        self.net
+                            .send_command(sub, &[b"SUBSCRIBE", channel], &mut self.events);
+                        self.net.send_command(publ, &[b"PING"], &mut self.events);
+                    }
+                }
                 self.drain_events();
             }
             if self.joined + self.dead >= total {
@@ -431,13 +515,27 @@ impl Run {
             text.push_str(&self.pad[..fill]);
         }
         let room = self.members[i].room;
-        let frame = ClientFrame::Say(codec::Say {
-            room: self.rooms[room].name.clone(),
-            client_seq: no + 1,
-            text,
-        });
         let now = stamp;
-        if self.net.send(i, &frame, &mut self.events) {
+        let sent = match self.opts.target {
+            Target::Ringchat => {
+                let frame = ClientFrame::Say(codec::Say {
+                    room: self.rooms[room].name.clone(),
+                    client_seq: no + 1,
+                    text,
+                });
+                self.net.send(i, &frame, &mut self.events)
+            }
+            Target::Redis => self.net.send_command(
+                2 * i + 1,
+                &[
+                    b"PUBLISH",
+                    self.rooms[room].name.as_bytes(),
+                    text.as_bytes(),
+                ],
+                &mut self.events,
+            ),
+        };
+        if sent {
             let m = &mut self.members[i];
             m.sent += 1;
             m.unacked.push_back((no + 1, now));
@@ -465,20 +563,42 @@ impl Run {
         }
     }
 
-    fn handle(&mut self, i: usize, now: u64, ev: Event) {
+    /// The member and role of connection `idx`.
+    fn member_of(&self, idx: usize) -> (usize, Role) {
+        match self.opts.target {
+            Target::Ringchat => (idx, Role::Sub),
+            Target::Redis => match idx % 2 {
+                0 => (idx / 2, Role::Sub),
+                _ => (idx / 2, Role::Pub),
+            },
+        }
+    }
+
+    /// Member `i` has joined its room (redis: subscribed, and its publisher is connected).
+    fn on_joined(&mut self, i: usize, last_seq: u64) {
+        let m = &mut self.members[i];
+        m.stage = Stage::Joined;
+        m.joined_ever = true;
+        m.last_seq = last_seq;
+        m.seen = vec![0; (self.opts.members as u64 * self.cap).div_ceil(64) as usize];
+        self.joined += 1;
+        self.live += 1;
+        self.in_handshake -= 1;
+    }
+
+    fn handle(&mut self, idx: usize, now: u64, ev: Event) {
+        let (i, role) = self.member_of(idx);
         match ev {
-            Event::Closed(reason) => self.on_closed(i, reason),
-            Event::Frame(ServerFrame::Message(msg)) => self.on_message(i, now, msg),
+            Event::Closed(reason) => self.on_closed(i, role, reason),
+            Event::Resp(v) => self.on_resp(i, role, now, v),
+            Event::Frame(ServerFrame::Message(msg)) => {
+                let room_ok = msg.room == self.rooms[self.members[i].room].name;
+                self.on_delivery(i, now, room_ok, Some(msg.seq), msg.text.as_bytes());
+            }
             Event::Frame(ServerFrame::Joined(j)) => {
-                let m = &mut self.members[i];
+                let m = &self.members[i];
                 if m.stage == Stage::Handshake && j.room == self.rooms[m.room].name {
-                    m.stage = Stage::Joined;
-                    m.joined_ever = true;
-                    m.last_seq = j.last_seq;
-                    m.seen = vec![0; (self.opts.members as u64 * self.cap).div_ceil(64) as usize];
-                    self.joined += 1;
-                    self.live += 1;
-                    self.in_handshake -= 1;
+                    self.on_joined(i, j.last_seq);
                 }
             }
             Event::Frame(ServerFrame::Ack(a)) => {
@@ -500,7 +620,115 @@ impl Run {
         }
     }
 
-    fn on_closed(&mut self, i: usize, reason: String) {
+    /// A RESP2 value on member `i`'s subscriber or publisher connection.
+    fn on_resp(&mut self, i: usize, role: Role, now: u64, f: resp::Frame) {
+        use resp::Value;
+        let v = match f {
+            resp::Frame::Message(msg) if role == Role::Sub => {
+                let room_ok = msg.channel() == self.rooms[self.members[i].room].name.as_bytes();
+                return self.on_delivery(i, now, room_ok, None, msg.payload());
+            }
+            resp::Frame::Message(msg) => Value::Array(Some(vec![
+                Value::Bulk(Some(b"message".to_vec())),
+                Value::Bulk(Some(msg.channel().to_vec())),
+                Value::Bulk(Some(msg.payload().to_vec())),
+            ])),
+            resp::Frame::Other(v) => v,
+        };
+        let handshaking = self.members[i].stage == Stage::Handshake;
+        match (role, v) {
+            (Role::Sub, Value::Array(Some(items))) => {
+                let channel = self.rooms[self.members[i].room].name.as_bytes();
+                match items.as_slice() {
+                    [kind, ch, Value::Integer(_)]
+                        if kind.as_bytes() == Some(b"subscribe")
+                            && ch.as_bytes() == Some(channel) =>
+                    {
+                        if handshaking {
+                            self.members[i].sub_ready = true;
+                            if self.members[i].pub_ready {
+                                self.on_joined(i, 0);
+                            }
+                        }
+                    }
+                    _ => self.unexpected(i, role, &Value::Array(Some(items))),
+                }
+            }
+            (Role::Pub, Value::Simple(s)) if handshaking && s == b"PONG" => {
+                self.members[i].pub_ready = true;
+                if self.members[i].sub_ready {
+                    self.on_joined(i, 0);
+                }
+            }
+            (Role::Pub, Value::Integer(_)) if self.members[i].stage == Stage::Joined => {
+                // The reply to the oldest PUBLISH not answered yet (replies come in order).
+                self.c.acked += 1;
+                if let Some((_, sent_at)) = self.members[i].unacked.pop_front() {
+                    self.ack_latency
+                        .saturating_record(now.saturating_sub(sent_at).max(1));
+                }
+            }
+            (_, Value::Error(e)) => {
+                self.c.errors += 1;
+                let s = format!(
+                    "error for {} ({}): {}",
+                    self.members[i].user,
+                    role_name(role),
+                    String::from_utf8_lossy(&e)
+                );
+                self.sample(s);
+                match (self.members[i].stage, role) {
+                    (Stage::Handshake, _) => {
+                        // SUBSCRIBE or PING refused: this member cannot take part.
+                        self.close_member(i, "refused while joining");
+                    }
+                    (Stage::Joined, Role::Pub) => {
+                        // The oldest unanswered PUBLISH was refused.
+                        let m = &mut self.members[i];
+                        if let Some((seq, _)) = m.unacked.pop_front() {
+                            self.rooms[m.room].rejected += 1;
+                            self.c.rejected += 1;
+                            if seq == self.members[i].sent {
+                                self.next_closed(i);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (_, v) => self.unexpected(i, role, &v),
+        }
+    }
+
+    /// A RESP2 value the scenario does not expect: counted as an error.
+    fn unexpected(&mut self, i: usize, role: Role, v: &resp::Value) {
+        self.c.errors += 1;
+        let mut shown = format!("{v:?}");
+        if shown.len() > 200 {
+            let mut cut = 200;
+            while !shown.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            shown.truncate(cut);
+            shown.push_str("...");
+        }
+        let s = format!(
+            "unexpected reply for {} ({}): {shown}",
+            self.members[i].user,
+            role_name(role)
+        );
+        self.sample(s);
+    }
+
+    /// Closes every connection of member `i` (each reported as a `Closed` event).
+    fn close_member(&mut self, i: usize, reason: &str) {
+        let n = self.opts.target.conns();
+        for idx in i * n..(i + 1) * n {
+            self.net.close(idx, reason.to_owned(), &mut self.events);
+        }
+    }
+
+    fn on_closed(&mut self, i: usize, role: Role, reason: String) {
         let stage = self.members[i].stage;
         if stage == Stage::Dead {
             return;
@@ -519,8 +747,17 @@ impl Run {
                 self.c.unsent += messages - self.members[i].sent;
             }
         }
-        let s = format!("connection of {} lost: {reason}", self.members[i].user);
+        let s = match self.opts.target {
+            Target::Ringchat => format!("connection of {} lost: {reason}", self.members[i].user),
+            Target::Redis => format!(
+                "{} connection of {} lost: {reason}",
+                role_name(role),
+                self.members[i].user
+            ),
+        };
         self.sample(s);
+        // Redis: the member's other connection goes too (its Closed event is then ignored).
+        self.close_member(i, "the member's other connection was lost");
     }
 
     fn on_error(&mut self, i: usize, e: codec::ErrorFrame) {
@@ -548,38 +785,39 @@ impl Run {
             }
             (Stage::Handshake, _) => {
                 // Hello or Join refused: this member cannot take part.
-                self.net
-                    .close(i, "refused while joining".into(), &mut self.events);
+                self.close_member(i, "refused while joining");
             }
             _ => {}
         }
     }
 
-    fn on_message(&mut self, i: usize, now: u64, msg: ChatMessage) {
+    /// A message delivered to member `i`: `room_ok` if it is for the member's room, `seq` its
+    /// room sequence number (ringchat) or `None` (redis), `text` as sent.
+    fn on_delivery(&mut self, i: usize, now: u64, room_ok: bool, seq: Option<u64>, text: &[u8]) {
         if self.members[i].stage != Stage::Joined {
             self.c.history += 1;
             return;
         }
         self.c.deliveries += 1;
         let room = self.members[i].room;
-        if msg.room != self.rooms[room].name {
+        if !room_ok {
             self.c.foreign += 1;
             return;
         }
-        {
+        if let Some(seq) = seq {
             let m = &mut self.members[i];
-            if msg.seq != m.last_seq + 1 {
+            if seq != m.last_seq + 1 {
                 self.c.out_of_order += 1;
                 if self.c.out_of_order <= MAX_SAMPLES as u64 {
                     eprintln!(
                         "out of order for {}: seq {} after {}",
-                        m.user, msg.seq, m.last_seq
+                        m.user, seq, m.last_seq
                     );
                 }
             }
-            m.last_seq = msg.seq;
+            m.last_seq = seq;
         }
-        let Some((sender, no, stamp)) = parse_text(&msg.text) else {
+        let Some((sender, no, stamp)) = std::str::from_utf8(text).ok().and_then(parse_text) else {
             self.c.foreign += 1;
             return;
         };
@@ -593,6 +831,20 @@ impl Run {
         if m.seen[word] & mask != 0 {
             self.c.duplicated += 1;
             return;
+        }
+        if seq.is_none() && no > 0 {
+            // No room seq (redis): the same sender's previous message must have come first.
+            let prev = bit - 1;
+            if m.seen[(prev / 64) as usize] & (1u64 << (prev % 64)) == 0 {
+                self.c.out_of_order += 1;
+                if self.c.out_of_order <= MAX_SAMPLES as u64 {
+                    eprintln!(
+                        "out of order for {}: message {no} of member {sender} before message {}",
+                        m.user,
+                        no - 1
+                    );
+                }
+            }
         }
         m.seen[word] |= mask;
         m.unique += 1;
@@ -664,6 +916,7 @@ impl Run {
         if o.common.json {
             let mut v = json!({
                 "mode": mode,
+                "target": o.target.name(),
                 "server": o.common.server.to_string(),
                 "rooms": o.rooms,
                 "members": o.members,
@@ -702,8 +955,12 @@ impl Run {
         } else {
             let total = self.members.len();
             println!(
-                "ringchat-load {mode}: {} room(s) x {} members, {load_desc}, text {} B, server {}",
-                o.rooms, o.members, o.text_bytes, o.common.server
+                "ringchat-load {mode} ({}): {} room(s) x {} members, {load_desc}, text {} B, server {}",
+                o.target.name(),
+                o.rooms,
+                o.members,
+                o.text_bytes,
+                o.common.server
             );
             println!("outcome:     {outcome}");
             println!(
@@ -728,7 +985,11 @@ impl Run {
                 "latency µs:  {}  (send -> delivery, every recipient)",
                 lat.line()
             );
-            println!("ack µs:      {}  (send -> Ack, sender only)", ack.line());
+            let ack_what = match o.target {
+                Target::Ringchat => "send -> Ack",
+                Target::Redis => "send -> PUBLISH reply",
+            };
+            println!("ack µs:      {}  ({ack_what}, sender only)", ack.line());
             if let Load::Open { .. } = o.load {
                 println!(
                     "send lag µs: {}  (actual send time behind the schedule)",

@@ -119,7 +119,7 @@ impl Idle {
                         .close(i, "refused while joining".into(), &mut self.events);
                 }
             }
-            Event::Frame(_) => {}
+            Event::Frame(_) | Event::Resp(_) => {}
             Event::Closed(reason) => {
                 if self.stages[i] != Stage::Dead {
                     if self.stages[i] == Stage::Joined {
@@ -137,6 +137,8 @@ impl Idle {
         let pid = self.opts.pid;
         let clk = procfs::clk_tck();
         let run = run_tag(clock);
+        // Random per run: client ids must not repeat across runs on one server.
+        let client_base = fastrand::u64(..) << 32;
         let rss = |what: &str| {
             procfs::rss_bytes(pid)
                 .map_err(|e| format!("cannot read the RSS of pid {pid} ({what}): {e}"))
@@ -153,7 +155,7 @@ impl Idle {
                 self.stages.push(Stage::Handshake);
                 let hello = ClientFrame::Hello(codec::Hello {
                     user: format!("idle-{run}-{i}"),
-                    client_id: 0x4944_4C45_0000_0000 | i as u64,
+                    client_id: client_base | i as u64,
                 });
                 let join = ClientFrame::Join(codec::Join {
                     room: format!("idle-{run}-{}", i % self.opts.rooms),

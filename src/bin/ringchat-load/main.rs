@@ -5,6 +5,8 @@
 //! - `closed`: rooms x members, each member sends M messages, the next one only after its
 //!   previous one came back as a delivered message;
 //! - `open`: a fixed aggregate send rate by the clock, then a bounded drain;
+//!
+//!   both also against a redis-server's PUBLISH/SUBSCRIBE (`--target redis`), for comparison;
 //! - `idle`: daemon RSS growth per idle, joined connection.
 //!
 //! Every delivery to every recipient is checked (lost, duplicated, out of order) and timed end
@@ -17,6 +19,7 @@ mod idle;
 mod net;
 mod procfs;
 mod report;
+mod resp;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -117,6 +120,10 @@ struct RoomArgs {
     /// Message text size in bytes (the text holds sender, number and send time, then padding).
     #[arg(long, default_value_t = 32)]
     text_bytes: usize,
+    /// What --server is: a ringchat daemon, or a redis-server (PUBLISH/SUBSCRIBE over RESP2,
+    /// two connections per member) to compare against.
+    #[arg(long, value_enum, default_value_t = chat::Target::Ringchat)]
+    target: chat::Target,
 }
 
 /// Options every scenario has, validated.
@@ -168,6 +175,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         } => chat::run(
             chat::ChatOpts {
                 common: common.check()?,
+                target: rooms.target,
                 rooms: rooms.rooms,
                 members: rooms.members,
                 text_bytes: rooms.text_bytes,
@@ -187,6 +195,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         } => chat::run(
             chat::ChatOpts {
                 common: common.check()?,
+                target: rooms.target,
                 rooms: rooms.rooms,
                 members: rooms.members,
                 text_bytes: rooms.text_bytes,

@@ -4,6 +4,9 @@
 //! queue (bytes the kernel would not take yet; write interest is armed only while it is
 //! non-empty). The scenario code never sees sockets: it sends frames by connection index and
 //! receives decoded frames, each stamped with the tool's monotonic clock right after the read.
+//!
+//! A `Net` speaks one protocol on all its connections: ringchat's wire codec, or RESP2 (Redis)
+//! for `--target redis`.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -13,13 +16,26 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use ringchat::codec::{self, ClientFrame, ServerFrame};
 
+use crate::resp;
+
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The protocol of every connection of a `Net`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Proto {
+    /// ringchat's binary codec.
+    Ringchat,
+    /// RESP2, the Redis protocol.
+    Resp,
+}
+
 /// What happened on a connection.
 pub enum Event {
-    /// A complete frame from the server.
+    /// A complete frame from a ringchat server.
     Frame(ServerFrame),
+    /// A complete RESP2 value from a Redis server (a reply or a pub/sub push).
+    Resp(resp::Frame),
     /// The connection is gone (refused, reset, closed by the server, undecodable bytes).
     Closed(String),
 }
@@ -66,12 +82,19 @@ pub struct Net {
     scratch: Vec<u8>,
     clock: Clock,
     addr: SocketAddr,
+    proto: Proto,
     /// Connections opened and not yet closed.
     pub open: usize,
 }
 
 impl Net {
+    /// A `Net` speaking ringchat's codec.
     pub fn new(addr: SocketAddr, clock: Clock) -> io::Result<Net> {
+        Net::with_proto(addr, clock, Proto::Ringchat)
+    }
+
+    /// A `Net` speaking `proto` on every connection.
+    pub fn with_proto(addr: SocketAddr, clock: Clock, proto: Proto) -> io::Result<Net> {
         Ok(Net {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -79,6 +102,7 @@ impl Net {
             scratch: vec![0; READ_CHUNK],
             clock,
             addr,
+            proto,
             open: 0,
         })
     }
@@ -132,10 +156,33 @@ impl Net {
         if conn.stream.is_none() {
             return false;
         }
+        debug_assert_eq!(self.proto, Proto::Ringchat);
         if let Err(e) = codec::encode_into(frame, &mut conn.wbuf) {
             self.close(idx, format!("cannot encode frame: {e}"), out);
             return false;
         }
+        if conn.connected {
+            self.flush(idx, out);
+        }
+        true
+    }
+
+    /// Queues the RESP2 command `args` on connection `idx` and writes what the kernel takes now.
+    /// Returns false if the connection is closed (the command is dropped).
+    pub fn send_command(
+        &mut self,
+        idx: usize,
+        args: &[&[u8]],
+        out: &mut Vec<(usize, u64, Event)>,
+    ) -> bool {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return false;
+        };
+        if conn.stream.is_none() {
+            return false;
+        }
+        debug_assert_eq!(self.proto, Proto::Resp);
+        resp::encode_command(args, &mut conn.wbuf);
         if conn.connected {
             self.flush(idx, out);
         }
@@ -314,10 +361,18 @@ impl Net {
             }
             let mut used = 0;
             while used < conn.rbuf.len() {
-                match codec::decode::<ServerFrame>(&conn.rbuf[used..]) {
-                    Ok(Some((frame, n))) => {
+                let decoded = match self.proto {
+                    Proto::Ringchat => codec::decode::<ServerFrame>(&conn.rbuf[used..])
+                        .map(|r| r.map(|(f, n)| (Event::Frame(f), n)))
+                        .map_err(|e| e.to_string()),
+                    Proto::Resp => resp::decode_frame(&conn.rbuf[used..])
+                        .map(|r| r.map(|(v, n)| (Event::Resp(v), n)))
+                        .map_err(|e| e.to_string()),
+                };
+                match decoded {
+                    Ok(Some((event, n))) => {
                         used += n;
-                        out.push((idx, now, Event::Frame(frame)));
+                        out.push((idx, now, event));
                     }
                     Ok(None) => break,
                     Err(e) => {
