@@ -14,8 +14,8 @@ RELEASE   := target/release
 UNIT      := systemd/ringchatd@.service
 EXAMPLE   := systemd/ringchatd.toml.example
 
-# Local demo node (`make run`).
-RUN_LISTEN   ?= 127.0.0.1:7070
+# Local demo cluster (`make run`): 3 nodes, clients on 127.0.0.1:7070-7072, peers on
+# 127.0.0.1:7170-7172, data and logs under $(RUN_DATA_DIR) (see scripts/cluster.sh).
 RUN_DATA_DIR ?= ./ringchat-data
 
 .PHONY: all build run test lint loadtest bench-closed bench-open bench-idle \
@@ -25,7 +25,7 @@ all: build
 
 help:
 	@echo "make build         release build of ringchatd, ringchat, ringchat-load"
-	@echo "make run           build, then run one local node on $(RUN_LISTEN) (foreground)"
+	@echo "make run           build, then run a local 3-node cluster on 127.0.0.1:7070-7072 (foreground)"
 	@echo "make test          run the test suite (cargo test --all-targets)"
 	@echo "make lint          cargo fmt --check and clippy -D warnings"
 	@echo "make loadtest      every load scenario (scripts/bench.sh all)"
@@ -41,7 +41,7 @@ build:
 	$(CARGO) build --release --bins
 
 run: build
-	$(RELEASE)/ringchatd --listen $(RUN_LISTEN) --data-dir $(RUN_DATA_DIR)
+	BIN_DIR=$(RELEASE) DATA_DIR=$(RUN_DATA_DIR) scripts/cluster.sh
 
 test:
 	$(CARGO) test --all-targets
@@ -61,6 +61,11 @@ bench-open:
 
 bench-idle:
 	scripts/bench.sh idle
+
+# Kills the leader of a local 3-node cluster 20 times; failover time, lost and duplicates.
+.PHONY: bench-failover
+bench-failover:
+	scripts/failover.sh
 
 # Builds only if a binary is missing, so that `sudo make install` after `make build` does not
 # run cargo as root. The unit's paths follow PREFIX. An existing example config is kept.

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use clap::Parser;
-use ringchat::client::{code_name, Client, ClientConfig, ClientError, Event};
+use clap::{Parser, Subcommand};
+use ringchat::client::{admin, code_name, Client, ClientConfig, ClientError, Event};
 use ringchat::codec::{ChatMessage, NoticeEvent};
 
 /// Exit status: the server refused (invalid text, device limit, not in room, ...).
@@ -16,20 +16,26 @@ const EXIT_USAGE: u8 = 2;
 /// Exit status: no server reachable, connection lost, or a timeout.
 const EXIT_CONNECTION: u8 = 3;
 
-const DEFAULT_SERVER: &str = "127.0.0.1:7070";
+/// The nodes of the local cluster started by `make run` (scripts/cluster.sh).
+const DEFAULT_SERVERS: &str = "127.0.0.1:7070,127.0.0.1:7071,127.0.0.1:7072";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "ringchat",
     version,
     about = "Chat on a ringchat cluster",
+    subcommand_negates_reqs = true,
+    override_usage = "ringchat [OPTIONS] USER ROOM\n       ringchat [-s ADDRS] admin status [--json]",
     long_about = "Chat on a ringchat cluster.\n\n\
         Without --send/--history/--follow: joins ROOM as USER, shows the room's recent history, \
         then live messages as `HH:MM:SSZ [room] author: text` (UTC); every line typed is sent. \
         Commands: /join ROOM, /leave [ROOM], /who [ROOM], /history [N], /rooms, /ping, /help, \
         /quit (or end of input). Start a message with // to send a text that begins with /.\n\n\
         If the server dies, the client fails over to the next address by itself and resumes: \
-        nothing is missed, nothing is shown twice, unacknowledged messages are re-sent.",
+        nothing is missed, nothing is shown twice, unacknowledged messages are re-sent.\n\n\
+        `ringchat admin status` shows every node of the server list instead (see \
+        `ringchat admin status --help`). A user literally named \"admin\" chats with \
+        `ringchat -- admin ROOM`.",
     after_help = "Exit status: 0 ok, 1 refused by the server, 2 usage error, \
         3 no server reachable / connection lost / timeout.\n\n\
         Examples:\n  \
@@ -38,19 +44,31 @@ const DEFAULT_SERVER: &str = "127.0.0.1:7070";
         ringchat alice lobby --send 'hello there'\n  \
         printf 'one\\ntwo\\n' | ringchat alice lobby --send -\n  \
         ringchat --json bob lobby --history --limit 50\n  \
-        ringchat --json bob lobby --follow"
+        ringchat --json bob lobby --follow\n  \
+        ringchat -s 127.0.0.1:7070,127.0.0.1:7071,127.0.0.1:7072 admin status"
 )]
 struct Args {
     /// Server addresses, comma separated, tried in order and used for failover.
-    /// Default: $RINGCHAT_SERVERS, else 127.0.0.1:7070.
-    #[arg(short, long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    /// Default: $RINGCHAT_SERVERS, else 127.0.0.1:7070,127.0.0.1:7071,127.0.0.1:7072.
+    #[arg(
+        short,
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        global = true
+    )]
     servers: Vec<String>,
 
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Username: 1-32 of letters, digits, '_', '-', '.', starting with a letter or digit.
-    user: String,
+    #[arg(required = true)]
+    user: Option<String>,
 
     /// Room to join (same rules as usernames, up to 64 characters); created on first join.
-    room: String,
+    #[arg(required = true)]
+    room: Option<String>,
 
     /// Send TEXT to ROOM, wait until the cluster acknowledges it, and exit. With "-", send each
     /// non-empty line of standard input. Prints nothing (the seq with --json).
@@ -87,6 +105,35 @@ struct Args {
     client_id: Option<u64>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Cluster administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Show the status of every node of the server list, one line per node.
+    ///
+    /// Columns: node id, address, role, epoch, leader, last / commit / applied log index,
+    /// LAG, REPL and client connections. An unreachable node shows as "down". LAG is the
+    /// highest commit index seen across the nodes minus the node's applied index; REPL is,
+    /// from the leader's report, its last index minus the node's match index. Exit status 0
+    /// when at least one node answered, 3 when none did.
+    Status {
+        /// One JSON object per node, one per line.
+        #[arg(long)]
+        json: bool,
+
+        /// Seconds to wait for each node's answer.
+        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+        timeout: f64,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let servers = servers(&args.servers);
@@ -94,9 +141,21 @@ fn main() -> ExitCode {
         eprintln!("ringchat: no server address given");
         return ExitCode::from(EXIT_USAGE);
     }
+    if let Some(Command::Admin { command }) = &args.command {
+        return match command {
+            AdminCommand::Status { json, timeout } => {
+                admin_status(&servers, *json || args.json, *timeout)
+            }
+        };
+    }
+    // Without a subcommand clap requires both positionals.
+    let (Some(user), Some(room)) = (args.user.clone(), args.room.clone()) else {
+        eprintln!("ringchat: USER and ROOM are required");
+        return ExitCode::from(EXIT_USAGE);
+    };
     for (what, r) in [
-        ("username", ringchat::core::names::validate_user(&args.user)),
-        ("room", ringchat::core::names::validate_room(&args.room)),
+        ("username", ringchat::core::names::validate_user(&user)),
+        ("room", ringchat::core::names::validate_room(&room)),
     ] {
         if let Err(e) = r {
             eprintln!("ringchat: invalid {what}: {e}");
@@ -107,7 +166,7 @@ fn main() -> ExitCode {
         eprintln!("ringchat: --timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_USAGE);
     }
-    let mut cfg = ClientConfig::new(servers, args.user.clone());
+    let mut cfg = ClientConfig::new(servers, user);
     cfg.request_timeout = Duration::from_secs_f64(args.timeout);
     cfg.reconnect = !args.no_reconnect;
     if let Some(id) = args.client_id {
@@ -116,13 +175,13 @@ fn main() -> ExitCode {
     let out = Out { json: args.json };
     let result = Client::connect(cfg).and_then(|mut client| {
         if let Some(text) = &args.send {
-            send(&mut client, &args.room, text, out)
+            send(&mut client, &room, text, out)
         } else if args.history {
-            history(&mut client, &args.room, args.limit, out)
+            history(&mut client, &room, args.limit, out)
         } else if args.follow {
-            follow(&mut client, &args.room, out)
+            follow(&mut client, &room, out)
         } else {
-            interactive(&mut client, &args.room, out)
+            interactive(&mut client, &room, out)
         }
     });
     match result {
@@ -139,7 +198,7 @@ fn servers(arg: &[String]) -> Vec<String> {
     let list: Vec<String> = if arg.is_empty() {
         match std::env::var("RINGCHAT_SERVERS") {
             Ok(v) if !v.trim().is_empty() => v.split(',').map(str::to_owned).collect(),
-            _ => vec![DEFAULT_SERVER.to_owned()],
+            _ => DEFAULT_SERVERS.split(',').map(str::to_owned).collect(),
         }
     } else {
         arg.to_vec()
@@ -148,6 +207,34 @@ fn servers(arg: &[String]) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// `admin status`: every node's status, one line (or JSON object) per node.
+fn admin_status(servers: &[String], json: bool, timeout: f64) -> ExitCode {
+    if !(timeout.is_finite() && timeout > 0.0) {
+        eprintln!("ringchat: --timeout must be a positive number of seconds");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let results = admin::query_all(servers, Duration::from_secs_f64(timeout));
+    let views = admin::cluster_view(servers, results);
+    let out = Out { json };
+    if !json {
+        out.stdout(&admin::view_header());
+    }
+    for v in &views {
+        let line = if json {
+            admin::view_json(v).to_string()
+        } else {
+            admin::view_line(v)
+        };
+        out.stdout(&line);
+    }
+    if views.iter().any(|v| v.report.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("ringchat: no node answered");
+        ExitCode::from(EXIT_CONNECTION)
+    }
 }
 
 fn exit_code(e: &ClientError) -> u8 {
@@ -589,6 +676,44 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(clean("a\tb"), "a\tb");
         assert_eq!(clean("\u{1b}[2J"), "\\u{1b}[2J");
+    }
+
+    #[test]
+    fn admin_is_a_subcommand_and_chat_positionals_still_parse() {
+        let a = Args::try_parse_from(["ringchat", "alice", "general"]).unwrap();
+        assert!(a.command.is_none());
+        assert_eq!(
+            (a.user.as_deref(), a.room.as_deref()),
+            (Some("alice"), Some("general"))
+        );
+        let a = Args::try_parse_from(["ringchat", "-s", "a:1,b:2", "admin", "status", "--json"])
+            .unwrap();
+        assert_eq!(a.servers, vec!["a:1", "b:2"]);
+        assert!(matches!(
+            a.command,
+            Some(Command::Admin {
+                command: AdminCommand::Status { json: true, .. }
+            })
+        ));
+        let a = Args::try_parse_from(["ringchat", "admin", "status", "-s", "c:3"]).unwrap();
+        assert_eq!(a.servers, vec!["c:3"]);
+        let a = Args::try_parse_from(["ringchat", "--", "admin", "lobby"]).unwrap();
+        assert_eq!(
+            (a.user.as_deref(), a.room.as_deref()),
+            (Some("admin"), Some("lobby"))
+        );
+        assert!(Args::try_parse_from(["ringchat", "alice"]).is_err());
+        assert!(Args::try_parse_from(["ringchat", "admin"]).is_err());
+    }
+
+    #[test]
+    fn servers_default_to_the_local_cluster() {
+        if std::env::var_os("RINGCHAT_SERVERS").is_none() {
+            assert_eq!(
+                servers(&[]),
+                vec!["127.0.0.1:7070", "127.0.0.1:7071", "127.0.0.1:7072"]
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! its unacknowledged messages with their original client sequence numbers (the server
 //! de-duplicates them and acks with the original seq). A call in progress re-sends its request.
 
+pub mod admin;
 mod conn;
 pub mod session;
 

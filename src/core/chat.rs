@@ -142,8 +142,9 @@ pub struct ChatState {
     by_client: HashMap<u64, SessionId>,
     devices: HashMap<String, Vec<SessionId>>,
     recent: HashMap<u64, Recent>,
-    /// Highest proposal number applied per proposing node: re-forwarded copies are skipped.
-    applied_proposals: HashMap<NodeId, u64>,
+    /// Per proposing node, its run and the highest proposal number applied from it:
+    /// re-forwarded copies are skipped.
+    applied_proposals: HashMap<NodeId, (u64, u64)>,
 }
 
 /// A client's last committed (client_seq, seq) pairs, and the highest client_seq among them.
@@ -194,15 +195,19 @@ impl ChatState {
     /// re-forwarded when the leader changes, so the log may hold it twice).
     pub fn apply_entry(&mut self, entry: &Entry) -> Outcome {
         if let Some(id) = entry.origin {
-            let last = self.applied_proposals.entry(id.node).or_default();
-            if id.seq <= *last {
+            // Proposals of a node's later run always follow those of its earlier runs in the
+            // log, so a change of run starts a new count.
+            let last = self.applied_proposals.entry(id.node).or_insert((id.incarnation, 0));
+            if last.0 != id.incarnation {
+                *last = (id.incarnation, 0);
+            }
+            if id.seq <= last.1 {
                 return Outcome::Nothing;
             }
-            if *last != 0 && id.seq > *last + 1 && id.seq >> 32 == *last >> 32 {
-                // Proposals of one incarnation arrive gap-free; a gap means one was lost.
-                log::error!("proposal {id:?} applied after {last}: a proposal was skipped");
+            if id.seq != last.1 + 1 {
+                log::error!("proposal {id:?} applied after seq {}: a proposal was skipped", last.1);
             }
-            *last = id.seq;
+            last.1 = id.seq;
         }
         self.apply(&entry.command)
     }
@@ -465,6 +470,11 @@ impl ChatState {
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Live sessions (devices) of `user`, for the session-limit invariant of the simulation.
+    pub fn devices(&self, user: &str) -> usize {
+        self.devices.get(user).map_or(0, Vec::len)
     }
 }
 

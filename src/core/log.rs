@@ -72,13 +72,16 @@ pub enum Command {
     },
 }
 
-/// Identifies a proposal cluster-wide: the node that made it and its number there. A node
-/// numbers its proposals in increasing order, so applying skips any number already applied.
+/// Identifies a proposal cluster-wide: the node and run that made it and its number in that
+/// run. A run numbers its proposals from 1 without gaps, so applying skips any number already
+/// applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProposalId {
     /// The proposing node.
     pub node: NodeId,
-    /// Its sequence number on that node.
+    /// The node's run (see `HardState::incarnation`).
+    pub incarnation: u64,
+    /// Its sequence number in that run.
     pub seq: u64,
 }
 

@@ -11,6 +11,7 @@ use super::NodeId;
 #[derive(Debug)]
 pub struct Outbox {
     node: NodeId,
+    incarnation: u64,
     next_seq: u64,
     pending: VecDeque<Proposal>,
     /// How many of `pending` (from the front) the current leader has been given.
@@ -18,11 +19,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox numbering proposals from `first_seq`.
-    pub fn new(node: NodeId, first_seq: u64) -> Outbox {
+    /// An empty outbox for this run of `node`, numbering proposals from 1.
+    pub fn new(node: NodeId, incarnation: u64) -> Outbox {
         Outbox {
             node,
-            next_seq: first_seq,
+            incarnation,
+            next_seq: 1,
             pending: VecDeque::new(),
             sent: 0,
         }
@@ -32,6 +34,7 @@ impl Outbox {
     pub fn push(&mut self, command: Command) -> ProposalId {
         let id = ProposalId {
             node: self.node,
+            incarnation: self.incarnation,
             seq: self.next_seq,
         };
         self.next_seq += 1;
@@ -61,8 +64,13 @@ impl Outbox {
         self.sent = 0;
     }
 
-    /// This node applied its proposal `seq` (and so every earlier one).
-    pub fn applied(&mut self, seq: u64) {
+    /// The node applied one of its proposals: if it is of this run, it and every earlier one
+    /// are done.
+    pub fn applied(&mut self, id: ProposalId) {
+        if id.node != self.node || id.incarnation != self.incarnation {
+            return;
+        }
+        let seq = id.seq;
         while self.pending.front().is_some_and(|p| p.id.seq <= seq) {
             self.pending.pop_front();
             self.sent = self.sent.saturating_sub(1);
@@ -76,24 +84,22 @@ mod tests {
 
     #[test]
     fn proposals_stay_until_applied_and_are_resent_after_a_leader_change() {
-        let mut o = Outbox::new(3, 100);
+        let mut o = Outbox::new(3, 7);
         let a = o.push(Command::Noop);
         let b = o.push(Command::Noop);
-        assert_eq!((a.seq, b.seq, a.node), (100, 101, 3));
+        assert_eq!((a.seq, b.seq, a.node, a.incarnation), (1, 2, 3, 7));
         assert_eq!(o.take_unsent().len(), 2);
         assert!(!o.has_unsent());
-        o.push(Command::Noop);
-        assert_eq!(
-            o.take_unsent().iter().map(|p| p.id.seq).collect::<Vec<_>>(),
-            vec![102]
-        );
-        o.applied(100);
+        let c = o.push(Command::Noop);
+        let seqs = |v: Vec<Proposal>| v.iter().map(|p| p.id.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(o.take_unsent()), vec![3]);
+        o.applied(a);
         o.resend_all();
-        assert_eq!(
-            o.take_unsent().iter().map(|p| p.id.seq).collect::<Vec<_>>(),
-            vec![101, 102]
-        );
-        o.applied(102);
+        assert_eq!(seqs(o.take_unsent()), vec![2, 3]);
+        // A proposal of an earlier run of this node (still in the log) is not one of ours.
+        o.applied(ProposalId { incarnation: 6, ..c });
+        assert_eq!(o.len(), 2);
+        o.applied(c);
         assert_eq!(o.len(), 0);
     }
 }

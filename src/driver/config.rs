@@ -13,11 +13,18 @@
 //! max_output_bytes = 4194304
 //! shutdown_timeout_ms = 2000
 //! port_file = "/run/ringchat/port"
+//! peer_listen = "127.0.0.1:7170"
+//! peers = "2=127.0.0.1:7171,3=127.0.0.1:7172"   # or ["2=127.0.0.1:7171", "3=127.0.0.1:7172"]
+//! cluster_id = 1
+//! heartbeat_ms = 30
+//! failure_timeout_ms = 200
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
@@ -41,6 +48,13 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Default bound on a graceful stop.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 2000;
 
+/// Default cluster identity (peers of another cluster id are refused).
+pub const DEFAULT_CLUSTER_ID: u64 = 1;
+/// Default heartbeat interval between nodes, in milliseconds.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 30;
+/// Default silence after which a peer or the leader is considered dead, in milliseconds.
+pub const DEFAULT_FAILURE_TIMEOUT_MS: u64 = 200;
+
 /// Largest `max_text` a `Say` frame can carry within the client payload limit.
 pub const MAX_TEXT_LIMIT: u32 = MAX_CLIENT_PAYLOAD - 3 * 8 - MAX_ROOM_LEN as u32;
 /// Smallest accepted `max_output_bytes`: a client must be able to hold a full Say's worth.
@@ -63,6 +77,15 @@ names with '_' instead of '-', e.g.
     max_connections = 16384
 
 Precedence: command-line flags, then the file, then the defaults shown below.
+
+Cluster: a node given --peers is a member of a cluster made of itself and those peers (the \
+same set, with the same --cluster-id, on every member). It accepts node-to-node connections \
+on --peer-listen; of every pair of members the lower id connects to the higher. Without \
+--peers the node is a cluster of one and leads it. Example of a 3-node cluster on one host:
+
+    ringchatd --id 1 --listen 127.0.0.1:7070 --peer-listen 127.0.0.1:7170 \\
+        --peers 2=127.0.0.1:7171,3=127.0.0.1:7172 --data-dir ./data/node1
+    (and likewise for --id 2 and --id 3)
 
 SIGTERM or SIGINT stops the node gracefully: it stops accepting, tells every client to \
 reconnect elsewhere, flushes, and exits 0 within --shutdown-timeout-ms. A second signal \
@@ -125,6 +148,49 @@ pub struct DaemonArgs {
     /// newline to this file; useful with --listen 127.0.0.1:0. [default: none]
     #[arg(long, value_name = "PATH")]
     pub port_file: Option<PathBuf>,
+
+    /// Address (IP:PORT or HOST:PORT) to accept connections from the other cluster members
+    /// on. Required with --peers. [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<String>,
+
+    /// The OTHER members of the cluster and their --peer-listen addresses, comma separated,
+    /// e.g. 2=10.0.0.2:7170,3=10.0.0.3:7170. Every member must list the same cluster.
+    /// Without it the node is a cluster of one. [default: none]
+    #[arg(long, value_name = "ID=ADDR[,ID=ADDR...]")]
+    pub peers: Option<String>,
+
+    /// Cluster identity; peers that announce another cluster id are refused. [default: 1]
+    #[arg(long, value_name = "N")]
+    pub cluster_id: Option<u64>,
+
+    /// Interval of the heartbeats every node sends every peer, in milliseconds. [default: 30]
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Silence after which a peer (or the leader) is considered dead and, for the leader, a
+    /// new one is elected, in milliseconds; at least twice --heartbeat-ms. [default: 200]
+    #[arg(long, value_name = "MS")]
+    pub failure_timeout_ms: Option<u64>,
+}
+
+/// The `peers` key of the TOML file: "ID=ADDR,ID=ADDR" or ["ID=ADDR", ...].
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PeersValue {
+    /// One comma-separated string, as on the command line.
+    List(String),
+    /// One "ID=ADDR" per element.
+    Array(Vec<String>),
+}
+
+impl PeersValue {
+    fn joined(self) -> String {
+        match self {
+            PeersValue::List(s) => s,
+            PeersValue::Array(v) => v.join(","),
+        }
+    }
 }
 
 /// The keys of the TOML configuration file (all optional; unknown keys are an error).
@@ -149,6 +215,16 @@ pub struct FileConfig {
     pub shutdown_timeout_ms: Option<u64>,
     /// See `--port-file`.
     pub port_file: Option<PathBuf>,
+    /// See `--peer-listen`.
+    pub peer_listen: Option<String>,
+    /// See `--peers`.
+    pub peers: Option<PeersValue>,
+    /// See `--cluster-id`.
+    pub cluster_id: Option<u64>,
+    /// See `--heartbeat-ms`.
+    pub heartbeat_ms: Option<u64>,
+    /// See `--failure-timeout-ms`.
+    pub failure_timeout_ms: Option<u64>,
 }
 
 /// A configuration problem, reported to the operator (the daemon exits 2).
@@ -187,6 +263,16 @@ pub struct DaemonConfig {
     pub shutdown_timeout_ms: u64,
     /// Where to write the bound address once listening (`--port-file`).
     pub port_file: Option<PathBuf>,
+    /// Node-to-node listen address (`--peer-listen`).
+    pub peer_listen: Option<SocketAddr>,
+    /// The other members and their peer addresses (`--peers`).
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Cluster identity (`--cluster-id`).
+    pub cluster_id: u64,
+    /// Heartbeat interval (`--heartbeat-ms`).
+    pub heartbeat_ms: u64,
+    /// Failure detection timeout (`--failure-timeout-ms`).
+    pub failure_timeout_ms: u64,
 }
 
 impl Default for DaemonConfig {
@@ -201,6 +287,11 @@ impl Default for DaemonConfig {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             port_file: None,
+            peer_listen: None,
+            peers: BTreeMap::new(),
+            cluster_id: DEFAULT_CLUSTER_ID,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            failure_timeout_ms: DEFAULT_FAILURE_TIMEOUT_MS,
         }
     }
 }
@@ -233,8 +324,16 @@ impl DaemonConfig {
     pub fn merge(args: DaemonArgs, file: FileConfig) -> Result<DaemonConfig, ConfigError> {
         let d = DaemonConfig::default();
         let listen = match args.listen.or(file.listen) {
-            Some(s) => resolve_addr(&s)?,
+            Some(s) => resolve_addr(&s, "--listen")?,
             None => d.listen,
+        };
+        let peer_listen = match args.peer_listen.or(file.peer_listen) {
+            Some(s) => Some(resolve_addr(&s, "--peer-listen")?),
+            None => None,
+        };
+        let peers = match args.peers.or(file.peers.map(PeersValue::joined)) {
+            Some(s) => parse_peers(&s)?,
+            None => BTreeMap::new(),
         };
         let cfg = DaemonConfig {
             id: args.id.or(file.id).unwrap_or(d.id),
@@ -258,6 +357,17 @@ impl DaemonConfig {
                 .or(file.shutdown_timeout_ms)
                 .unwrap_or(d.shutdown_timeout_ms),
             port_file: args.port_file.or(file.port_file),
+            peer_listen,
+            peers,
+            cluster_id: args.cluster_id.or(file.cluster_id).unwrap_or(d.cluster_id),
+            heartbeat_ms: args
+                .heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(d.heartbeat_ms),
+            failure_timeout_ms: args
+                .failure_timeout_ms
+                .or(file.failure_timeout_ms)
+                .unwrap_or(d.failure_timeout_ms),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -293,13 +403,51 @@ impl DaemonConfig {
         if self.data_dir.as_os_str().is_empty() {
             return err("--data-dir must not be empty".into());
         }
+        if self.peers.contains_key(&self.id) {
+            return err(format!(
+                "--peers lists this node's own id {}; list only the other members",
+                self.id
+            ));
+        }
+        if self.peers.contains_key(&0) {
+            return err("--peers: node ids must be 1 or more".into());
+        }
+        if !self.peers.is_empty() && self.peer_listen.is_none() {
+            return err(
+                "--peer-listen is required with --peers (the address the other members \
+                 connect to)"
+                    .into(),
+            );
+        }
+        if self.heartbeat_ms == 0 {
+            return err("--heartbeat-ms must be 1 or more".into());
+        }
+        if self.failure_timeout_ms < 2 * self.heartbeat_ms {
+            return err(format!(
+                "--failure-timeout-ms {} is too small; use at least twice --heartbeat-ms ({})",
+                self.failure_timeout_ms,
+                2 * self.heartbeat_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// Every member of the cluster, this node included, in id order.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut m: Vec<NodeId> = self.peers.keys().copied().collect();
+        m.push(self.id);
+        m.sort_unstable();
+        m
     }
 
     /// The core's configuration for these settings.
     pub fn node_config(&self) -> NodeConfig {
         NodeConfig {
             id: self.id,
+            members: self.members(),
+            cluster_id: self.cluster_id,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            failure_timeout: Duration::from_millis(self.failure_timeout_ms),
             history_size: self.history_size,
             max_text: self.max_text,
             ..NodeConfig::default()
@@ -307,8 +455,32 @@ impl DaemonConfig {
     }
 }
 
-fn resolve_addr(s: &str) -> Result<SocketAddr, ConfigError> {
-    let bad = |why: String| ConfigError(format!("--listen {s:?}: {why} (expected IP:PORT)"));
+/// Parses `--peers`: "ID=ADDR,ID=ADDR,..." (blanks around items ignored); ids must be unique.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "--peers: invalid item {item:?}: {why} (expected ID=ADDR, e.g. 2=10.0.0.2:7170)"
+            ))
+        };
+        let (id, addr) = item.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| bad("the id is not a number"))?;
+        let addr = resolve_addr(addr.trim(), "--peers")?;
+        if peers.insert(id, addr).is_some() {
+            return Err(ConfigError(format!(
+                "--peers: node id {id} is listed twice; ids must be unique"
+            )));
+        }
+    }
+    Ok(peers)
+}
+
+fn resolve_addr(s: &str, flag: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: String| ConfigError(format!("{flag} {s:?}: {why} (expected IP:PORT)"));
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
@@ -423,9 +595,132 @@ mod tests {
             "--max-output-bytes",
             "--shutdown-timeout-ms",
             "--port-file",
+            "--peer-listen",
+            "--peers",
+            "--cluster-id",
+            "--heartbeat-ms",
+            "--failure-timeout-ms",
             "in memory",
         ] {
             assert!(help.contains(flag), "help lacks {flag}:\n{help}");
         }
+    }
+
+    #[test]
+    fn cluster_flags_map_to_the_node_config() {
+        let c = DaemonConfig::merge(
+            args(&[
+                "--id",
+                "2",
+                "--peer-listen",
+                "127.0.0.1:7171",
+                "--peers",
+                "3=127.0.0.1:7172, 1=127.0.0.1:7170",
+                "--cluster-id",
+                "42",
+                "--heartbeat-ms",
+                "10",
+                "--failure-timeout-ms",
+                "100",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.peer_listen, Some("127.0.0.1:7171".parse().unwrap()));
+        assert_eq!(
+            c.peers
+                .iter()
+                .map(|(i, a)| (*i, a.port()))
+                .collect::<Vec<_>>(),
+            vec![(1, 7170), (3, 7172)]
+        );
+        let n = c.node_config();
+        assert_eq!(n.members, vec![1, 2, 3]);
+        assert_eq!(n.cluster_id, 42);
+        assert_eq!(n.heartbeat_interval, Duration::from_millis(10));
+        assert_eq!(n.failure_timeout, Duration::from_millis(100));
+
+        // Without --peers: a cluster of one, with the documented defaults.
+        let c = DaemonConfig::merge(args(&[]), FileConfig::default()).unwrap();
+        assert!(c.peers.is_empty() && c.peer_listen.is_none());
+        let n = c.node_config();
+        assert_eq!(n.members, vec![1]);
+        assert_eq!(n.cluster_id, 1);
+        assert_eq!(n.heartbeat_interval, Duration::from_millis(30));
+        assert_eq!(n.failure_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn cluster_keys_come_from_the_file_as_a_string_or_an_array() {
+        for peers in [
+            "peers = \"2=127.0.0.1:7171,3=127.0.0.1:7172\"",
+            "peers = [\"2=127.0.0.1:7171\", \"3=127.0.0.1:7172\"]",
+        ] {
+            let text = format!(
+                "id = 1\npeer_listen = \"127.0.0.1:7170\"\n{peers}\ncluster_id = 9\n\
+                 heartbeat_ms = 20\nfailure_timeout_ms = 300\n"
+            );
+            let file = FileConfig::parse(&text, "f.toml").unwrap();
+            let c = DaemonConfig::merge(args(&["--cluster-id", "10"]), file).unwrap();
+            assert_eq!(c.members(), vec![1, 2, 3], "{peers}");
+            assert_eq!(c.cluster_id, 10, "the flag wins");
+            assert_eq!((c.heartbeat_ms, c.failure_timeout_ms), (20, 300));
+            assert_eq!(c.peer_listen.unwrap().port(), 7170);
+        }
+    }
+
+    #[test]
+    fn cluster_flags_are_validated() {
+        let pl = "--peer-listen";
+        for (flags, needle) in [
+            (
+                &[
+                    "--id",
+                    "2",
+                    pl,
+                    "127.0.0.1:1",
+                    "--peers",
+                    "2=127.0.0.1:7171",
+                ][..],
+                "own id",
+            ),
+            (
+                &[
+                    pl,
+                    "127.0.0.1:1",
+                    "--peers",
+                    "2=127.0.0.1:7171,2=127.0.0.1:7172",
+                ][..],
+                "twice",
+            ),
+            (
+                &["--peers", "2=127.0.0.1:7171"][..],
+                "--peer-listen is required",
+            ),
+            (&[pl, "127.0.0.1:1", "--peers", "2"][..], "no '='"),
+            (
+                &[pl, "127.0.0.1:1", "--peers", "x=127.0.0.1:1"][..],
+                "not a number",
+            ),
+            (
+                &[pl, "127.0.0.1:1", "--peers", "0=127.0.0.1:1"][..],
+                "1 or more",
+            ),
+            (&[pl, "127.0.0.1:1", "--peers", "2=nowhere"][..], "--peers"),
+            (&[pl, "nonsense"][..], "--peer-listen"),
+            (&["--heartbeat-ms", "0"][..], "--heartbeat-ms"),
+            (&["--failure-timeout-ms", "50"][..], "--failure-timeout-ms"),
+            (
+                &["--heartbeat-ms", "100", "--failure-timeout-ms", "150"][..],
+                "twice",
+            ),
+        ] {
+            let e = DaemonConfig::merge(args(flags), FileConfig::default()).unwrap_err();
+            assert!(e.0.contains(needle), "{flags:?}: {e}");
+        }
+        let e = FileConfig::parse("peers = 3\n", "f.toml").unwrap_err();
+        assert!(e.0.contains("f.toml"), "{e}");
+        // --peer-listen alone is allowed (a cluster of one that listens for nobody).
+        assert!(DaemonConfig::merge(args(&[pl, "127.0.0.1:0"]), FileConfig::default()).is_ok());
     }
 }

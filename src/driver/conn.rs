@@ -161,12 +161,21 @@ impl InBuf {
         self.partial = Vec::new();
     }
 
-    /// Feeds freshly read `data`, calling `on_frame` for every complete frame in order.
+    /// Feeds freshly read client `data`, calling `on_frame` for every complete frame in order.
     /// On an error, frames before the bad one were delivered; the stream is unusable.
     pub fn feed(
         &mut self,
+        data: &[u8],
+        on_frame: impl FnMut(ClientFrame),
+    ) -> Result<(), CodecError> {
+        self.feed_frames::<ClientFrame>(data, on_frame)
+    }
+
+    /// [`InBuf::feed`] for any frame family (peer links decode [`crate::codec::PeerFrame`]).
+    pub fn feed_frames<F: FrameSet>(
+        &mut self,
         mut data: &[u8],
-        mut on_frame: impl FnMut(ClientFrame),
+        mut on_frame: impl FnMut(F),
     ) -> Result<(), CodecError> {
         if !self.partial.is_empty() {
             // Complete the held frame with just the bytes it is missing.
@@ -181,7 +190,7 @@ impl InBuf {
             let head: &[u8; HEADER_LEN] = self.partial[..HEADER_LEN]
                 .try_into()
                 .expect("header length checked");
-            let header = Header::parse(head, ClientFrame::MAX_PAYLOAD)?;
+            let header = Header::parse(head, F::MAX_PAYLOAD)?;
             let total = HEADER_LEN + header.length as usize;
             let take = (total - self.partial.len()).min(data.len());
             self.partial.extend_from_slice(&data[..take]);
@@ -191,12 +200,12 @@ impl InBuf {
             }
             let held = std::mem::take(&mut self.partial);
             // `total` bytes were gathered for a header announcing exactly that: never None.
-            if let Some((frame, _)) = codec::decode::<ClientFrame>(&held)? {
+            if let Some((frame, _)) = codec::decode::<F>(&held)? {
                 on_frame(frame);
             }
         }
         let mut pos = 0;
-        while let Some((frame, used)) = codec::decode::<ClientFrame>(&data[pos..])? {
+        while let Some((frame, used)) = codec::decode::<F>(&data[pos..])? {
             on_frame(frame);
             pos += used;
         }

@@ -2,16 +2,20 @@
 //!
 //! One `Poll` on one thread around one [`Node`]. Connections live in a `Slab`; a connection's
 //! token is its slab key, and a few reserved tokens name the listener, the signal pipe and the
-//! stop waker. Every loop turn, in this order:
+//! stop waker. Links to the other cluster members are kept by the peer mesh ([`peers`]), in
+//! the same loop, with their own token range. Every loop turn, in this order:
 //!
-//! 1. poll, with the timeout the nearest deadline (core timer, shutdown, lingering closes);
-//! 2. accept and read every ready socket until `WouldBlock`, feeding frames to the node;
+//! 1. poll, with the timeout the nearest deadline (core timer, peer dials and handshakes,
+//!    shutdown, lingering closes);
+//! 2. accept and read every ready socket (clients and peers) until `WouldBlock`, feeding
+//!    frames to the node; start due peer dials, drop timed-out handshakes;
 //! 3. run the node's timers if due;
 //! 4. append what the node has not persisted yet and `sync` ONCE, then report it persisted;
-//! 5. drain the node's actions into per-connection output queues (the same `Rc` bytes for
-//!    every recipient of a delivery) and mark closes;
-//! 6. flush each connection that got output this turn with one `write_vectored` per batch of
-//!    up to 64 frames, arming WRITABLE only while a queue stays non-empty.
+//! 5. drain the node's actions into per-connection and per-peer output queues (the same `Rc`
+//!    bytes for every recipient of a delivery) and mark closes;
+//! 6. flush each connection and peer link that got output this turn with one
+//!    `write_vectored` per batch of up to 64 frames, arming WRITABLE only while a queue stays
+//!    non-empty.
 //!
 //! Reads stop at `WouldBlock`, EOF, or a short read (fewer bytes than the buffer: the receive
 //! queue was emptied, and later data raises a new edge) unless the event also reported a FIN or
@@ -26,6 +30,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod peers;
 
 pub use config::{ConfigError, DaemonArgs, DaemonConfig, FileConfig};
 
@@ -49,6 +54,7 @@ use crate::codec::{self, ErrorCode, ErrorFrame, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now};
 use crate::storage::{self, MemStorage, Storage, StorageError};
 use conn::{InBuf, OutQueue};
+use peers::Mesh;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -89,7 +95,7 @@ pub enum DriverError {
         /// What the lock file says about its holder (its pid), if readable.
         holder: String,
     },
-    /// The client listen address could not be bound.
+    /// The client (or peer) listen address could not be bound.
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -261,6 +267,8 @@ pub struct Driver<S: Storage = MemStorage> {
     /// Read buffer shared by every connection.
     scratch: Box<[u8]>,
     node: Node,
+    /// Links to the other cluster members.
+    mesh: Mesh,
     storage: S,
     storage_retry_at: Option<Instant>,
     accept_retry_at: Option<Instant>,
@@ -364,6 +372,18 @@ impl<S: Storage> Driver<S> {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(io_err("registering the signal pipe"))?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?;
+        let mesh = Mesh::new(&config, poll.registry(), Instant::now())?;
+        if !config.peers.is_empty() {
+            info!(
+                "node {id}: member of cluster {} with peers {:?}",
+                config.cluster_id,
+                config
+                    .peers
+                    .iter()
+                    .map(|(p, a)| format!("{p}={a}"))
+                    .collect::<Vec<_>>()
+            );
+        }
 
         let server_full = encode_error(
             ErrorCode::ServerFull,
@@ -391,6 +411,7 @@ impl<S: Storage> Driver<S> {
             generation: 0,
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
             node,
+            mesh,
             storage,
             storage_retry_at: None,
             accept_retry_at: None,
@@ -422,6 +443,11 @@ impl<S: Storage> Driver<S> {
         &self.node
     }
 
+    /// The bound peer address (useful with port 0), if `--peer-listen` is set.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.mesh.local_addr()
+    }
+
     /// Client connections currently open.
     pub fn connections(&self) -> usize {
         self.conns.len()
@@ -451,9 +477,12 @@ impl<S: Storage> Driver<S> {
                     LISTENER => self.accept_all(now),
                     SIGNALS => stop |= self.take_signals(),
                     WAKER => stop |= self.stop.flag.load(Ordering::SeqCst),
+                    t if Mesh::owns(t) => self.mesh.ready(now, event, &mut self.node),
                     Token(key) => self.ready(now, key, event),
                 }
             }
+            self.mesh.reread(now, &mut self.node);
+            self.mesh.on_timer(now, &mut self.node);
             if self.accept_retry_at.is_some_and(|t| t <= now.mono) {
                 self.accept_retry_at = None;
                 self.accept_all(now);
@@ -505,6 +534,7 @@ impl<S: Storage> Driver<S> {
     /// The poll timeout: zero while work is pending, else until the nearest deadline.
     fn poll_timeout(&self, at: Instant) -> Option<Duration> {
         if !self.reread.is_empty()
+            || self.mesh.has_reread()
             || (self.storage_retry_at.is_none() && self.node.to_persist().is_some())
         {
             return Some(Duration::ZERO);
@@ -515,6 +545,7 @@ impl<S: Storage> Driver<S> {
             .filter_map(|id| self.conn(*id).and_then(|c| c.close_by));
         [
             self.node.poll_timeout(),
+            self.mesh.next_deadline(),
             self.storage_retry_at,
             self.accept_retry_at,
             self.shutdown_deadline,
@@ -718,7 +749,7 @@ impl<S: Storage> Driver<S> {
     /// Steps 4-6, repeated while dropped connections give the node more to do.
     fn settle(&mut self, now: Now) {
         loop {
-            let drops = self.drops;
+            let drops = self.drops + self.mesh.drops();
             self.persist(now);
             self.drain_actions(now);
             // `flush` never adds to `dirty`, so the list's allocation is reused.
@@ -727,8 +758,9 @@ impl<S: Storage> Driver<S> {
                 self.flush(now, id);
             }
             self.dirty = dirty;
+            self.mesh.flush_dirty(now, &mut self.node);
             self.reap(now);
-            if self.drops == drops {
+            if self.drops + self.mesh.drops() == drops {
                 return;
             }
         }
@@ -775,8 +807,7 @@ impl<S: Storage> Driver<S> {
                         self.dirty.push(conn);
                     }
                 }
-                // Peer links arrive with the cluster driver.
-                Action::SendPeer { .. } => {}
+                Action::SendPeer { to, bytes } => self.mesh.send(to, bytes),
                 Action::Close { conn, reason } => {
                     let Some(key) = self.key_of(conn) else {
                         continue;

@@ -7,10 +7,12 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::*;
-use crate::codec::{ClientFrame, Hello, Join, Say};
+use crate::codec::{ClientFrame, Heartbeat, Hello, Join, PeerFrame, PeerHello, Say};
 
 struct Running {
     addr: SocketAddr,
+    /// The bound peer address, with `peer_listen` set.
+    peer: Option<SocketAddr>,
     stop: StopHandle,
     thread: JoinHandle<Result<(), String>>,
     _dir: tempfile::TempDir,
@@ -31,17 +33,22 @@ impl Running {
         let (tx, rx) = mpsc::channel();
         let thread = thread::spawn(move || {
             let driver = Driver::new(cfg).map_err(|e| e.to_string())?;
-            tx.send((driver.local_addr(), driver.stop_handle()))
-                .unwrap();
+            tx.send((
+                driver.local_addr(),
+                driver.peer_addr(),
+                driver.stop_handle(),
+            ))
+            .unwrap();
             driver.run().map_err(|e| e.to_string())
         });
-        let (addr, stop) = rx.recv().expect("driver started");
+        let (addr, peer, stop) = rx.recv().expect("driver started");
         if let Some(p) = port_file {
             let written = std::fs::read_to_string(p).unwrap();
             assert_eq!(written, format!("{addr}\n"));
         }
         Running {
             addr,
+            peer,
             stop,
             thread,
             _dir: dir,
@@ -299,4 +306,198 @@ fn a_locked_data_dir_is_refused() {
     );
     drop(first);
     Driver::new(cfg).expect("lock released on drop");
+}
+
+/// Plays another cluster member on a raw peer connection.
+struct FakePeer {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FakePeer {
+    fn connect(addr: SocketAddr) -> FakePeer {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        FakePeer { s, buf: Vec::new() }
+    }
+
+    fn send(&mut self, f: &PeerFrame) {
+        self.s.write_all(&codec::encode(f).unwrap()).unwrap();
+    }
+
+    fn hello(&mut self, cluster_id: u64, node_id: NodeId) {
+        self.send(&PeerFrame::Hello(PeerHello {
+            cluster_id,
+            node_id,
+            epoch: 0,
+        }));
+    }
+
+    /// The next frame, or None at EOF / reset.
+    fn recv(&mut self) -> Option<PeerFrame> {
+        loop {
+            if let Some((f, used)) = codec::decode::<PeerFrame>(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                return Some(f);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("peer read: {e}"),
+            }
+        }
+    }
+
+    /// Reads until a Heartbeat arrives (skipping election traffic).
+    fn heartbeat(&mut self) -> Heartbeat {
+        loop {
+            match self.recv().expect("a heartbeat, not EOF") {
+                PeerFrame::Heartbeat(h) => return h,
+                _ => continue,
+            }
+        }
+    }
+
+    /// True if the node closes this link within the read timeout.
+    fn closed(&mut self) -> bool {
+        loop {
+            match self.recv() {
+                None => return true,
+                Some(_) => continue,
+            }
+        }
+    }
+}
+
+fn peer_status(addr: SocketAddr) -> Vec<(NodeId, bool)> {
+    let mut c = Client::connect(addr);
+    c.send(&ClientFrame::Status(codec::StatusRequest { flags: 0 }));
+    match c.recv() {
+        Some(ServerFrame::Status(r)) => r.peers.iter().map(|p| (p.id, p.connected)).collect(),
+        other => panic!("expected a status report, got {other:?}"),
+    }
+}
+
+fn wait_peer_status(addr: SocketAddr, want: &[(NodeId, bool)]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while peer_status(addr) != want {
+        assert!(
+            Instant::now() < deadline,
+            "peer status stayed {:?}",
+            peer_status(addr)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn peer_handshakes_are_checked_and_a_new_link_replaces_the_old() {
+    // Node 2 of a cluster {1, 2}: it never dials 1 (the lower id dials), it only accepts.
+    let d = Running::start(|c| {
+        c.id = 2;
+        c.cluster_id = 5;
+        c.peer_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.peers = [(1, "127.0.0.1:9".parse().unwrap())].into();
+    });
+    let peer_addr = d.peer.expect("peer listener bound");
+    assert_eq!(peer_status(d.addr), vec![(1, false)]);
+
+    let mut a = FakePeer::connect(peer_addr);
+    match a.recv() {
+        Some(PeerFrame::Hello(h)) => assert_eq!((h.cluster_id, h.node_id), (5, 2)),
+        other => panic!("the node speaks first with Hello, got {other:?}"),
+    }
+    a.hello(5, 1);
+    a.heartbeat();
+    wait_peer_status(d.addr, &[(1, true)]);
+
+    // Refused: another cluster, an unknown id, the node's own id, a frame before Hello.
+    for (cluster, id) in [(6, 1), (5, 9), (5, 2)] {
+        let mut x = FakePeer::connect(peer_addr);
+        x.hello(cluster, id);
+        assert!(x.closed(), "hello {cluster}/{id} was not refused");
+    }
+    let mut x = FakePeer::connect(peer_addr);
+    x.send(&PeerFrame::Heartbeat(Heartbeat {
+        epoch: 0,
+        leader: None,
+        load: 0,
+    }));
+    assert!(x.closed(), "a frame before Hello must drop the link");
+    // Garbage costs only that connection.
+    let mut x = FakePeer::connect(peer_addr);
+    x.s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(x.closed());
+    a.heartbeat();
+
+    // A second link from node 1 replaces the first one.
+    let mut b = FakePeer::connect(peer_addr);
+    b.hello(5, 1);
+    b.heartbeat();
+    assert!(a.closed(), "the old link is closed once replaced");
+    b.heartbeat();
+    wait_peer_status(d.addr, &[(1, true)]);
+
+    drop(b);
+    wait_peer_status(d.addr, &[(1, false)]);
+    d.stop();
+}
+
+/// Accepts one connection on `l` within 5 s.
+fn accept_within(l: &std::net::TcpListener) -> FakePeer {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                return FakePeer { s, buf: Vec::new() };
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the node did not dial");
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn the_lower_id_dials_and_redials_after_a_lost_or_refused_link() {
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    let d = Running::start(move |c| {
+        c.id = 1;
+        c.peer_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.peers = [(2, fake_addr)].into();
+    });
+    let mut a = accept_within(&fake);
+    match a.recv() {
+        Some(PeerFrame::Hello(h)) => assert_eq!((h.cluster_id, h.node_id), (1, 1)),
+        other => panic!("expected Hello, got {other:?}"),
+    }
+    a.hello(1, 2);
+    a.heartbeat();
+    wait_peer_status(d.addr, &[(2, true)]);
+
+    // Lost link: the node notices and dials again (20 ms backoff at first).
+    let lost = Instant::now();
+    drop(a);
+    let mut b = accept_within(&fake);
+    assert!(
+        lost.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        lost.elapsed()
+    );
+    // Whoever answers at node 2's address must be node 2.
+    b.hello(1, 3);
+    assert!(b.closed(), "an impostor is refused");
+    let mut c = accept_within(&fake);
+    c.hello(1, 2);
+    c.heartbeat();
+    wait_peer_status(d.addr, &[(2, true)]);
+    d.stop();
 }

@@ -83,6 +83,7 @@ impl Node {
                 {
                     // The announcement of this epoch's leader was lost on the way to us.
                     self.follow(now.mono, from);
+                    self.leader_confirmed = true;
                 }
             }
             PeerFrame::Append(a) => self.handle_append(now.mono, from, a),
@@ -167,7 +168,11 @@ impl Node {
             }
             _ => {
                 let Some(leader) = self.leader else { return };
-                if self.outbox.has_unsent() && self.peers.get(&leader).is_some_and(|p| p.connected)
+                // Not before the leader itself has shown it leads: an Elected announcement can
+                // reach us before the winner, which would drop what we forward as "not leader".
+                if self.leader_confirmed
+                    && self.outbox.has_unsent()
+                    && self.peers.get(&leader).is_some_and(|p| p.connected)
                 {
                     let proposals = self.outbox.take_unsent();
                     self.send_peer(leader, &PeerFrame::Forward(Forward { proposals }));
@@ -277,6 +282,7 @@ impl Node {
                 self.cfg.id, self.hard.epoch
             );
             self.outbox.resend_all();
+            self.leader_confirmed = false;
         }
         self.role = Role::Follower;
         self.leader = Some(leader);
@@ -375,8 +381,10 @@ impl Node {
             return;
         }
         if self.amnesia != Amnesia::No {
-            debug!("node {}: token of epoch {} refused: this node has not caught up since it lost its state", self.cfg.id, token.epoch);
-            return;
+            // Pass it on without taking part: dropping it would stall every election whose
+            // ring walk crosses this node, even with a majority of up-to-date nodes.
+            debug!("node {}: token of epoch {} passed on without taking part: this node has not caught up since it lost its state", self.cfg.id, token.epoch);
+            return self.pass_token(now, token);
         }
         let has_live_leader = match self.role {
             Role::Leader => self.majority_acked(now),
@@ -561,6 +569,7 @@ impl Node {
         if self.leader != Some(from) || self.role != Role::Follower {
             self.follow(now, from);
         }
+        self.leader_confirmed = true;
         self.leader_heard = now;
         self.election_due = Some(now + self.cfg.failure_timeout * 2);
         if self.log.epoch_at(a.prev_index) != Some(a.prev_epoch) {

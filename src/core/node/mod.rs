@@ -189,6 +189,9 @@ pub struct Node {
     progress: BTreeMap<NodeId, Progress>,
     /// When the leader was last heard from (followers).
     leader_heard: Instant,
+    /// The leader has shown it leads (an Append, or a heartbeat naming itself), so proposals
+    /// forwarded to it are not dropped as sent to a node that does not know yet it won.
+    leader_confirmed: bool,
     /// When to start an election if nothing changes.
     election_due: Option<Instant>,
     /// The epoch of the election this node started and waits on.
@@ -237,12 +240,13 @@ impl Node {
             Amnesia::No
         };
         let mut hard = recovered.hard_state;
-        // A wiped data dir restarts the count: the wall clock keeps incarnations increasing.
-        hard.incarnation = (hard.incarnation + 1).max(now.unix_ms / 1000);
+        // Every run needs its own number, even after a wiped data dir (or with in-memory
+        // storage): the wall clock in milliseconds provides it. Only distinctness matters.
+        hard.incarnation = (hard.incarnation + 1).max(now.unix_ms);
         let incarnation = hard.incarnation;
         let chat = ChatState::new(cfg.devices_per_user as usize, cfg.history_size as usize);
         let log = Log::recovered(recovered.entries);
-        let mut outbox = Outbox::new(cfg.id, incarnation << 32);
+        let mut outbox = Outbox::new(cfg.id, incarnation);
         // Sessions of our previous run are gone; this goes first, before any new session.
         outbox.push(Command::NodeBoot { node: cfg.id });
         let rng = fastrand::Rng::with_seed(cfg.seed ^ (u64::from(cfg.id) << 48) ^ incarnation);
@@ -266,6 +270,7 @@ impl Node {
             peers,
             progress: BTreeMap::new(),
             leader_heard: now.mono,
+            leader_confirmed: false,
             election_due: None,
             election: None,
             heartbeat_due: now.mono,
@@ -553,8 +558,8 @@ impl Node {
 
     fn apply_committed(&mut self) {
         while let Some(entry) = self.log.next_to_apply() {
-            if let Some(id) = entry.origin.filter(|id| id.node == self.cfg.id) {
-                self.outbox.applied(id.seq);
+            if let Some(id) = entry.origin {
+                self.outbox.applied(id);
             }
             let outcome = self.chat.apply_entry(entry);
             self.report(outcome);

@@ -1,0 +1,862 @@
+//! The peer mesh: one TCP link to every other cluster member, carrying [`PeerFrame`]s.
+//!
+//! - Of every pair of members the LOWER id dials the higher; the higher one only accepts (on
+//!   `--peer-listen`). A dial is a non-blocking connect registered for WRITABLE; on the event
+//!   `take_error()` and `peer_addr()` tell whether it completed. Failed dials and lost links
+//!   are retried with exponential backoff (20 ms doubling to 1 s, jitter in [d/2, d] from a
+//!   generator seeded with the node id); a link that comes up resets the backoff.
+//! - Handshake: each side first sends `Hello{cluster_id, node_id, epoch}`. The receiver checks
+//!   the cluster id, that the id is a configured member other than itself and, on a link it
+//!   dialed, that it is the node it meant to reach. Only then does the core hear
+//!   `handle_peer_connected`. A refused or silent link is dropped with a warning naming the
+//!   reason (silent: after [`HANDSHAKE_TIMEOUT`]).
+//! - A new link to a peer that is already linked replaces the old one: the core hears the
+//!   old one's disconnect first.
+//! - Links read until `WouldBlock` (with a per-turn budget, then a re-read next turn), decode
+//!   with the shared codec, and queue output in an [`OutQueue`] bounded by
+//!   [`MAX_PEER_OUTPUT`]; a link over the bound is dropped (the core restarts replication
+//!   to that peer when it comes back).
+//!
+//! Tokens: a link's token is `PEER_BASE + slab key`, far above any client connection's key.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, log, warn, Level};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use super::conn::{InBuf, OutQueue};
+use super::{listen, DaemonConfig, DriverError};
+use crate::codec::{self, PeerFrame, PeerHello};
+use crate::core::{Node, NodeId, Now, SharedBytes};
+
+/// The peer listener's token.
+pub(super) const PEER_LISTENER: Token = Token(usize::MAX - 4);
+/// First token of peer links (a link's token is `PEER_BASE + key`).
+pub(super) const PEER_BASE: usize = usize::MAX / 2;
+
+/// First retry delay after a failed dial or a lost link.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// Largest retry delay.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest a dial may take to connect, and a new link to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes queued for one peer beyond which its link is dropped.
+pub const MAX_PEER_OUTPUT: usize = 256 * 1024 * 1024;
+/// Inbound links still in their handshake beyond which new ones are refused.
+const MAX_PENDING_INBOUND: usize = 16;
+/// Read buffer of the peer links.
+const PEER_SCRATCH_LEN: usize = 256 * 1024;
+/// Reads of one link per turn before the others get a turn.
+const PEER_READS_PER_TURN: usize = 16;
+/// Pause before retrying `accept` after a resource error.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Least interval between two warnings about refused inbound links (a misconfigured node
+/// retries every second).
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a link is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Our non-blocking connect is in progress.
+    Connecting,
+    /// Our Hello is sent (or queued); waiting for theirs.
+    Handshake,
+    /// Handshake done: frames go to and from this member.
+    Up(NodeId),
+}
+
+/// One TCP connection to (or from) another member.
+struct Link {
+    stream: TcpStream,
+    addr: SocketAddr,
+    state: State,
+    /// The member we dialed (None: the link was accepted).
+    dialed: Option<NodeId>,
+    input: InBuf,
+    out: OutQueue,
+    write_armed: bool,
+    dirty: bool,
+    /// The connect or the handshake must be done by then.
+    deadline: Option<Instant>,
+}
+
+impl Link {
+    fn describe(&self) -> String {
+        match self.dialed {
+            Some(id) => format!("dialed link to node {id} at {}", self.addr),
+            None => format!("accepted link from {}", self.addr),
+        }
+    }
+}
+
+/// What this node knows about reaching one other member.
+#[derive(Debug)]
+struct Slot {
+    addr: SocketAddr,
+    /// Our id is lower: we dial it.
+    we_dial: bool,
+    /// Key of the established link.
+    up: Option<usize>,
+    /// Key of our dial in progress.
+    dialing: Option<usize>,
+    /// Next dial no earlier than this.
+    next_dial: Option<Instant>,
+    backoff: Duration,
+    /// Failed dials since the last link was up (quiets repeated warnings).
+    failures: u32,
+}
+
+/// The links of one node to the other members. See the module docs.
+pub struct Mesh {
+    id: NodeId,
+    cluster_id: u64,
+    listener: Option<TcpListener>,
+    local_addr: Option<SocketAddr>,
+    registry: Registry,
+    slots: BTreeMap<NodeId, Slot>,
+    links: Slab<Link>,
+    dirty: Vec<usize>,
+    reread: Vec<usize>,
+    scratch: Box<[u8]>,
+    frames: Vec<PeerFrame>,
+    rng: fastrand::Rng,
+    accept_retry_at: Option<Instant>,
+    max_output: usize,
+    drops: u64,
+    /// When a refused inbound link was last logged at warn, and refusals since.
+    refusal_warned_at: Option<Instant>,
+    refusals: u64,
+}
+
+/// Why a Hello is refused, if it is.
+pub fn check_hello(
+    hello: &PeerHello,
+    own_id: NodeId,
+    cluster_id: u64,
+    members: &[NodeId],
+    dialed: Option<NodeId>,
+) -> Result<NodeId, String> {
+    if hello.cluster_id != cluster_id {
+        return Err(format!(
+            "wrong cluster id {} (this cluster is {cluster_id})",
+            hello.cluster_id
+        ));
+    }
+    if hello.node_id == own_id {
+        return Err(format!("it claims this node's own id {own_id}"));
+    }
+    if !members.contains(&hello.node_id) {
+        return Err(format!(
+            "unknown node id {} (the other members are {members:?})",
+            hello.node_id
+        ));
+    }
+    if let Some(want) = dialed.filter(|&w| w != hello.node_id) {
+        return Err(format!(
+            "expected node {want} at this address, but node {} answered",
+            hello.node_id
+        ));
+    }
+    Ok(hello.node_id)
+}
+
+/// Counts a failure: the first one (since the last success) logs at `level`, repeats at debug.
+fn quieter_after_first(failures: &mut u32, level: Level) -> Level {
+    *failures += 1;
+    if *failures == 1 {
+        level
+    } else {
+        Level::Debug.max(level)
+    }
+}
+
+/// A delay in [d/2, d].
+fn jittered(rng: &mut fastrand::Rng, d: Duration) -> Duration {
+    d / 2 + d.mul_f64(rng.f64() / 2.0)
+}
+
+impl Mesh {
+    /// Binds `--peer-listen` (if set) and plans a dial to every higher-id member.
+    pub fn new(cfg: &DaemonConfig, registry: &Registry, now: Instant) -> Result<Mesh, DriverError> {
+        let registry = registry.try_clone().map_err(|source| DriverError::Io {
+            context: "cloning the poll registry",
+            source,
+        })?;
+        let (listener, local_addr) = match cfg.peer_listen {
+            Some(addr) => {
+                let bind_err = |source| DriverError::Bind { addr, source };
+                let mut l = listen(addr).map_err(bind_err)?;
+                let local = l.local_addr().map_err(bind_err)?;
+                registry
+                    .register(&mut l, PEER_LISTENER, Interest::READABLE)
+                    .map_err(|source| DriverError::Io {
+                        context: "registering the peer listener",
+                        source,
+                    })?;
+                info!("node {}: listening for peers on {local}", cfg.id);
+                (Some(l), Some(local))
+            }
+            None => (None, None),
+        };
+        let slots = cfg
+            .peers
+            .iter()
+            .map(|(&peer, &addr)| {
+                let we_dial = cfg.id < peer;
+                let slot = Slot {
+                    addr,
+                    we_dial,
+                    up: None,
+                    dialing: None,
+                    next_dial: we_dial.then_some(now),
+                    backoff: DIAL_BACKOFF_MIN,
+                    failures: 0,
+                };
+                (peer, slot)
+            })
+            .collect();
+        Ok(Mesh {
+            id: cfg.id,
+            cluster_id: cfg.cluster_id,
+            listener,
+            local_addr,
+            registry,
+            slots,
+            links: Slab::new(),
+            dirty: Vec::new(),
+            reread: Vec::new(),
+            scratch: vec![0u8; PEER_SCRATCH_LEN].into_boxed_slice(),
+            frames: Vec::new(),
+            rng: fastrand::Rng::with_seed(0x7269_6e67 ^ u64::from(cfg.id)),
+            accept_retry_at: None,
+            max_output: MAX_PEER_OUTPUT,
+            drops: 0,
+            refusal_warned_at: None,
+            refusals: 0,
+        })
+    }
+
+    /// The bound peer address, if listening.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Members with an established link.
+    pub fn linked(&self) -> Vec<NodeId> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.up.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Links dropped so far (the driver settles again while this grows).
+    pub fn drops(&self) -> u64 {
+        self.drops
+    }
+
+    /// True when a link used its read budget and must be read again without waiting.
+    pub fn has_reread(&self) -> bool {
+        !self.reread.is_empty()
+    }
+
+    /// True for the tokens the mesh owns.
+    pub fn owns(token: Token) -> bool {
+        token == PEER_LISTENER || (PEER_BASE..PEER_LISTENER.0).contains(&token.0)
+    }
+
+    /// The nearest instant [`Mesh::on_timer`] has work: a dial, a timeout, an accept retry.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let dials = self
+            .slots
+            .values()
+            .filter(|s| s.we_dial && s.up.is_none() && s.dialing.is_none())
+            .filter_map(|s| s.next_dial);
+        let timeouts = self.links.iter().filter_map(|(_, l)| l.deadline);
+        dials.chain(timeouts).chain(self.accept_retry_at).min()
+    }
+
+    /// Starts due dials, drops links whose connect or handshake timed out, retries accepts.
+    pub fn on_timer(&mut self, now: Now, node: &mut Node) {
+        let t = now.mono;
+        let expired: Vec<usize> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.deadline.is_some_and(|d| d <= t))
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            let what = match self.links[key].state {
+                State::Connecting => "connect timed out",
+                _ => "no Hello within the handshake timeout",
+            };
+            self.drop_link(now, key, node, Level::Warn, what);
+        }
+        if self.accept_retry_at.is_some_and(|r| r <= t) {
+            self.accept_retry_at = None;
+            self.accept_all(now, node);
+        }
+        let due: Vec<NodeId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.we_dial && s.up.is_none() && s.dialing.is_none())
+            .filter(|(_, s)| s.next_dial.is_some_and(|d| d <= t))
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in due {
+            self.dial(now, peer);
+        }
+    }
+
+    /// An event on the peer listener or a link.
+    pub fn ready(&mut self, now: Now, event: &Event, node: &mut Node) {
+        let token = event.token();
+        if token == PEER_LISTENER {
+            return self.accept_all(now, node);
+        }
+        let key = token.0 - PEER_BASE;
+        let Some(link) = self.links.get(key) else {
+            return; // spurious: already gone
+        };
+        if link.state == State::Connecting {
+            // Just connected: the peer's Hello may have come with this very edge, read anyway.
+            if self.finish_connect(now, key, node) {
+                self.read(now, key, node);
+            }
+            return;
+        }
+        if event.is_writable() && !link.out.is_empty() {
+            self.flush(now, key, node);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(now, key, node);
+        }
+    }
+
+    /// Reads again the links that used their budget last turn.
+    pub fn reread(&mut self, now: Now, node: &mut Node) {
+        for key in std::mem::take(&mut self.reread) {
+            self.read(now, key, node);
+        }
+    }
+
+    /// Queues `bytes` for `to`; dropped when there is no established link to it (the core
+    /// sends again what matters once it hears the link is up).
+    pub fn send(&mut self, to: NodeId, bytes: SharedBytes) {
+        let Some(key) = self.slots.get(&to).and_then(|s| s.up) else {
+            return;
+        };
+        let link = &mut self.links[key];
+        link.out.push(bytes);
+        if !link.dirty {
+            link.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes what was queued this turn.
+    pub fn flush_dirty(&mut self, now: Now, node: &mut Node) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            self.flush(now, key, node);
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
+    }
+
+    fn accept_all(&mut self, now: Now, node: &Node) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => self.admit(now, stream, addr, node),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    warn!(
+                        "node {}: peer accept failed: {e}; retrying shortly",
+                        self.id
+                    );
+                    self.accept_retry_at = Some(now.mono + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, now: Now, stream: TcpStream, addr: SocketAddr, node: &Node) {
+        let pending = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.dialed.is_none() && l.state == State::Handshake)
+            .count();
+        if pending >= MAX_PENDING_INBOUND {
+            warn!(
+                "node {}: refused peer connection from {addr}: {pending} others are still \
+                 in their handshake",
+                self.id
+            );
+            return;
+        }
+        debug!("node {}: peer connection accepted from {addr}", self.id);
+        self.insert(now, stream, addr, None, State::Handshake, node);
+    }
+
+    /// Starts a non-blocking connect to `peer`.
+    fn dial(&mut self, now: Now, peer: NodeId) {
+        let addr = self.slots[&peer].addr;
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                debug!("node {}: dialing peer {peer} at {addr}", self.id);
+                let key = self.insert_connecting(now, stream, addr, peer);
+                if let Some(slot) = self.slots.get_mut(&peer) {
+                    slot.dialing = key;
+                }
+                if key.is_none() {
+                    self.dial_failed(now, peer, "cannot register the socket");
+                }
+            }
+            Err(e) => self.dial_failed(now, peer, &e.to_string()),
+        }
+    }
+
+    fn insert_connecting(
+        &mut self,
+        now: Now,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        peer: NodeId,
+    ) -> Option<usize> {
+        let entry = self.links.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .registry
+            .register(&mut stream, Token(PEER_BASE + key), interest)
+        {
+            warn!("node {}: cannot register a peer socket: {e}", self.id);
+            return None;
+        }
+        entry.insert(Link {
+            stream,
+            addr,
+            state: State::Connecting,
+            dialed: Some(peer),
+            input: InBuf::new(),
+            out: OutQueue::new(),
+            write_armed: true,
+            dirty: false,
+            deadline: Some(now.mono + HANDSHAKE_TIMEOUT),
+        });
+        Some(key)
+    }
+
+    /// Adds a connected link, queues our Hello and flushes it.
+    fn insert(
+        &mut self,
+        now: Now,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        dialed: Option<NodeId>,
+        state: State,
+        node: &Node,
+    ) {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("node {}: TCP_NODELAY on peer link {addr}: {e}", self.id);
+        }
+        let entry = self.links.vacant_entry();
+        let key = entry.key();
+        if let Err(e) =
+            self.registry
+                .register(&mut stream, Token(PEER_BASE + key), Interest::READABLE)
+        {
+            warn!("node {}: cannot register a peer socket: {e}", self.id);
+            return;
+        }
+        entry.insert(Link {
+            stream,
+            addr,
+            state,
+            dialed,
+            input: InBuf::new(),
+            out: OutQueue::new(),
+            write_armed: false,
+            dirty: false,
+            deadline: Some(now.mono + HANDSHAKE_TIMEOUT),
+        });
+        self.queue_hello(key, node);
+    }
+
+    fn queue_hello(&mut self, key: usize, node: &Node) {
+        let hello = PeerFrame::Hello(PeerHello {
+            cluster_id: self.cluster_id,
+            node_id: self.id,
+            epoch: node.epoch(),
+        });
+        match codec::encode(&hello) {
+            Ok(bytes) => {
+                let link = &mut self.links[key];
+                link.out.push(bytes.into());
+                if !link.dirty {
+                    link.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
+            Err(e) => log::error!("node {}: cannot encode the peer Hello: {e}", self.id),
+        }
+    }
+
+    /// A dialing link got an event: did the connect complete? Returns true when the link is
+    /// connected (and now handshaking).
+    fn finish_connect(&mut self, now: Now, key: usize, node: &mut Node) -> bool {
+        let link = &mut self.links[key];
+        let failed = match link.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e.to_string()),
+            Ok(None) => match link.stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return false,
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(why) = failed {
+            self.drop_link(
+                now,
+                key,
+                node,
+                Level::Info,
+                &format!("connect failed: {why}"),
+            );
+            return false;
+        }
+        if let Err(e) = link.stream.set_nodelay(true) {
+            debug!(
+                "node {}: TCP_NODELAY on peer link {}: {e}",
+                self.id, link.addr
+            );
+        }
+        link.state = State::Handshake;
+        link.deadline = Some(now.mono + HANDSHAKE_TIMEOUT);
+        debug!("node {}: connected to {}", self.id, link.describe());
+        self.queue_hello(key, node);
+        self.flush(now, key, node);
+        self.links.contains(key)
+    }
+
+    /// A dial that could not even start.
+    fn dial_failed(&mut self, now: Now, peer: NodeId, why: &str) {
+        if let Some(slot) = self.slots.get_mut(&peer) {
+            let level = quieter_after_first(&mut slot.failures, Level::Info);
+            log!(
+                level,
+                "node {}: cannot reach peer {peer} at {}: {why}; retrying with backoff",
+                self.id,
+                slot.addr
+            );
+        }
+        self.schedule_dial(now.mono, peer);
+    }
+
+    /// Plans the next dial to `peer` after the current backoff, and doubles the backoff.
+    fn schedule_dial(&mut self, now: Instant, peer: NodeId) {
+        let Some(slot) = self.slots.get_mut(&peer) else {
+            return;
+        };
+        if !slot.we_dial || slot.up.is_some() || slot.dialing.is_some() {
+            return;
+        }
+        slot.next_dial = Some(now + jittered(&mut self.rng, slot.backoff));
+        slot.backoff = (slot.backoff * 2).min(DIAL_BACKOFF_MAX);
+    }
+
+    /// Reads until `WouldBlock`, EOF, an error or the budget; frames go to the node.
+    fn read(&mut self, now: Now, key: usize, node: &mut Node) {
+        for _ in 0..PEER_READS_PER_TURN {
+            let Some(link) = self.links.get_mut(key) else {
+                return;
+            };
+            if link.state == State::Connecting {
+                return;
+            }
+            match link.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    return self.drop_link(now, key, node, Level::Info, "closed by the peer");
+                }
+                Ok(n) => {
+                    let mut frames = std::mem::take(&mut self.frames);
+                    let fed = link
+                        .input
+                        .feed_frames::<PeerFrame>(&self.scratch[..n], |f| frames.push(f));
+                    // The frames before a bad one are good: hand them over first.
+                    let alive = self.process(now, key, &mut frames, node);
+                    frames.clear();
+                    self.frames = frames;
+                    if !alive {
+                        return;
+                    }
+                    if let Err(e) = fed {
+                        let why = format!("bad frame: {e}");
+                        return self.drop_link(now, key, node, Level::Warn, &why);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let why = format!("read failed: {e}");
+                    return self.drop_link(now, key, node, Level::Info, &why);
+                }
+            }
+        }
+        self.reread.push(key);
+    }
+
+    /// Hands decoded frames to the node, doing the handshake first. False if the link is gone.
+    fn process(
+        &mut self,
+        now: Now,
+        key: usize,
+        frames: &mut Vec<PeerFrame>,
+        node: &mut Node,
+    ) -> bool {
+        for frame in frames.drain(..) {
+            let Some(link) = self.links.get(key) else {
+                return false;
+            };
+            match (link.state, frame) {
+                (State::Up(id), frame) => node.handle_peer_frame(now, id, frame),
+                (State::Handshake, PeerFrame::Hello(hello)) => {
+                    if !self.promote(now, key, &hello, node) {
+                        return false;
+                    }
+                }
+                (_, other) => {
+                    let why = format!(
+                        "protocol violation: frame kind {:#04x} before Hello",
+                        codec::FrameSet::kind(&other)
+                    );
+                    self.drop_link(now, key, node, Level::Warn, &why);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Checks a Hello and, if good, makes the link THE link to that member.
+    fn promote(&mut self, now: Now, key: usize, hello: &PeerHello, node: &mut Node) -> bool {
+        let members: Vec<NodeId> = self.slots.keys().copied().collect();
+        let link = &self.links[key];
+        let peer = match check_hello(hello, self.id, self.cluster_id, &members, link.dialed) {
+            Ok(p) => p,
+            Err(why) => {
+                let why = format!("handshake refused: {why}");
+                self.drop_link(now, key, node, Level::Warn, &why);
+                return false;
+            }
+        };
+        let old = self.slots[&peer].up;
+        if let Some(old) = old {
+            self.drop_link(now, old, node, Level::Info, "replaced by a new connection");
+        }
+        let dialing = self.slots[&peer].dialing.filter(|&d| d != key);
+        if let Some(d) = dialing {
+            self.drop_link(now, d, node, Level::Debug, "another link came up first");
+        }
+        let link = &mut self.links[key];
+        link.state = State::Up(peer);
+        link.deadline = None;
+        let what = link.describe();
+        let slot = self.slots.get_mut(&peer).expect("checked member");
+        slot.up = Some(key);
+        slot.dialing = None;
+        slot.next_dial = None;
+        slot.backoff = DIAL_BACKOFF_MIN;
+        slot.failures = 0;
+        info!(
+            "node {}: peer {peer} linked ({what}; its epoch {})",
+            self.id, hello.epoch
+        );
+        node.handle_peer_connected(now, peer);
+        true
+    }
+
+    /// How loudly to log a failed inbound link: warnings at most every
+    /// [`REFUSAL_WARN_EVERY`] (a misconfigured node retries every second), the rest at debug.
+    fn inbound_level(&mut self, now: Instant, level: Level) -> Level {
+        if level > Level::Warn {
+            return level;
+        }
+        self.refusals += 1;
+        if self
+            .refusal_warned_at
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_WARN_EVERY)
+        {
+            return Level::Debug;
+        }
+        if self.refusals > 1 {
+            warn!(
+                "node {}: {} inbound peer links refused so far (repeats are logged at debug)",
+                self.id, self.refusals
+            );
+        }
+        self.refusal_warned_at = Some(now);
+        level
+    }
+
+    /// Writes what is queued; drops the link on an error or over the output bound.
+    fn flush(&mut self, now: Now, key: usize, node: &mut Node) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        link.dirty = false;
+        if link.state == State::Connecting {
+            return; // written once connected
+        }
+        if let Err(e) = link.out.flush(&mut link.stream) {
+            let why = format!("write failed: {e}");
+            return self.drop_link(now, key, node, Level::Info, &why);
+        }
+        let queued = link.out.queued();
+        if queued > self.max_output {
+            let why = format!(
+                "{queued} bytes queued for it (limit {}): the peer does not keep up",
+                self.max_output
+            );
+            return self.drop_link(now, key, node, Level::Warn, &why);
+        }
+        let want = !link.out.is_empty();
+        if want != link.write_armed {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = Token(PEER_BASE + key);
+            if let Err(e) = self.registry.reregister(&mut link.stream, token, interest) {
+                let why = format!("reregister failed: {e}");
+                return self.drop_link(now, key, node, Level::Warn, &why);
+            }
+            link.write_armed = want;
+        }
+    }
+
+    /// The one place a link goes away: the core hears of an established link's end once.
+    fn drop_link(&mut self, now: Now, key: usize, node: &mut Node, level: Level, why: &str) {
+        let Some(mut link) = self.links.try_remove(key) else {
+            return;
+        };
+        let _ = self.registry.deregister(&mut link.stream);
+        self.drops += 1;
+        let peer = match link.state {
+            State::Up(id) => Some(id),
+            _ => link.dialed,
+        };
+        let was_up = match (link.state, peer.and_then(|p| self.slots.get_mut(&p))) {
+            (State::Up(_), Some(slot)) if slot.up == Some(key) => {
+                slot.up = None;
+                true
+            }
+            _ => false,
+        };
+        if let Some(slot) = peer.and_then(|p| self.slots.get_mut(&p)) {
+            if slot.dialing == Some(key) {
+                slot.dialing = None;
+            }
+        }
+        let level = match (was_up, link.dialed.and_then(|p| self.slots.get_mut(&p))) {
+            (true, _) => level,
+            // A dial that did not come up: said once, then quietly retried with backoff.
+            (false, Some(slot)) => quieter_after_first(&mut slot.failures, level),
+            (false, None) => self.inbound_level(now.mono, level),
+        };
+        if was_up {
+            let peer = peer.expect("an up link has a peer");
+            // Link-level losses matter to operators even when the reason is mundane.
+            let level = level.min(Level::Info);
+            log!(
+                level,
+                "node {}: peer {peer} unlinked ({}): {why}",
+                self.id,
+                link.describe()
+            );
+            node.handle_peer_disconnected(now, peer);
+        } else {
+            log!(
+                level,
+                "node {}: {} dropped: {why}",
+                self.id,
+                link.describe()
+            );
+        }
+        if let Some(peer) = peer {
+            self.schedule_dial(now.mono, peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(cluster_id: u64, node_id: NodeId) -> PeerHello {
+        PeerHello {
+            cluster_id,
+            node_id,
+            epoch: 3,
+        }
+    }
+
+    #[test]
+    fn hellos_are_checked() {
+        let members = [1, 3];
+        assert_eq!(check_hello(&hello(7, 3), 2, 7, &members, None), Ok(3));
+        assert_eq!(check_hello(&hello(7, 3), 2, 7, &members, Some(3)), Ok(3));
+        let e = check_hello(&hello(8, 3), 2, 7, &members, None).unwrap_err();
+        assert!(e.contains("wrong cluster id 8"), "{e}");
+        let e = check_hello(&hello(7, 2), 2, 7, &members, None).unwrap_err();
+        assert!(e.contains("own id"), "{e}");
+        let e = check_hello(&hello(7, 9), 2, 7, &members, None).unwrap_err();
+        assert!(e.contains("unknown node id 9"), "{e}");
+        let e = check_hello(&hello(7, 1), 2, 7, &members, Some(3)).unwrap_err();
+        assert!(e.contains("expected node 3"), "{e}");
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_full_delay() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let d = Duration::from_millis(100);
+        for _ in 0..1000 {
+            let j = jittered(&mut rng, d);
+            assert!(j >= d / 2 && j <= d, "{j:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_do_not_collide_with_the_driver() {
+        assert!(Mesh::owns(PEER_LISTENER));
+        assert!(Mesh::owns(Token(PEER_BASE)));
+        assert!(Mesh::owns(Token(PEER_BASE + 12345)));
+        assert!(!Mesh::owns(Token(0)));
+        assert!(!Mesh::owns(Token(1 << 20)));
+        for t in [
+            super::super::LISTENER,
+            super::super::SIGNALS,
+            super::super::WAKER,
+        ] {
+            assert!(!Mesh::owns(t));
+        }
+    }
+}
