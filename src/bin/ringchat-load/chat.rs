@@ -26,6 +26,15 @@ use crate::report::{self, round1, round3, CpuUse, Latency};
 use crate::resp;
 use crate::Common;
 
+/// The servers as given, comma separated, for reports.
+pub fn server_list(servers: &[std::net::SocketAddr]) -> String {
+    servers
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What server the scenario runs against.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Target {
@@ -243,7 +252,10 @@ pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
         Target::Ringchat => Proto::Ringchat,
         Target::Redis => Proto::Resp,
     };
-    let net = Net::with_proto(opts.common.server, clock, proto)
+    if opts.target == Target::Redis && opts.common.servers.len() != 1 {
+        return Err("--target redis takes one --server".into());
+    }
+    let net = Net::with_proto(opts.common.servers.clone(), clock, proto)
         .map_err(|e| format!("cannot create poll: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs_f64(opts.common.timeout_secs);
     let mut run = Run {
@@ -316,7 +328,7 @@ impl Run {
         let timed_out_joining = !self.join_all()?;
         let join_secs = (self.clock.nanos() - join_start) as f64 / 1e9;
 
-        let cpu0 = CpuSample::take(self.opts.common.pid);
+        let cpu0 = CpuSample::take(&self.opts.common.pids);
         let t0 = self.clock.nanos();
         self.last_progress = t0;
         let outcome = if timed_out_joining {
@@ -330,7 +342,7 @@ impl Run {
             }
         };
         let t1 = self.clock.nanos();
-        let cpu1 = CpuSample::take(self.opts.common.pid);
+        let cpu1 = CpuSample::take(&self.opts.common.pids);
         let cpu = CpuUse::between(cpu0, cpu1, clk, ("delivery", "deliveries"), self.c.unique);
         Ok(self.report(outcome, join_secs, (t1 - t0) as f64 / 1e9, &cpu))
     }
@@ -917,7 +929,7 @@ impl Run {
             let mut v = json!({
                 "mode": mode,
                 "target": o.target.name(),
-                "server": o.common.server.to_string(),
+                "server": server_list(&o.common.servers),
                 "rooms": o.rooms,
                 "members": o.members,
                 "text_bytes": o.text_bytes,
@@ -960,7 +972,7 @@ impl Run {
                 o.rooms,
                 o.members,
                 o.text_bytes,
-                o.common.server
+                server_list(&o.common.servers)
             );
             println!("outcome:     {outcome}");
             println!(

@@ -54,8 +54,8 @@ pub fn run(opts: IdleOpts, clock: Clock) -> Result<bool, String> {
     if opts.rooms == 0 {
         return Err("--rooms must be at least 1".into());
     }
-    let net =
-        Net::new(opts.common.server, clock).map_err(|e| format!("cannot create poll: {e}"))?;
+    let net = Net::new(opts.common.servers.clone(), clock)
+        .map_err(|e| format!("cannot create poll: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs_f64(opts.common.timeout_secs);
     let mut idle = Idle {
         stages: Vec::with_capacity(opts.connections),
@@ -144,7 +144,7 @@ impl Idle {
                 .map_err(|e| format!("cannot read the RSS of pid {pid} ({what}): {e}"))
         };
         let rss_before = rss("before")?;
-        let cpu0 = CpuSample::take(Some(pid));
+        let cpu0 = CpuSample::take(&[pid]);
         let t0 = clock.nanos();
         let mut outcome = "complete";
         let total = self.opts.connections;
@@ -173,7 +173,7 @@ impl Idle {
             }
         }
         let connect_secs = (clock.nanos() - t0) as f64 / 1e9;
-        let cpu1 = CpuSample::take(Some(pid));
+        let cpu1 = CpuSample::take(&[pid]);
         self.idle_for(self.opts.settle)?;
         let rss_after = rss("after joining")?;
         let joined_at_rss = self.joined;
@@ -202,7 +202,7 @@ impl Idle {
         if o.common.json {
             let mut v = json!({
                 "mode": "idle",
-                "server": o.common.server.to_string(),
+                "server": crate::chat::server_list(&o.common.servers),
                 "pid": pid,
                 "connections": total,
                 "joined": joined_at_rss,
@@ -227,7 +227,9 @@ impl Idle {
         } else {
             println!(
                 "ringchat-load idle: {total} connections in {} room(s), batches of {}, server {}, daemon pid {pid}",
-                o.rooms, o.common.batch, o.common.server
+                o.rooms,
+                o.common.batch,
+                crate::chat::server_list(&o.common.servers)
             );
             println!("outcome:     {outcome}");
             println!(

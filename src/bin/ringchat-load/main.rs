@@ -90,12 +90,14 @@ enum Cmd {
 
 #[derive(Args)]
 struct CommonArgs {
-    /// Server address, host:port.
+    /// Server address(es), host:port[,host:port...]; members are spread over them in turn
+    /// (a member's connections all go to one server).
     #[arg(long)]
     server: String,
-    /// The daemon's process id: report its CPU (and RSS for idle) from /proc.
-    #[arg(long)]
-    pid: Option<u32>,
+    /// The daemons' process ids, comma separated: their CPU over the run is summed (idle: one
+    /// daemon, whose RSS is measured).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
     /// Give up after this many seconds in all, report what was measured, exit non-zero.
     #[arg(long, default_value_t = 120.0)]
     timeout_secs: f64,
@@ -128,8 +130,8 @@ struct RoomArgs {
 
 /// Options every scenario has, validated.
 pub struct Common {
-    pub server: SocketAddr,
-    pub pid: Option<u32>,
+    pub servers: Vec<SocketAddr>,
+    pub pids: Vec<u32>,
     pub timeout_secs: f64,
     pub batch: usize,
     pub json: bool,
@@ -137,22 +139,27 @@ pub struct Common {
 
 impl CommonArgs {
     fn check(self) -> Result<Common, String> {
-        let server = self
+        let servers = self
             .server
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve --server {}: {e}", self.server))?
-            .next()
-            .ok_or_else(|| format!("--server {} resolves to no address", self.server))?;
+            .split(',')
+            .map(|one| {
+                one.trim()
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve --server {one}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("--server {one} resolves to no address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if !(self.timeout_secs > 0.0 && self.timeout_secs < 1e7) {
             return Err("--timeout-secs must be a positive number of seconds".into());
         }
-        if let Some(pid) = self.pid {
+        for &pid in &self.pid {
             procfs::cpu_ticks(Some(pid))
                 .map_err(|e| format!("--pid {pid}: cannot read /proc/{pid}/stat: {e}"))?;
         }
         Ok(Common {
-            server,
-            pid: self.pid,
+            servers,
+            pids: self.pid,
             timeout_secs: self.timeout_secs,
             batch: self.batch.max(1),
             json: self.json,
@@ -215,9 +222,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             settle_secs,
         } => {
             let common = common.check()?;
-            let pid = common
-                .pid
-                .ok_or("idle needs --pid: it measures the daemon's RSS")?;
+            let [pid] = common.pids[..] else {
+                return Err("idle needs one --pid: it measures that daemon's RSS".into());
+            };
+            if common.servers.len() != 1 {
+                return Err("idle measures one daemon: give one --server".into());
+            }
             idle::run(
                 idle::IdleOpts {
                     common,

@@ -81,7 +81,8 @@ pub struct Net {
     conns: Vec<Conn>,
     scratch: Vec<u8>,
     clock: Clock,
-    addr: SocketAddr,
+    /// Connection i goes to `addrs[i % len]`.
+    addrs: Vec<SocketAddr>,
     proto: Proto,
     /// Connections opened and not yet closed.
     pub open: usize,
@@ -89,19 +90,19 @@ pub struct Net {
 
 impl Net {
     /// A `Net` speaking ringchat's codec.
-    pub fn new(addr: SocketAddr, clock: Clock) -> io::Result<Net> {
-        Net::with_proto(addr, clock, Proto::Ringchat)
+    pub fn new(addrs: Vec<SocketAddr>, clock: Clock) -> io::Result<Net> {
+        Net::with_proto(addrs, clock, Proto::Ringchat)
     }
 
     /// A `Net` speaking `proto` on every connection.
-    pub fn with_proto(addr: SocketAddr, clock: Clock, proto: Proto) -> io::Result<Net> {
+    pub fn with_proto(addrs: Vec<SocketAddr>, clock: Clock, proto: Proto) -> io::Result<Net> {
         Ok(Net {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             conns: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             clock,
-            addr,
+            addrs,
             proto,
             open: 0,
         })
@@ -119,7 +120,8 @@ impl Net {
             wpos: 0,
             writable_armed: true,
         };
-        let result = TcpStream::connect(self.addr).and_then(|mut s| {
+        let addr = self.addrs[idx % self.addrs.len()];
+        let result = TcpStream::connect(addr).and_then(|mut s| {
             self.poll.registry().register(
                 &mut s,
                 Token(idx),

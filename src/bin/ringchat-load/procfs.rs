@@ -65,9 +65,12 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    pub fn take(pid: Option<u32>) -> CpuSample {
+    /// Reads the summed CPU ticks of the daemons `pids` (None if there are none or one
+    /// cannot be read) and of this tool.
+    pub fn take(pids: &[u32]) -> CpuSample {
+        let ticks: Option<Vec<u64>> = pids.iter().map(|&p| cpu_ticks(Some(p)).ok()).collect();
         CpuSample {
-            daemon_ticks: pid.and_then(|p| cpu_ticks(Some(p)).ok()),
+            daemon_ticks: ticks.filter(|t| !t.is_empty()).map(|t| t.iter().sum()),
             tool_ticks: cpu_ticks(None).unwrap_or(0),
         }
     }
