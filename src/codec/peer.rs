@@ -70,6 +70,8 @@ pub struct Candidate {
 pub struct Token {
     /// The epoch being elected.
     pub epoch: Epoch,
+    /// A pre-election: nobody changes state; it only counts who would take part.
+    pub pre: bool,
     /// The node that started this election; the token ends there.
     pub initiator: NodeId,
     /// Best candidate among the participants so far.

@@ -197,7 +197,10 @@ impl ChatState {
         if let Some(id) = entry.origin {
             // Proposals of a node's later run always follow those of its earlier runs in the
             // log, so a change of run starts a new count.
-            let last = self.applied_proposals.entry(id.node).or_insert((id.incarnation, 0));
+            let last = self
+                .applied_proposals
+                .entry(id.node)
+                .or_insert((id.incarnation, 0));
             if last.0 != id.incarnation {
                 *last = (id.incarnation, 0);
             }
@@ -205,7 +208,10 @@ impl ChatState {
                 return Outcome::Nothing;
             }
             if id.seq != last.1 + 1 {
-                log::error!("proposal {id:?} applied after seq {}: a proposal was skipped", last.1);
+                log::error!(
+                    "proposal {id:?} applied after seq {}: a proposal was skipped",
+                    last.1
+                );
             }
             last.1 = id.seq;
         }

@@ -97,7 +97,10 @@ mod tests {
         o.resend_all();
         assert_eq!(seqs(o.take_unsent()), vec![2, 3]);
         // A proposal of an earlier run of this node (still in the log) is not one of ours.
-        o.applied(ProposalId { incarnation: 6, ..c });
+        o.applied(ProposalId {
+            incarnation: 6,
+            ..c
+        });
         assert_eq!(o.len(), 2);
         o.applied(c);
         assert_eq!(o.len(), 0);

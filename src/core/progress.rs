@@ -39,10 +39,13 @@ impl Progress {
         self.probe_sent = None;
     }
 
-    /// The follower's log did not match before `next_index`; `hint` is its last index.
+    /// The follower's log did not match before `next_index`; `hint` is its last index. A hint
+    /// below the match means the follower lost its log (it restarted without its state): a
+    /// matched entry is never truncated otherwise.
     pub fn rejected(&mut self, hint: LogIndex) {
         self.probing = true;
         self.probe_sent = None;
+        self.match_index = self.match_index.min(hint);
         self.next_index = (self.next_index.saturating_sub(1))
             .min(hint + 1)
             .max(self.match_index + 1);
@@ -61,7 +64,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rejection_moves_back_but_never_below_the_match() {
+    fn rejection_moves_back_but_not_below_the_match_unless_the_follower_lost_its_log() {
         let now = Instant::now();
         let mut p = Progress::new(10, now);
         assert_eq!(p.next_index, 11);
@@ -70,9 +73,12 @@ mod tests {
         p.matched(4);
         assert!(!p.probing);
         p.next_index = 9;
-        p.rejected(0);
-        assert_eq!(p.next_index, 5);
+        p.rejected(6);
+        assert_eq!((p.match_index, p.next_index), (4, 7));
         p.reset();
         assert_eq!((p.next_index, p.probing), (5, true));
+        // The follower came back empty: everything must be sent again.
+        p.rejected(0);
+        assert_eq!((p.match_index, p.next_index), (0, 1));
     }
 }

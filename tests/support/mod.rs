@@ -2,6 +2,10 @@
 //! cleanup that kills only the daemon this test started, by PID.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod history;
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;

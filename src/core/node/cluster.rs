@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use super::{Amnesia, Held, Node, Role};
+use super::{Amnesia, Campaign, Held, Node, Role};
 use crate::codec::{
     self, Append, AppendReply, Candidate, Elected, Forward, Heartbeat, PeerFrame, PeerStatus,
     StatusReport, Token,
@@ -32,8 +32,10 @@ impl Node {
         p.connected = true;
         p.last_heard = Some(now.mono);
         info!("node {}: peer {peer} connected", self.cfg.id);
-        if let Some(pr) = self.progress.get_mut(&peer) {
-            pr.reset();
+        if self.progress.contains_key(&peer) {
+            // The peer may have restarted and lost what it had: learn its log afresh.
+            let fresh = Progress::new(self.log.last_index(), now.mono);
+            self.progress.insert(peer, fresh);
             self.commit_sent.remove(&peer);
             self.send_append(now.mono, peer, true);
         }
@@ -315,43 +317,58 @@ impl Node {
         self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
     }
 
-    /// Starts a ring election for a new epoch, if a majority looks reachable.
+    /// Starts a pre-election: a token that goes around the ring changing nothing, to learn
+    /// whether a majority would take part. Only then does the real election raise the epoch,
+    /// so a node that is cut off (or behind a one-way fault) never inflates epochs that would
+    /// later depose a healthy leader.
     pub(super) fn start_election(&mut self, now: Now) {
         let t = now.mono;
+        self.election_due = Some(t + self.cfg.failure_timeout * 2 + self.election_delay());
         if self.amnesia != Amnesia::No {
-            self.election_due = Some(t + self.cfg.failure_timeout + self.election_delay());
             return;
         }
         let reachable = 1 + self.peers.keys().filter(|&&p| self.alive(p, t)).count();
         if reachable < majority(self.members.len()) {
-            // Campaigning without a majority only inflates epochs and disturbs others later.
-            self.election_due = Some(t + self.cfg.failure_timeout + self.election_delay());
             return;
         }
         let epoch = self.hard.epoch.max(self.hard.participated) + 1;
+        self.election = Some(Campaign { epoch, pre: true });
+        debug!("node {}: pre-election for epoch {epoch}", self.cfg.id);
+        self.send_token(t, epoch, true);
+    }
+
+    /// The real election, after a pre-election found a majority willing.
+    fn start_real_election(&mut self, now: Instant, epoch: Epoch) {
         self.hard.epoch = epoch;
         self.hard.participated = epoch;
         self.hard_version += 1;
         self.role = Role::Candidate;
-        self.leader = None;
-        self.election = Some(epoch);
+        if self.leader.take().is_some() {
+            self.outbox.resend_all();
+        }
+        self.election = Some(Campaign { epoch, pre: false });
         self.progress.clear();
-        self.election_due = Some(t + self.cfg.failure_timeout * 2 + self.election_delay());
+        self.election_due = Some(now + self.cfg.failure_timeout * 2 + self.election_delay());
         info!(
             "node {}: starting an election for epoch {epoch}",
             self.cfg.id
         );
+        self.send_token(now, epoch, false);
+    }
+
+    fn send_token(&mut self, now: Instant, epoch: Epoch, pre: bool) {
         let token = Token {
             epoch,
+            pre,
             initiator: self.cfg.id,
             best: self.candidate(),
             participants: vec![self.cfg.id],
         };
-        self.pass_token(t, token);
+        self.pass_token(now, token);
     }
 
-    /// Sends the token to the next live node on the ring (once our participation is durable),
-    /// or completes it here when no one else is reachable.
+    /// Sends the token to the next live node on the ring (a real token only once our
+    /// participation is durable), or completes it here when no one else is reachable.
     fn pass_token(&mut self, now: Instant, token: Token) {
         let next = next_hop(&self.members, self.cfg.id, token.initiator, |p| {
             self.alive(p, now)
@@ -369,66 +386,85 @@ impl Node {
         }
     }
 
-    fn handle_token(&mut self, now: Instant, from: NodeId, mut token: Token) {
-        if token.initiator == self.cfg.id {
-            return self.finish_election(now, token);
-        }
-        if token.epoch <= self.hard.participated {
-            debug!(
-                "node {}: token of epoch {} from {from} refused: took part in {}",
-                self.cfg.id, token.epoch, self.hard.participated
-            );
-            return;
+    /// Why this node would not take part in an election for `epoch` (None: it would).
+    fn decline_reason(&self, now: Instant, epoch: Epoch) -> Option<&'static str> {
+        if epoch <= self.hard.participated {
+            return Some("it already took part in that epoch or a later one");
         }
         if self.amnesia != Amnesia::No {
-            // Pass it on without taking part: dropping it would stall every election whose
-            // ring walk crosses this node, even with a majority of up-to-date nodes.
-            debug!("node {}: token of epoch {} passed on without taking part: this node has not caught up since it lost its state", self.cfg.id, token.epoch);
-            return self.pass_token(now, token);
+            return Some("it has not caught up since it lost its state");
         }
         let has_live_leader = match self.role {
             Role::Leader => self.majority_acked(now),
             _ => self.leader.is_some() && now < self.leader_heard + self.cfg.failure_timeout,
         };
-        if has_live_leader {
-            // A node that merely lost sight of a healthy leader must not depose it.
+        // A node that merely lost sight of a healthy leader must not depose it.
+        has_live_leader.then_some("its leader is alive")
+    }
+
+    fn handle_token(&mut self, now: Instant, from: NodeId, mut token: Token) {
+        if token.initiator == self.cfg.id {
+            return self.finish_election(now, token);
+        }
+        if let Some(why) = self.decline_reason(now, token.epoch) {
+            // Passed on unchanged rather than dropped, so the initiator learns at once that
+            // the election cannot win instead of waiting for its timeout.
             debug!(
-                "node {}: token of epoch {} from {from} refused: the leader is alive",
+                "node {}: not taking part in the {}election of epoch {} from {from}: {why}",
+                self.cfg.id,
+                if token.pre { "pre-" } else { "" },
+                token.epoch
+            );
+            return self.pass_token(now, token);
+        }
+        if !token.pre {
+            self.observe_epoch(token.epoch, now);
+            self.hard.participated = token.epoch;
+            self.hard_version += 1;
+            debug!(
+                "node {}: took part in the election of epoch {}",
                 self.cfg.id, token.epoch
             );
-            return;
         }
-        self.observe_epoch(token.epoch, now);
-        self.hard.participated = token.epoch;
-        self.hard_version += 1;
         token.participants.push(self.cfg.id);
         token.best = token.best.max(self.candidate());
-        debug!(
-            "node {}: took part in the election of epoch {}",
-            self.cfg.id, token.epoch
-        );
         self.pass_token(now, token);
     }
 
     fn finish_election(&mut self, now: Instant, token: Token) {
-        if self.election != Some(token.epoch)
-            || self.hard.epoch != token.epoch
-            || self.role != Role::Candidate
-        {
+        let campaign = Campaign {
+            epoch: token.epoch,
+            pre: token.pre,
+        };
+        if self.election != Some(campaign) {
+            return;
+        }
+        let stale = if token.pre {
+            self.hard.epoch.max(self.hard.participated) >= token.epoch
+        } else {
+            self.hard.epoch != token.epoch || self.role != Role::Candidate
+        };
+        if stale {
             return;
         }
         self.election = None;
         let need = majority(self.members.len());
         if token.participants.len() < need {
             info!(
-                "node {}: election for epoch {} failed: {} of {need} needed took part",
+                "node {}: {}election for epoch {} failed: {} of {need} needed would take part",
                 self.cfg.id,
+                if token.pre { "pre-" } else { "" },
                 token.epoch,
                 token.participants.len()
             );
-            self.role = Role::Follower;
+            if self.role == Role::Candidate {
+                self.role = Role::Follower;
+            }
             self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
             return;
+        }
+        if token.pre {
+            return self.start_real_election(now, token.epoch);
         }
         let elected = Elected {
             epoch: token.epoch,

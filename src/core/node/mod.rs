@@ -194,8 +194,8 @@ pub struct Node {
     leader_confirmed: bool,
     /// When to start an election if nothing changes.
     election_due: Option<Instant>,
-    /// The epoch of the election this node started and waits on.
-    election: Option<u64>,
+    /// The election (or pre-election) this node started and waits on.
+    election: Option<Campaign>,
     heartbeat_due: Instant,
     held: Vec<Held>,
     /// Highest commit index sent to each peer.
@@ -210,6 +210,13 @@ pub struct Node {
     /// Started without durable state in a cluster of several: until it has caught up (or sees
     /// the whole cluster is new) its empty log must not count in an election.
     amnesia: Amnesia,
+}
+
+/// An election this node started: its epoch, and whether it is the pre-election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Campaign {
+    epoch: u64,
+    pre: bool,
 }
 
 /// Whether a node that started with no durable state may take part in elections yet.
