@@ -37,7 +37,7 @@ impl Node {
             let fresh = Progress::new(self.log.last_index(), now.mono);
             self.progress.insert(peer, fresh);
             self.commit_sent.remove(&peer);
-            self.send_append(now.mono, peer, true);
+            self.send_append(now.mono, peer, Nudge::Heartbeat);
         }
         if self.leader == Some(peer) {
             // Anything forwarded on the old link may be lost: send it all again.
@@ -117,7 +117,7 @@ impl Node {
             for p in peers {
                 self.send_heartbeat(p);
                 if self.role == Role::Leader {
-                    self.send_append(t, p, true);
+                    self.send_append(t, p, Nudge::Heartbeat);
                 }
             }
         }
@@ -165,7 +165,7 @@ impl Node {
                 }
                 let peers: Vec<NodeId> = self.progress.keys().copied().collect();
                 for p in peers {
-                    self.send_append(now.mono, p, false);
+                    self.send_append(now.mono, p, Nudge::CommitNotice);
                 }
             }
             _ => {
@@ -662,7 +662,7 @@ impl Node {
         } else {
             pr.rejected(r.index);
         }
-        self.send_append(now, from, false);
+        self.send_append(now, from, Nudge::EntriesOnly);
     }
 
     /// Commits the highest index a majority stores, if it is of this leader's epoch.
@@ -680,7 +680,8 @@ impl Node {
     /// Sends `peer` what it lacks: pipelined entries within the window, one probe at a time
     /// while its position is unknown, and an empty append to carry a new commit index (or as
     /// a heartbeat when `force`).
-    fn send_append(&mut self, now: Instant, peer: NodeId, force: bool) {
+    fn send_append(&mut self, now: Instant, peer: NodeId, nudge: Nudge) {
+        let force = nudge == Nudge::Heartbeat;
         if !self.peers.get(&peer).is_some_and(|p| p.connected) {
             return;
         }
@@ -713,7 +714,8 @@ impl Node {
                 p.next_index = next;
             }
         }
-        if !sent && (force || self.commit_sent.get(&peer).is_none_or(|&c| c < commit)) {
+        let commit_news = self.commit_sent.get(&peer).is_none_or(|&c| c < commit);
+        if !sent && (force || (nudge == Nudge::CommitNotice && commit_news)) {
             self.send_entries_none(peer, next, commit);
             sent = true;
         }
@@ -790,6 +792,18 @@ impl Node {
             });
         }
     }
+}
+
+/// Why `send_append` is called, which decides whether an Append without entries goes out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Nudge {
+    /// Heartbeat (or a new link): always send, empty if need be.
+    Heartbeat,
+    /// End of a loop turn: an empty Append carries a commit index the peer has not seen.
+    CommitNotice,
+    /// After a reply: only entries; commit news waits for the end of the turn, so a burst of
+    /// replies does not become a burst of notices.
+    EntriesOnly,
 }
 
 fn encode_peer(frame: &PeerFrame) -> crate::core::SharedBytes {
