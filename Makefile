@@ -27,6 +27,7 @@ help:
 	@echo "make build         release build of ringchatd, ringchat, ringchat-load"
 	@echo "make run           build, then run a local 3-node cluster on 127.0.0.1:7070-7072 (foreground)"
 	@echo "make test          run the test suite (cargo test --all-targets)"
+	@echo "make sim           deterministic cluster simulation, SEEDS=2000 seeds (NODES=3, START=0)"
 	@echo "make lint          cargo fmt --check and clippy -D warnings"
 	@echo "make loadtest      every load scenario (scripts/bench.sh all)"
 	@echo "make bench-closed  closed-loop load scenario"
@@ -45,6 +46,16 @@ run: build
 
 test:
 	$(CARGO) test --all-targets
+
+# Deterministic cluster simulation over many seeds, in release: `make sim SEEDS=10000 NODES=5`.
+# A failing seed is printed with the command that replays it.
+SEEDS ?= 2000
+START ?= 0
+NODES ?= 3
+SIM_JOBS ?= 2
+.PHONY: sim
+sim:
+	$(CARGO) run --release --bin ringchat-sim -- --seeds $(SEEDS) --start $(START) --nodes $(NODES) --jobs $(SIM_JOBS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -94,6 +94,10 @@ pub struct Elected {
 /// Follower -> leader: client writes to append, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
+    /// The epoch whose leader the sender gives them to: a leader of another epoch drops them
+    /// (the sender re-sends everything pending once it follows a leader again), so a delayed
+    /// batch can never be appended after a later one and leave a gap.
+    pub epoch: Epoch,
     /// The proposals.
     pub proposals: Vec<Proposal>,
 }

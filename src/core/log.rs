@@ -116,6 +116,9 @@ pub struct HardState {
     pub participated: Epoch,
     /// Counts the node's starts; part of every connection id so ids never repeat.
     pub incarnation: u64,
+    /// The node started without its data and has not caught up since: it stays out of
+    /// elections, across restarts too (its incarnation alone is no sign of having caught up).
+    pub amnesiac: bool,
 }
 
 /// Marks how far a [`Persist`] reached, for [`Log::persisted_through`].

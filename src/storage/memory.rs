@@ -92,6 +92,7 @@ mod tests {
             epoch: 1,
             participated: 1,
             incarnation: 1,
+            amnesiac: false,
         })
         .unwrap();
         s.sync().unwrap();
@@ -100,6 +101,7 @@ mod tests {
             epoch: 2,
             participated: 2,
             incarnation: 1,
+            amnesiac: false,
         })
         .unwrap();
         s.crash();

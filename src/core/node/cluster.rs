@@ -93,15 +93,16 @@ impl Node {
             PeerFrame::Token(t) => self.handle_token(now.mono, from, t),
             PeerFrame::Elected(e) => self.handle_elected(now.mono, e),
             PeerFrame::Forward(f) => {
-                if self.role == Role::Leader {
+                if self.role == Role::Leader && f.epoch == self.hard.epoch {
                     for p in f.proposals {
                         self.log.append(self.hard.epoch, Some(p.id), p.command);
                     }
                 } else {
                     debug!(
-                        "node {}: dropped {} forwarded proposals (not leader)",
+                        "node {}: dropped {} proposals forwarded for epoch {} (not its leader)",
                         self.cfg.id,
-                        f.proposals.len()
+                        f.proposals.len(),
+                        f.epoch
                     );
                 }
             }
@@ -177,7 +178,8 @@ impl Node {
                     && self.peers.get(&leader).is_some_and(|p| p.connected)
                 {
                     let proposals = self.outbox.take_unsent();
-                    self.send_peer(leader, &PeerFrame::Forward(Forward { proposals }));
+                    let epoch = self.hard.epoch;
+                    self.send_peer(leader, &PeerFrame::Forward(Forward { epoch, proposals }));
                 }
             }
         }
@@ -219,16 +221,19 @@ impl Node {
     }
 
     /// Ends the abstention of a node that started without state: once it applied what the
-    /// leader had committed when it first heard from it, or once a majority (itself included)
-    /// reports epoch 0, which means the whole cluster is new.
+    /// leader had committed when it first heard from it, or once enough of the other nodes
+    /// report epoch 0 that they must include one of every past election's participants (who
+    /// would report a later epoch): then the whole cluster is new. Its own empty state proves
+    /// nothing, since it may have been wiped.
     fn check_amnesia(&mut self) {
         let done = match self.amnesia {
             Amnesia::No => return,
             Amnesia::CatchingUpTo(index) => self.log.applied() >= index,
             Amnesia::Unknown => {
-                let fresh = self.peers.values().filter(|p| p.epoch == Some(0)).count() + 1;
+                let fresh = self.peers.values().filter(|p| p.epoch == Some(0)).count();
                 let heard_newer = self.peers.values().any(|p| p.epoch.is_some_and(|e| e > 0));
-                !heard_newer && fresh >= majority(self.members.len())
+                let n = self.members.len();
+                !heard_newer && fresh + majority(n) > n
             }
         };
         if done {
@@ -237,6 +242,18 @@ impl Node {
                 self.cfg.id, self.amnesia
             );
             self.amnesia = Amnesia::No;
+            self.hard.amnesiac = false;
+            // It may have taken part in elections before it lost its state, and forgot which:
+            // never again in an epoch it now knows of (a second vote there could make a second
+            // majority, and a second leader, for one epoch).
+            let heard = self
+                .peers
+                .values()
+                .filter_map(|p| p.epoch)
+                .max()
+                .unwrap_or(0);
+            self.hard.participated = self.hard.participated.max(self.hard.epoch).max(heard);
+            self.hard_version += 1;
         }
     }
 
@@ -262,7 +279,10 @@ impl Node {
     pub(super) fn election_delay(&mut self) -> Duration {
         let hb = self.cfg.heartbeat_interval;
         let from = self.leader.unwrap_or(self.members[0]);
-        let rank = distance(&self.members, from, self.cfg.id).saturating_sub(1) as u32;
+        // The successor has rank 0 and `from` itself (distance 0) the last rank: with no
+        // leader known, `from` is a live member and must not tie with its successor.
+        let n = self.members.len();
+        let rank = ((distance(&self.members, from, self.cfg.id) + n - 1) % n) as u32;
         hb * rank + hb.mul_f64(self.rng.f64())
     }
 

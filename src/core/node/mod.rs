@@ -238,15 +238,17 @@ impl Node {
         members.push(cfg.id);
         members.sort_unstable();
         members.dedup();
-        let amnesia = if recovered.hard_state == HardState::default()
-            && recovered.entries.is_empty()
-            && members.len() > 1
+        let amnesia = if recovered.hard_state.amnesiac
+            || (recovered.hard_state == HardState::default()
+                && recovered.entries.is_empty()
+                && members.len() > 1)
         {
             Amnesia::Unknown
         } else {
             Amnesia::No
         };
         let mut hard = recovered.hard_state;
+        hard.amnesiac = amnesia != Amnesia::No;
         // Every run needs its own number, even after a wiped data dir (or with in-memory
         // storage): the wall clock in milliseconds provides it. Only distinctness matters.
         hard.incarnation = (hard.incarnation + 1).max(now.unix_ms);

@@ -1,0 +1,165 @@
+//! ringchat-sim: runs the deterministic cluster simulation over many seeds and reports.
+//!
+//! `ringchat-sim --seeds 2000 --start 0 --nodes 3` runs seeds 0..2000; `--seed N --verbose`
+//! replays one seed with its trace on stderr (set RUST_LOG=info for the core's own log).
+//! Exits 1 if any seed fails.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Parser;
+
+use ringchat::sim::{self, ms, Failure, Report, SimConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringchat-sim",
+    about = "Deterministic simulation of a ringchat cluster: many seeds, invariants checked \
+             after every step"
+)]
+struct Args {
+    /// Run only this seed (replay).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Virtual milliseconds of faults per seed.
+    #[arg(long, default_value_t = 2000)]
+    safety_ms: u64,
+    /// Largest one-way latency between nodes, in ms (the smallest is a sixteenth of it).
+    #[arg(long, default_value_t = 8)]
+    latency_ms: u64,
+    /// Talking clients per seed.
+    #[arg(long, default_value_t = 5)]
+    talkers: usize,
+    /// Run every seed twice and compare the trace hashes (determinism check).
+    #[arg(long)]
+    twice: bool,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Print the trace of each run on stderr.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn config(args: &Args, seed: u64) -> SimConfig {
+    let mut cfg = SimConfig::new(seed).with_nodes(args.nodes);
+    cfg.safety = ms(args.safety_ms);
+    cfg.talkers = args.talkers;
+    cfg.latency = (ms(args.latency_ms) / 16, ms(args.latency_ms));
+    cfg.verbose = args.verbose;
+    cfg
+}
+
+fn run_one(args: &Args, seed: u64) -> Result<Report, Failure> {
+    let report = sim::run(config(args, seed))?;
+    if args.twice {
+        let again = sim::run(config(args, seed))?;
+        if again.trace_hash != report.trace_hash {
+            return Err(Failure {
+                seed,
+                nodes: args.nodes,
+                at_ms: report.virtual_ms,
+                step: report.steps,
+                message: format!(
+                    "determinism: two runs of the seed differ (trace {:016x} vs {:016x})",
+                    report.trace_hash, again.trace_hash
+                ),
+            });
+        }
+    }
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    if args.nodes == 0 {
+        eprintln!("ringchat-sim: --nodes must be at least 1");
+        return ExitCode::from(2);
+    }
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.start..args.start.saturating_add(args.seeds)).collect(),
+    };
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let results: Mutex<Vec<Result<Report, Failure>>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..args.jobs.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(&seed) = seeds.get(i) else {
+                    return;
+                };
+                let r = run_one(&args, seed);
+                match &r {
+                    Ok(rep) if args.seed.is_some() || args.verbose => {
+                        let _ = writeln!(std::io::stdout(), "{rep}");
+                    }
+                    Ok(_) => {}
+                    Err(f) => eprintln!("FAIL {f}"),
+                }
+                results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut failures: Vec<&Failure> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    failures.sort_by_key(|f| f.seed);
+    let ok: Vec<&Report> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let sum = |f: fn(&Report) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
+    let worst_liveness = ok.iter().map(|r| r.liveness_ms).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "ringchat-sim: {} seeds ({} nodes) in {:.1} s: {} passed, {} failed",
+        results.len(),
+        args.nodes,
+        started.elapsed().as_secs_f64(),
+        ok.len(),
+        failures.len()
+    );
+    let _ = writeln!(
+        out,
+        "  elections {}, faults {} ({} crashes), messages acked {}, delivered {}, \
+         reconnects {}, device-limit refusals {}, steps {}, slowest convergence {} ms",
+        sum(|r| r.elections),
+        sum(|r| r.faults),
+        sum(|r| r.crashes),
+        sum(|r| r.acked),
+        sum(|r| r.received),
+        sum(|r| r.reconnects),
+        sum(|r| r.refused),
+        sum(|r| r.steps),
+        worst_liveness
+    );
+    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in &ok {
+        for (k, n) in &r.fault_kinds {
+            *kinds.entry(k).or_default() += n;
+        }
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(out, "  faults by kind: {}", kinds.join(", "));
+    if failures.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let _ = writeln!(out, "  failing seeds:");
+    for f in &failures {
+        let _ = writeln!(out, "  {f}");
+    }
+    ExitCode::from(1)
+}

@@ -1,0 +1,186 @@
+//! The faults a run injects, and how they are drawn: which kinds, how often, for how long.
+
+use super::clock::{ms, Micros};
+use crate::core::NodeId;
+
+/// Where in a node's loop turn a crash strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Between turns.
+    Idle,
+    /// After the turn's writes reached storage but before the sync: they are lost.
+    BeforeSync,
+    /// After the sync, before the turn's sends left: the disk has what no one was told.
+    BeforeSend,
+}
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The connection between two nodes breaks (it comes back by itself).
+    LinkReset(NodeId, NodeId),
+    /// These nodes are cut from the others, both ways.
+    Partition(Vec<NodeId>),
+    /// Frames from the first node to the second are lost; the connection stays up.
+    OneWay(NodeId, NodeId),
+    /// Frames from the first node to the second are held back, then delivered late.
+    Clog(NodeId, NodeId),
+    /// The node stops: it processes nothing and its timers do not fire.
+    Pause(NodeId),
+    /// The node dies, keeping only what it synced.
+    Crash(NodeId, CrashPoint),
+    /// The node dies and loses its disk: it restarts empty (at most one node is without its
+    /// data at a time, so a majority always keeps every committed entry).
+    Wipe(NodeId),
+    /// The node's storage fails every write for a while (the driver retries later and goes
+    /// on sending what does not wait for durability).
+    DiskStall(NodeId),
+    /// A client's connection breaks.
+    ClientReset(usize),
+}
+
+impl Fault {
+    /// Short name for counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::LinkReset(..) => "link-reset",
+            Fault::Partition(_) => "partition",
+            Fault::OneWay(..) => "one-way",
+            Fault::Clog(..) => "clog",
+            Fault::Pause(_) => "pause",
+            Fault::Crash(..) => "crash",
+            Fault::DiskStall(_) => "disk-stall",
+            Fault::Wipe(_) => "wipe",
+            Fault::ClientReset(_) => "client-reset",
+        }
+    }
+}
+
+/// The end of a fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heal {
+    /// Reconnect two nodes after a reset.
+    Reconnect(NodeId, NodeId),
+    /// End a partition: these pairs may connect again.
+    Partition(Vec<(NodeId, NodeId)>),
+    /// End a one-way partition (the connection is reset, as TCP would after losses).
+    OneWay(NodeId, NodeId),
+    /// Release a clog.
+    Clog(NodeId, NodeId),
+    /// Resume a paused node.
+    Resume(NodeId),
+    /// Restart a crashed node from its storage.
+    Restart(NodeId),
+    /// The node's storage works again.
+    Disk(NodeId),
+}
+
+/// How faults are drawn.
+#[derive(Clone, Debug)]
+pub struct FaultPlan {
+    /// Gap between two faults.
+    pub gap: (Micros, Micros),
+    /// How long partitions, one-way partitions and clogs last.
+    pub cut_for: (Micros, Micros),
+    /// How long a node stays paused.
+    pub pause_for: (Micros, Micros),
+    /// How long a crashed node stays down.
+    pub down_for: (Micros, Micros),
+    /// Delay before a reset link reconnects.
+    pub reconnect_after: (Micros, Micros),
+}
+
+impl Default for FaultPlan {
+    fn default() -> Self {
+        FaultPlan {
+            gap: (ms(40), ms(250)),
+            cut_for: (ms(100), ms(1000)),
+            pause_for: (ms(50), ms(700)),
+            down_for: (ms(50), ms(900)),
+            reconnect_after: (ms(5), ms(60)),
+        }
+    }
+}
+
+impl FaultPlan {
+    /// Draws a fault. `down` are the nodes crashed or paused now; at most a minority is taken
+    /// down at once, except now and then, so that the cluster also gets to make progress.
+    pub fn draw(
+        &self,
+        rng: &mut fastrand::Rng,
+        members: &[NodeId],
+        down: &[NodeId],
+        clients: usize,
+    ) -> Option<(Fault, Micros)> {
+        let n = members.len();
+        let pick = |rng: &mut fastrand::Rng| members[rng.usize(..n)];
+        let pair = |rng: &mut fastrand::Rng| {
+            let a = members[rng.usize(..n)];
+            let others: Vec<NodeId> = members.iter().copied().filter(|&m| m != a).collect();
+            (a, others[rng.usize(..others.len())])
+        };
+        let span = |rng: &mut fastrand::Rng, (lo, hi): (Micros, Micros)| rng.u64(lo..=hi);
+        let may_take_down = down.len() < (n - 1) / 2 || rng.u8(..20) == 0;
+        let roll = rng.u8(..100);
+        if n < 2 && roll < 54 {
+            return None; // no links to break
+        }
+        let fault = match roll {
+            0..=17 => {
+                let (a, b) = pair(rng);
+                (Fault::LinkReset(a, b), span(rng, self.reconnect_after))
+            }
+            18..=33 => {
+                // A random non-empty proper subset, often a single node.
+                let mut side: Vec<NodeId> =
+                    members.iter().copied().filter(|_| rng.bool()).collect();
+                if side.is_empty() || side.len() == n {
+                    side = vec![pick(rng)];
+                }
+                (Fault::Partition(side), span(rng, self.cut_for))
+            }
+            34..=43 => {
+                let (a, b) = pair(rng);
+                (Fault::OneWay(a, b), span(rng, self.cut_for))
+            }
+            44..=53 => {
+                let (a, b) = pair(rng);
+                (Fault::Clog(a, b), span(rng, self.cut_for) / 2)
+            }
+            54..=68 => {
+                let v = pick(rng);
+                if down.contains(&v) || !may_take_down {
+                    return None;
+                }
+                (Fault::Pause(v), span(rng, self.pause_for))
+            }
+            69..=74 => (Fault::DiskStall(pick(rng)), span(rng, self.pause_for)),
+            75..=91 => {
+                let v = pick(rng);
+                if down.contains(&v) || !may_take_down {
+                    return None;
+                }
+                let point = match rng.u8(..3) {
+                    0 => CrashPoint::Idle,
+                    1 => CrashPoint::BeforeSync,
+                    _ => CrashPoint::BeforeSend,
+                };
+                (Fault::Crash(v, point), span(rng, self.down_for))
+            }
+            92..=94 => {
+                let v = pick(rng);
+                if down.contains(&v) || !may_take_down {
+                    return None;
+                }
+                (Fault::Wipe(v), span(rng, self.down_for))
+            }
+            _ => {
+                if clients == 0 {
+                    return None;
+                }
+                (Fault::ClientReset(rng.usize(..clients)), 0)
+            }
+        };
+        Some(fault)
+    }
+}

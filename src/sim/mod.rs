@@ -1,0 +1,213 @@
+//! Deterministic simulation of a whole cluster in one process (DESIGN "Testing").
+//!
+//! Several [`crate::core::Node`]s run on a virtual clock ([`clock`]) over a fake network
+//! ([`network`]: per-link latency and order, resets, symmetric and one-way partitions, clogs)
+//! with in-memory storage that keeps only synced data across a crash; simulated chat clients
+//! ([`client`]) say messages and fail over like the client library. One seed drives every
+//! choice; the invariants ([`checker`]) are checked after every step, and a failure names the
+//! seed that replays it. A run has two phases: a safety phase with random faults
+//! ([`faults`]: link resets, partitions, one-way partitions, clogs, pauses, crashes at a chosen
+//! point of a loop turn, failing disks, wiped disks, client connection resets), then a liveness
+//! phase where every fault is healed and the cluster must converge (one leader, everything
+//! committed, applied and delivered, nothing unacked) within a bound. [`World`] also serves
+//! scenario tests: the same faults, injected by hand.
+//!
+//! ```no_run
+//! let report = ringchat::sim::run(ringchat::sim::SimConfig::new(42)).unwrap();
+//! println!("{report}");
+//! ```
+
+pub mod checker;
+pub mod client;
+pub mod clock;
+pub mod faults;
+pub mod network;
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+pub use clock::{ms, Micros};
+pub use world::World;
+
+/// Everything that shapes one run besides the seed's random choices.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Clients that say messages.
+    pub talkers: usize,
+    /// Third devices of a user that has two talkers (device-limit pressure).
+    pub probers: usize,
+    /// Virtual length of the safety phase (faults on).
+    pub safety: Micros,
+    /// Time allowed to converge once everything is healed.
+    pub liveness_bound: Micros,
+    /// Whether random faults are injected in the safety phase.
+    pub faults: bool,
+    /// One-way latency between nodes (min, max).
+    pub latency: (Micros, Micros),
+    /// One-way latency between a client and its node (min, max).
+    pub client_latency: (Micros, Micros),
+    /// Nodes' heartbeat interval.
+    pub heartbeat: Duration,
+    /// Nodes' failure timeout.
+    pub failure_timeout: Duration,
+    /// Nodes' session timeout (sessions of a node lost this long end).
+    pub session_timeout: Duration,
+    /// Print the trace of the run on stderr.
+    pub verbose: bool,
+}
+
+impl SimConfig {
+    /// The standard run of `seed`: 3 nodes, 5 talkers, 1 prober, 2 s of faults.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes: 3,
+            talkers: 5,
+            probers: 1,
+            safety: ms(2000),
+            liveness_bound: ms(8000),
+            faults: true,
+            latency: (ms(1) / 2, ms(8)),
+            client_latency: (ms(1) / 4, ms(3)),
+            heartbeat: Duration::from_millis(30),
+            failure_timeout: Duration::from_millis(200),
+            session_timeout: Duration::from_millis(1500),
+            verbose: false,
+        }
+    }
+
+    /// The same with `n` nodes.
+    pub fn with_nodes(mut self, n: usize) -> SimConfig {
+        self.nodes = n;
+        self
+    }
+}
+
+/// What one successful run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Steps run (each followed by the invariant checks).
+    pub steps: u64,
+    /// Virtual time at the end.
+    pub virtual_ms: u64,
+    /// Epochs that had a leader.
+    pub elections: u64,
+    /// Highest epoch with a leader.
+    pub max_epoch: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Faults injected, by kind.
+    pub fault_kinds: BTreeMap<&'static str, u64>,
+    /// Node crashes among them.
+    pub crashes: u64,
+    /// Highest committed log index.
+    pub committed: u64,
+    /// Messages acknowledged to their senders.
+    pub acked: u64,
+    /// Messages delivered to clients (de-duplicated).
+    pub received: u64,
+    /// Client reconnections.
+    pub reconnects: u64,
+    /// Hellos refused by the device limit.
+    pub refused: u64,
+    /// Time from healing to convergence.
+    pub liveness_ms: u64,
+    /// Fingerprint of everything that happened, for determinism checks.
+    pub trace_hash: u64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} ({} nodes): {} steps, {} ms, {} elections (max epoch {}), {} faults \
+             ({} crashes), {} committed, {} acked, {} delivered, {} reconnects, {} refused, \
+             converged in {} ms, trace {:016x}",
+            self.seed,
+            self.nodes,
+            self.steps,
+            self.virtual_ms,
+            self.elections,
+            self.max_epoch,
+            self.faults,
+            self.crashes,
+            self.committed,
+            self.acked,
+            self.received,
+            self.reconnects,
+            self.refused,
+            self.liveness_ms,
+            self.trace_hash
+        )
+    }
+}
+
+/// A violated invariant (or a panic) in the run of a seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The seed that reproduces it.
+    pub seed: u64,
+    /// Cluster size of the run.
+    pub nodes: usize,
+    /// Virtual time of the failing step.
+    pub at_ms: u64,
+    /// The failing step.
+    pub step: u64,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "simulation seed {} ({} nodes) failed at {} ms (step {}): {}\n  replay: cargo run \
+             --release --bin ringchat-sim -- --seed {} --nodes {} --verbose",
+            self.seed, self.nodes, self.at_ms, self.step, self.message, self.seed, self.nodes
+        )
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Runs one seed: the safety phase with faults, then healing and the liveness phase, then the
+/// end-of-run checks. A panic inside the core is reported as a failure of the seed.
+pub fn run(cfg: SimConfig) -> Result<Report, Failure> {
+    let (seed, nodes) = (cfg.seed, cfg.nodes);
+    match catch_unwind(AssertUnwindSafe(|| run_phases(cfg))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(Failure {
+                seed,
+                nodes,
+                at_ms: 0,
+                step: 0,
+                message: format!("panic: {msg}"),
+            })
+        }
+    }
+}
+
+fn run_phases(cfg: SimConfig) -> Result<Report, Failure> {
+    let (safety, bound) = (cfg.safety, cfg.liveness_bound);
+    let mut w = World::new(cfg);
+    w.run_until(safety)?;
+    let took = w.settle(bound)?;
+    Ok(w.report(took / 1000))
+}

@@ -1,0 +1,193 @@
+//! Random faults during the safety phase, their healing, and healing everything for the
+//! liveness phase.
+
+use crate::core::log::HardState;
+use crate::core::NodeId;
+use crate::sim::clock::{ms, Micros};
+use crate::sim::faults::{CrashPoint, Fault, Heal};
+use crate::storage::{MemStorage, Storage};
+
+use super::{Event, Input, World, TAG_FAULT};
+
+impl World {
+    pub(super) fn down_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.node.is_none() || n.paused || n.crash_pending.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    pub(super) fn inject_fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let down = self.down_nodes();
+        let drawn = self
+            .plan
+            .draw(&mut self.rng, &self.members, &down, self.clients.len());
+        if let Some((fault, dur)) = drawn {
+            self.apply_fault(fault, dur);
+        }
+        let (lo, hi) = self.plan.gap;
+        let at = self.clock.micros() + self.rng.u64(lo..=hi);
+        self.schedule(at, Event::NextFault);
+    }
+
+    /// Crashes `id` and empties its storage, unless another node is without its data already
+    /// (wiped and not caught up, durably so): the design keeps acknowledged writes only while
+    /// a majority keeps its disks. True if it was wiped.
+    pub fn wipe(&mut self, id: NodeId) -> bool {
+        let n = self.members.len();
+        if self.node(id).is_none() || n - 1 < n / 2 + 1 {
+            return false; // in a cluster of 1 or 2, the others are no majority
+        }
+        for (&other, n) in &mut self.nodes {
+            let Ok(r) = n.storage.load() else {
+                return false;
+            };
+            let blank = r.hard_state == HardState::default() && r.entries.is_empty();
+            if other != id && (r.hard_state.amnesiac || blank) {
+                return false;
+            }
+        }
+        self.crash_now(id, CrashPoint::Idle);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.storage = MemStorage::new();
+        }
+        self.note(format!("node {id}: WIPED"));
+        true
+    }
+
+    /// Injects `fault`; it heals after `dur` (crash: restart, pause: resume, cuts: heal).
+    pub fn apply_fault(&mut self, fault: Fault, dur: Micros) {
+        let now = self.clock.micros();
+        *self.stats.faults.entry(fault.name()).or_default() += 1;
+        self.trace.mix(TAG_FAULT);
+        self.trace.mix(now);
+        self.trace
+            .mix(crc32fast::hash(format!("{fault:?}").as_bytes()).into());
+        self.note(format!("FAULT {fault:?} for {} ms", dur / 1000));
+        match fault {
+            Fault::LinkReset(a, b) => {
+                self.reset_link(a, b, false);
+                self.schedule(now + dur, Event::Heal(Heal::Reconnect(a, b)));
+            }
+            Fault::Partition(side) => {
+                let pairs = self.cut(&side);
+                self.schedule(now + dur, Event::Heal(Heal::Partition(pairs)));
+            }
+            Fault::OneWay(from, to) => {
+                self.net.start_dropping(from, to);
+                self.schedule(now + dur, Event::Heal(Heal::OneWay(from, to)));
+            }
+            Fault::Clog(from, to) => {
+                self.net.clog(from, to);
+                self.schedule(now + dur, Event::Heal(Heal::Clog(from, to)));
+            }
+            Fault::Pause(id) => {
+                self.pause(id);
+                self.schedule(now + dur, Event::Heal(Heal::Resume(id)));
+            }
+            Fault::Crash(id, point) => {
+                self.crash(id, point);
+                self.schedule(now + dur, Event::Heal(Heal::Restart(id)));
+            }
+            Fault::DiskStall(id) => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.disk_stalled = true;
+                }
+                self.schedule(now + dur, Event::Heal(Heal::Disk(id)));
+            }
+            Fault::Wipe(id) => {
+                if self.wipe(id) {
+                    self.schedule(now + dur, Event::Heal(Heal::Restart(id)));
+                }
+            }
+            Fault::ClientReset(i) => self.reset_client(i),
+        }
+    }
+
+    pub(super) fn heal(&mut self, h: Heal) {
+        self.trace.mix(TAG_FAULT + 100);
+        self.trace.mix(self.clock.micros());
+        self.note(format!("HEAL {h:?}"));
+        match h {
+            Heal::Reconnect(a, b) => self.link_up(a, b),
+            Heal::Partition(pairs) => {
+                for (a, b) in pairs {
+                    if self.net.uncut(a, b) {
+                        let at = self.clock.micros() + self.rng.u64(ms(1)..=ms(30));
+                        self.schedule(at, Event::LinkUp(a, b));
+                    }
+                }
+            }
+            Heal::OneWay(from, to) => {
+                self.net.stop_dropping(from, to);
+                // Frames were lost mid-stream: TCP would not go on after that.
+                self.reset_link(from, to, true);
+            }
+            Heal::Clog(from, to) => {
+                let now = self.clock.micros();
+                for (at, generation, bytes) in self.net.unclog(from, to, now, &mut self.net_rng) {
+                    let input = Input::Peer {
+                        from,
+                        generation,
+                        bytes,
+                    };
+                    self.schedule(at, Event::Input { node: to, input });
+                }
+            }
+            Heal::Resume(id) => self.resume(id),
+            Heal::Restart(id) => self.restart(id),
+            Heal::Disk(id) => self.disk_works(id),
+        }
+    }
+
+    /// Liveness phase: no more faults; every node restarted or resumed, every link healed;
+    /// clients stop saying new messages (probers leave).
+    pub fn heal_all(&mut self) {
+        self.faults_on = false;
+        self.note("LIVENESS: healing everything");
+        let pending: Vec<(Micros, u64)> = self
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::NextFault | Event::Heal(_)))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in pending {
+            self.events.remove(&k);
+        }
+        self.filters.clear();
+        for id in self.members.clone() {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.crash_pending = None;
+            }
+            self.disk_works(id);
+            self.resume(id);
+            self.restart(id);
+        }
+        let now = self.clock.micros();
+        let (one_way, released) = self.net.clear_faults(now, &mut self.net_rng);
+        for (from, to, at, generation, bytes) in released {
+            let input = Input::Peer {
+                from,
+                generation,
+                bytes,
+            };
+            self.schedule(at, Event::Input { node: to, input });
+        }
+        for (a, b) in one_way {
+            self.reset_link(a, b, false);
+        }
+        for (a, b) in self.net.pairs() {
+            if !self.net.connected(a, b) {
+                let at = now + self.rng.u64(ms(1)..=ms(20));
+                self.schedule(at, Event::LinkUp(a, b));
+            }
+        }
+        for i in 0..self.clients.len() {
+            self.with_client(i, |c, env| c.stop(env));
+        }
+    }
+}

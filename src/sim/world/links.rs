@@ -1,0 +1,116 @@
+//! Peer links: sending through the simulated network, connections coming up and being reset,
+//! partitions.
+
+use crate::codec::{self, PeerFrame};
+use crate::core::{NodeId, SharedBytes};
+use crate::sim::clock::ms;
+use crate::sim::faults::Heal;
+use crate::sim::network::Sent;
+
+use super::{Event, Input, World, TAG_LINK};
+
+impl World {
+    pub(super) fn send_peer(&mut self, from: NodeId, to: NodeId, bytes: SharedBytes) {
+        if !self.filters.is_empty() {
+            if let Ok(Some((frame, _))) = codec::decode::<PeerFrame>(&bytes) {
+                let mut drop = false;
+                for f in &mut self.filters {
+                    drop |= f(from, to, &frame);
+                }
+                if drop {
+                    self.stats.filtered += 1;
+                    self.note(format!(
+                        "dropped {from} -> {to}: {}",
+                        format!("{frame:?}").chars().take(120).collect::<String>()
+                    ));
+                    return;
+                }
+            }
+        }
+        let now = self.clock.micros();
+        match self.net.send(from, to, &bytes, now, &mut self.net_rng) {
+            Sent::Deliver { at, generation } => {
+                let input = Input::Peer {
+                    from,
+                    generation,
+                    bytes,
+                };
+                self.schedule(at, Event::Input { node: to, input });
+            }
+            Sent::Held | Sent::Dropped => {}
+        }
+    }
+
+    pub(super) fn alive_and_running(&self, id: NodeId) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| n.node.is_some() && !n.paused)
+    }
+
+    pub(super) fn link_up(&mut self, a: NodeId, b: NodeId) {
+        if !self.alive_and_running(a) || !self.alive_and_running(b) {
+            return; // retried when the node restarts or resumes
+        }
+        if !self.net.connect(a, b) {
+            return;
+        }
+        self.trace.mix(TAG_LINK);
+        self.trace.mix(u64::from(a) << 32 | u64::from(b));
+        self.note(format!("link {a} <-> {b} up"));
+        self.node_input(a, Input::PeerUp(b));
+        self.node_input(b, Input::PeerUp(a));
+    }
+
+    /// Resets the connection between `a` and `b` (both ends are told) and, if `retry`, plans
+    /// a reconnection.
+    pub(super) fn reset_link(&mut self, a: NodeId, b: NodeId, retry: bool) {
+        if self.net.reset(a, b) {
+            self.note(format!("link {a} <-> {b} reset"));
+            self.node_input(a, Input::PeerDown(b));
+            self.node_input(b, Input::PeerDown(a));
+        }
+        if retry {
+            let (lo, hi) = self.plan.reconnect_after;
+            let at = self.clock.micros() + self.rng.u64(lo..=hi);
+            self.schedule(at, Event::LinkUp(a, b));
+        }
+    }
+
+    /// Plans reconnecting every down link of `id`.
+    pub(super) fn reconnect_links_of(&mut self, id: NodeId) {
+        for (a, b) in self.net.pairs() {
+            if (a == id || b == id) && !self.net.connected(a, b) {
+                let at = self.clock.micros() + self.rng.u64(ms(1)..=ms(20));
+                self.schedule(at, Event::LinkUp(a, b));
+            }
+        }
+    }
+
+    /// Cuts `side` from the other nodes, both ways; returns the pairs cut.
+    pub fn cut(&mut self, side: &[NodeId]) -> Vec<(NodeId, NodeId)> {
+        let mut pairs = Vec::new();
+        for (a, b) in self.net.pairs() {
+            if side.contains(&a) != side.contains(&b) {
+                self.net.cut(a, b);
+                self.reset_link(a, b, false);
+                pairs.push((a, b));
+            }
+        }
+        pairs
+    }
+
+    /// Ends the cut of these pairs.
+    pub fn uncut(&mut self, pairs: Vec<(NodeId, NodeId)>) {
+        self.heal(Heal::Partition(pairs));
+    }
+
+    /// Starts losing frames from `from` to `to`.
+    pub fn one_way(&mut self, from: NodeId, to: NodeId) {
+        self.net.start_dropping(from, to);
+    }
+
+    /// Stops losing frames from `from` to `to` (the connection is reset and comes back).
+    pub fn end_one_way(&mut self, from: NodeId, to: NodeId) {
+        self.heal(Heal::OneWay(from, to));
+    }
+}

@@ -1,0 +1,636 @@
+//! The simulated cluster: nodes with their storage, the peer network, client connections and
+//! clients, one event queue on the virtual clock, fault injection and the checks after every
+//! step. Everything is iterated in a fixed order (BTreeMap, sorted ids) and every random choice
+//! comes from generators seeded by the run's seed, so a seed replays exactly.
+
+mod chaos;
+mod clients;
+mod links;
+mod nodes;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use log::debug;
+
+use super::checker::Checker;
+use super::client::{ClientKind, ClientParams, ClientSpec, SimClient};
+use super::clock::{ms, Clock, Micros, TraceHash};
+use super::faults::{CrashPoint, FaultPlan, Heal};
+use super::network::Network;
+use super::{Failure, Report, SimConfig};
+use crate::codec::PeerFrame;
+use crate::core::{ConnId, Node, NodeConfig, NodeId, Role, SharedBytes};
+use crate::storage::{MemStorage, Recovered, Storage};
+
+/// Rooms the talkers use.
+pub const ROOMS: [&str; 2] = ["lobby", "dev"];
+
+/// An input waiting for a node (queued while it is paused).
+#[derive(Debug)]
+enum Input {
+    Peer {
+        from: NodeId,
+        generation: u64,
+        bytes: SharedBytes,
+    },
+    PeerUp(NodeId),
+    PeerDown(NodeId),
+    Accept(ConnId),
+    Frame(ConnId, Vec<u8>),
+    Closed(ConnId),
+}
+
+#[derive(Debug)]
+enum Event {
+    /// Something arrives at a node.
+    Input { node: NodeId, input: Input },
+    /// Bytes arrive at a client.
+    ToClient { conn: ConnId, bytes: SharedBytes },
+    /// A client sees its connection closed.
+    ClientSeesClose { conn: ConnId },
+    /// Try to bring a peer connection up.
+    LinkUp(NodeId, NodeId),
+    /// Time for the next random fault.
+    NextFault,
+    /// A fault ends.
+    Heal(Heal),
+}
+
+/// The node side of a client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeSide {
+    /// Not accepted yet.
+    Pending,
+    Open,
+    Closed,
+}
+
+#[derive(Debug)]
+struct ConnInfo {
+    client: usize,
+    node: NodeId,
+    node_side: NodeSide,
+    client_open: bool,
+    /// Last delivery time each way, so frames never overtake each other.
+    to_node_at: Micros,
+    to_client_at: Micros,
+}
+
+/// One simulated node: the core, its storage, and what the simulation knows of it.
+struct SimNode {
+    cfg: NodeConfig,
+    node: Option<Node>,
+    storage: MemStorage,
+    paused: bool,
+    backlog: VecDeque<Input>,
+    crash_pending: Option<CrashPoint>,
+    /// Storage fails (writes are not carried out) while set.
+    disk_stalled: bool,
+    restarts: u64,
+    /// Last (role, epoch, leader) reported, for the trace.
+    last_view: Option<(Role, u64, Option<NodeId>)>,
+    /// Consecutive timer firings at one instant (a busy loop shows up here).
+    spin: (Micros, u32),
+}
+
+/// A filter that drops matching peer frames (scenario tests); returns true to drop.
+pub type DropFilter = Box<dyn FnMut(NodeId, NodeId, &PeerFrame) -> bool>;
+
+/// Counters of one run.
+#[derive(Debug, Default, Clone)]
+pub struct WorldStats {
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Peer frames delivered.
+    pub peer_frames: u64,
+    /// Peer frames dropped by a scenario filter.
+    pub filtered: u64,
+    /// Node crashes.
+    pub crashes: u64,
+}
+
+/// The whole simulated system.
+pub struct World {
+    cfg: SimConfig,
+    rng: fastrand::Rng,
+    net_rng: fastrand::Rng,
+    clock: Clock,
+    events: BTreeMap<(Micros, u64), Event>,
+    event_seq: u64,
+    members: Vec<NodeId>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: Network,
+    conns: BTreeMap<ConnId, ConnInfo>,
+    next_conn: u64,
+    clients: Vec<SimClient>,
+    users: Vec<String>,
+    checker: Checker,
+    trace: TraceHash,
+    steps: u64,
+    stats: WorldStats,
+    filters: Vec<DropFilter>,
+    faults_on: bool,
+    plan: FaultPlan,
+    violation: Option<String>,
+}
+
+const TAG_PEER: u64 = 1;
+const TAG_TO_NODE: u64 = 2;
+const TAG_TO_CLIENT: u64 = 3;
+const TAG_TIMER: u64 = 4;
+const TAG_FAULT: u64 = 5;
+const TAG_CLIENT: u64 = 6;
+const TAG_LINK: u64 = 7;
+
+impl World {
+    /// A cluster of `cfg.nodes` fresh nodes (all links down, coming up within a few ms) and
+    /// the configured clients; random faults start if `cfg.faults`.
+    pub fn new(cfg: SimConfig) -> World {
+        let mut rng = fastrand::Rng::with_seed(cfg.seed);
+        let net_rng = fastrand::Rng::with_seed(rng.u64(..));
+        let members: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
+        let mut nodes = BTreeMap::new();
+        for &id in &members {
+            let node_cfg = NodeConfig {
+                id,
+                members: members.clone(),
+                cluster_id: 0x51a,
+                heartbeat_interval: cfg.heartbeat,
+                failure_timeout: cfg.failure_timeout,
+                session_timeout: cfg.session_timeout,
+                seed: rng.u64(..),
+                ..NodeConfig::default()
+            };
+            nodes.insert(
+                id,
+                SimNode {
+                    cfg: node_cfg,
+                    node: None,
+                    storage: MemStorage::new(),
+                    paused: false,
+                    backlog: VecDeque::new(),
+                    crash_pending: None,
+                    disk_stalled: false,
+                    restarts: 0,
+                    last_view: None,
+                    spin: (0, 0),
+                },
+            );
+        }
+        let net = Network::new(&members, cfg.latency);
+        let mut w = World {
+            rng,
+            net_rng,
+            clock: Clock::new(),
+            events: BTreeMap::new(),
+            event_seq: 0,
+            members,
+            nodes,
+            net,
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            clients: Vec::new(),
+            users: Vec::new(),
+            checker: Checker::new(),
+            trace: TraceHash::default(),
+            steps: 0,
+            stats: WorldStats::default(),
+            filters: Vec::new(),
+            faults_on: cfg.faults,
+            plan: FaultPlan::default(),
+            violation: None,
+            cfg,
+        };
+        for id in w.members.clone() {
+            w.start_node(id);
+        }
+        for (a, b) in w.net.pairs() {
+            let at = w.rng.u64(ms(1)..=ms(20));
+            w.schedule(at, Event::LinkUp(a, b));
+        }
+        // "dave" has two talking devices, and the probers are his third.
+        let talker_users = ["alice", "bob", "carol", "dave", "dave", "erin", "frank"];
+        for i in 0..w.cfg.talkers {
+            let user = talker_users
+                .get(i)
+                .map_or_else(|| format!("user{i}"), |u| u.to_string());
+            let rooms: Vec<String> = match w.rng.u8(..3) {
+                0 => vec![ROOMS[0].into()],
+                1 => vec![ROOMS[1].into()],
+                _ => ROOMS.iter().map(|r| r.to_string()).collect(),
+            };
+            let start = w.rng.u64(ms(0)..=ms(100));
+            w.add_client_spec(&user, ClientKind::Talker, rooms, None, true, start);
+        }
+        for _ in 0..w.cfg.probers {
+            let start = w.rng.u64(ms(50)..=ms(400));
+            w.add_client_spec("dave", ClientKind::Prober, Vec::new(), None, true, start);
+        }
+        if w.faults_on {
+            let at = w.rng.u64(ms(200)..=ms(400));
+            w.schedule(at, Event::NextFault);
+        }
+        w
+    }
+
+    fn add_client_spec(
+        &mut self,
+        user: &str,
+        kind: ClientKind,
+        rooms: Vec<String>,
+        prefer: Option<NodeId>,
+        auto_say: bool,
+        start: Micros,
+    ) -> usize {
+        let index = self.clients.len();
+        let spec = ClientSpec {
+            user: user.to_owned(),
+            client_id: self.rng.u64(1..),
+            kind,
+            rooms,
+            params: ClientParams {
+                history_size: u64::from(NodeConfig::default().history_size),
+                ..ClientParams::default()
+            },
+            seed: self.rng.u64(..),
+            start,
+            prefer,
+            auto_say,
+        };
+        self.clients.push(SimClient::new(index, spec));
+        if !self.users.iter().any(|u| u == user) {
+            self.users.push(user.to_owned());
+        }
+        index
+    }
+
+    /// Adds a talker joining `rooms` that connects to `node` first; `auto_say` makes it say
+    /// messages on its own. Returns its index.
+    pub fn add_talker(
+        &mut self,
+        user: &str,
+        rooms: &[&str],
+        node: Option<NodeId>,
+        auto_say: bool,
+    ) -> usize {
+        let rooms = rooms.iter().map(|r| r.to_string()).collect();
+        let now = self.clock.micros();
+        self.add_client_spec(user, ClientKind::Talker, rooms, node, auto_say, now)
+    }
+
+    /// Virtual now, in microseconds.
+    pub fn now(&self) -> Micros {
+        self.clock.micros()
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// The node ids.
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// A live node's core.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id).and_then(|n| n.node.as_ref())
+    }
+
+    /// What the node's storage has synced (what a restart would recover).
+    pub fn durable(&mut self, id: NodeId) -> Option<Recovered> {
+        self.nodes.get_mut(&id).and_then(|n| n.storage.load().ok())
+    }
+
+    /// Whether the node is paused.
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.paused)
+    }
+
+    /// The live node that leads the highest epoch, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.node.as_ref().map(|node| (id, node.stats())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.epoch)
+            .map(|(id, _)| id)
+    }
+
+    /// A client.
+    pub fn client(&self, i: usize) -> &SimClient {
+        &self.clients[i]
+    }
+
+    /// A client, to steer it.
+    pub fn client_mut(&mut self, i: usize) -> &mut SimClient {
+        &mut self.clients[i]
+    }
+
+    /// The invariant checker.
+    pub fn checker(&self) -> &Checker {
+        &self.checker
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &WorldStats {
+        &self.stats
+    }
+
+    /// The trace hash so far.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.value()
+    }
+
+    /// Drops peer frames the filter matches, until it is removed.
+    pub fn add_drop_filter(&mut self, f: DropFilter) {
+        self.filters.push(f);
+    }
+
+    /// Removes every drop filter.
+    pub fn clear_drop_filters(&mut self) {
+        self.filters.clear();
+    }
+
+    fn schedule(&mut self, at: Micros, ev: Event) {
+        self.event_seq += 1;
+        self.events.insert((at, self.event_seq), ev);
+    }
+
+    fn note(&self, msg: impl AsRef<str>) {
+        if self.cfg.verbose {
+            let t = self.clock.micros();
+            eprintln!("[{:>6}.{:03} ms] {}", t / 1000, t % 1000, msg.as_ref());
+        } else {
+            debug!("sim: {}", msg.as_ref());
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.violation.is_none() {
+            self.violation = Some(msg);
+        }
+    }
+
+    /// The failure report for `message` at the current step.
+    pub fn failure(&self, message: String) -> Failure {
+        Failure {
+            seed: self.cfg.seed,
+            nodes: self.cfg.nodes,
+            at_ms: self.clock.micros() / 1000,
+            step: self.steps,
+            message,
+        }
+    }
+
+    /// Runs one step (the earliest event, node timer or client timer, if not after `limit`),
+    /// then checks the invariants. Ok(false) when nothing is due until `limit` (the clock is
+    /// then at `limit`).
+    pub fn step(&mut self, limit: Micros) -> Result<bool, Failure> {
+        let now = self.clock.micros();
+        let mut best: Option<(Micros, u8, u64)> = self
+            .events
+            .first_key_value()
+            .map(|(&(t, s), _)| (t.max(now), 0, s));
+        let mut consider = |c: (Micros, u8, u64)| {
+            if best.is_none_or(|b| c < b) {
+                best = Some(c);
+            }
+        };
+        for (&id, n) in &self.nodes {
+            if n.paused {
+                continue;
+            }
+            if let Some(t) = n.node.as_ref().and_then(|node| node.poll_timeout()) {
+                consider((self.clock.micros_of(t).max(now), 1, u64::from(id)));
+            }
+        }
+        for c in &self.clients {
+            if let Some(t) = c.wake_at() {
+                consider((t.max(now), 2, c.index as u64));
+            }
+        }
+        let Some((t, kind, id)) = best else {
+            self.clock.advance_to(limit);
+            return Ok(false);
+        };
+        if t > limit {
+            self.clock.advance_to(limit);
+            return Ok(false);
+        }
+        self.clock.advance_to(t);
+        self.steps += 1;
+        match kind {
+            0 => {
+                if let Some((_, ev)) = self.events.pop_first() {
+                    self.handle_event(ev);
+                }
+            }
+            1 => self.node_timer(id as NodeId),
+            _ => self.client_tick(id as usize),
+        }
+        self.check()?;
+        Ok(true)
+    }
+
+    /// Runs until virtual time `until`.
+    pub fn run_until(&mut self, until: Micros) -> Result<(), Failure> {
+        while self.step(until)? {}
+        Ok(())
+    }
+
+    /// Runs for `d` more virtual microseconds.
+    pub fn run_for(&mut self, d: Micros) -> Result<(), Failure> {
+        let until = self.clock.micros() + d;
+        self.run_until(until)
+    }
+
+    /// Runs until `cond` holds (true) or `d` has passed (false).
+    pub fn run_until_cond(
+        &mut self,
+        d: Micros,
+        mut cond: impl FnMut(&World) -> bool,
+    ) -> Result<bool, Failure> {
+        let until = self.clock.micros() + d;
+        loop {
+            if cond(self) {
+                return Ok(true);
+            }
+            if !self.step(until)? {
+                return Ok(cond(self));
+            }
+        }
+    }
+
+    fn check(&mut self) -> Result<(), Failure> {
+        if let Some(v) = self.violation.take() {
+            return Err(self.failure(v));
+        }
+        let rooms: Vec<String> = ROOMS.iter().map(|r| r.to_string()).collect();
+        let devices = NodeConfig::default().devices_per_user as usize;
+        for (&id, n) in &self.nodes {
+            if let Some(node) = &n.node {
+                if let Err(v) = self
+                    .checker
+                    .check_node(id, node, &self.users, &rooms, devices)
+                {
+                    return Err(self.failure(v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, ev: Event) {
+        match ev {
+            Event::Input { node, input } => self.node_input(node, input),
+            Event::ToClient { conn, bytes } => self.deliver_to_client(conn, bytes),
+            Event::ClientSeesClose { conn } => {
+                let Some(ci) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if !ci.client_open {
+                    return;
+                }
+                ci.client_open = false;
+                let i = ci.client;
+                self.with_client(i, |c, env| c.on_closed(env, conn));
+            }
+            Event::LinkUp(a, b) => self.link_up(a, b),
+            Event::NextFault => self.inject_fault(),
+            Event::Heal(h) => self.heal(h),
+        }
+    }
+
+    /// Why the system has not converged yet (None once it has): one leader everyone follows,
+    /// every log committed and applied to the end, every talker resumed with nothing unacked
+    /// and every message of its rooms delivered.
+    pub fn not_converged(&self) -> Option<String> {
+        for (&id, n) in &self.nodes {
+            if n.node.is_none() || n.paused {
+                return Some(format!("node {id} is down"));
+            }
+        }
+        for (a, b) in self.net.pairs() {
+            if !self.net.connected(a, b) || self.net.faulty(a, b) {
+                return Some(format!("link {a} <-> {b} is not up"));
+            }
+        }
+        let leaders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.node
+                    .as_ref()
+                    .is_some_and(|x| x.stats().role == Role::Leader)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let [leader] = leaders[..] else {
+            return Some(format!("leaders: {leaders:?}"));
+        };
+        let ls = self.node(leader)?.stats();
+        if ls.committed != ls.last_index {
+            return Some(format!(
+                "leader {leader} committed {} of {}",
+                ls.committed, ls.last_index
+            ));
+        }
+        for (&id, n) in &self.nodes {
+            let s = n.node.as_ref()?.stats();
+            if s.leader != Some(leader) || s.epoch != ls.epoch {
+                return Some(format!(
+                    "node {id} follows {:?} in epoch {} (leader {leader}, epoch {})",
+                    s.leader, s.epoch, ls.epoch
+                ));
+            }
+            if s.applied != ls.last_index || s.last_index != ls.last_index {
+                return Some(format!(
+                    "node {id} applied {} of {} (log {})",
+                    s.applied, ls.last_index, s.last_index
+                ));
+            }
+        }
+        let chat = self.node(leader)?.chat();
+        for c in &self.clients {
+            if c.kind != ClientKind::Talker {
+                continue;
+            }
+            if !c.settled() {
+                return Some(format!("client {} has no settled session", c.index));
+            }
+            if c.unacked() > 0 {
+                return Some(format!("client {} has {} unacked", c.index, c.unacked()));
+            }
+            for room in c.rooms() {
+                let seen = c.session().last_seen(room).unwrap_or(0);
+                if seen != chat.last_seq(room) {
+                    return Some(format!(
+                        "client {} saw {room} up to #{seen} of #{}",
+                        c.index,
+                        chat.last_seq(room)
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Heals everything (see [`World::heal_all`]), runs until the system converges within
+    /// `bound`, then runs the end-of-run checks. Returns how long convergence took.
+    pub fn settle(&mut self, bound: Micros) -> Result<Micros, Failure> {
+        let start = self.now();
+        self.heal_all();
+        if !self.run_until_cond(bound, |w| w.not_converged().is_none())? {
+            let why = self.not_converged().unwrap_or_default();
+            return Err(self.failure(format!(
+                "liveness: not converged {} ms after healing: {why}",
+                bound / 1000
+            )));
+        }
+        self.final_checks()?;
+        Ok(self.now() - start)
+    }
+
+    /// End-of-run checks once converged: every acknowledged message is on every node.
+    pub fn final_checks(&self) -> Result<(), Failure> {
+        for (&id, n) in &self.nodes {
+            if let Some(node) = &n.node {
+                self.checker
+                    .check_acked_present(id, node)
+                    .map_err(|v| self.failure(v))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The summary of the run so far.
+    pub fn report(&self, liveness_ms: u64) -> Report {
+        let acked = self.clients.iter().map(|c| c.stats.acked).sum();
+        let received = self.clients.iter().map(|c| c.stats.received).sum();
+        let reconnects = self.clients.iter().map(|c| c.stats.reconnects).sum();
+        let refused = self.clients.iter().map(|c| c.stats.refused).sum();
+        let mut trace = self.trace;
+        trace.mix(self.steps);
+        trace.mix(acked);
+        Report {
+            seed: self.cfg.seed,
+            nodes: self.cfg.nodes,
+            steps: self.steps,
+            virtual_ms: self.clock.micros() / 1000,
+            elections: self.checker.elections() as u64,
+            max_epoch: self.checker.max_epoch(),
+            faults: self.stats.faults.values().sum(),
+            fault_kinds: self.stats.faults.clone(),
+            crashes: self.stats.crashes,
+            committed: self.checker.committed_len(),
+            acked,
+            received,
+            reconnects,
+            refused,
+            liveness_ms,
+            trace_hash: trace.value(),
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! Deterministic simulation of whole clusters (`ringchat::sim`): many random-fault seeds with
+//! every invariant checked after every step, a determinism check, and scenario tests that pin
+//! down one behaviour each. A failure prints the seed and the command that replays it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use ringchat::codec::PeerFrame;
+use ringchat::core::{NodeId, Role};
+use ringchat::sim::faults::CrashPoint;
+use ringchat::sim::{self, ms, SimConfig, World};
+
+fn run_seeds(seeds: std::ops::Range<u64>, nodes: usize) {
+    for seed in seeds {
+        if let Err(f) = sim::run(SimConfig::new(seed).with_nodes(nodes)) {
+            panic!("{f}");
+        }
+    }
+}
+
+#[test]
+fn random_faults_three_nodes_seeds_0_to_99() {
+    run_seeds(0..100, 3);
+}
+
+#[test]
+fn random_faults_three_nodes_seeds_100_to_199() {
+    run_seeds(100..200, 3);
+}
+
+#[test]
+fn random_faults_three_nodes_seeds_200_to_299() {
+    run_seeds(200..300, 3);
+}
+
+#[test]
+fn random_faults_three_nodes_seeds_300_to_399() {
+    run_seeds(300..400, 3);
+}
+
+#[test]
+fn random_faults_five_nodes_seeds_0_to_59() {
+    run_seeds(0..60, 5);
+}
+
+#[test]
+fn random_faults_five_nodes_seeds_60_to_119() {
+    run_seeds(60..120, 5);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for (seed, nodes) in [(7, 3), (1234, 3), (99, 5)] {
+        let cfg = SimConfig::new(seed).with_nodes(nodes);
+        let a = sim::run(cfg.clone()).unwrap_or_else(|f| panic!("{f}"));
+        let b = sim::run(cfg).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(a, b, "seed {seed} ran differently twice");
+        assert!(a.acked > 0 && a.faults > 0, "seed {seed} did nothing: {a}");
+    }
+    let a = sim::run(SimConfig::new(1)).unwrap();
+    let b = sim::run(SimConfig::new(2)).unwrap();
+    assert_ne!(
+        a.trace_hash, b.trace_hash,
+        "the trace hash ignores the seed"
+    );
+}
+
+// ----- scenarios -----
+
+/// A fault-free cluster of `nodes` with no automatic clients, run until it has a leader.
+fn quiet(seed: u64, nodes: usize) -> World {
+    let mut cfg = SimConfig::new(seed).with_nodes(nodes);
+    cfg.faults = false;
+    cfg.talkers = 0;
+    cfg.probers = 0;
+    let mut w = World::new(cfg);
+    let led = ok(w.run_until_cond(ms(2000), |w| w.leader().is_some()));
+    assert!(led, "seed {seed}: no leader within 2 s");
+    w
+}
+
+fn ok<T>(r: Result<T, sim::Failure>) -> T {
+    r.unwrap_or_else(|f| panic!("{f}"))
+}
+
+/// Adds a talker on `node` that says only what the test tells it, and waits for its session.
+fn talker_on(w: &mut World, user: &str, node: NodeId) -> usize {
+    let c = w.add_talker(user, &["lobby"], Some(node), false);
+    let settled = ok(w.run_until_cond(ms(1000), |w| w.client(c).settled()));
+    assert!(settled, "{user} got no session on node {node}");
+    assert_eq!(w.client(c).open_on(), Some(node));
+    c
+}
+
+fn committed(w: &World, id: NodeId) -> u64 {
+    w.node(id).map_or(0, |n| n.stats().committed)
+}
+
+fn followers(w: &World, leader: NodeId) -> Vec<NodeId> {
+    w.members()
+        .iter()
+        .copied()
+        .filter(|&m| m != leader)
+        .collect()
+}
+
+#[test]
+fn a_partitioned_old_leader_cannot_commit() {
+    let mut w = quiet(11, 3);
+    let old = w.leader().unwrap();
+    let old_epoch = w.node(old).unwrap().stats().epoch;
+    let c = talker_on(&mut w, "alice", old);
+    w.client_mut(c).say("lobby", "before the partition");
+    assert!(ok(w.run_until_cond(ms(500), |w| w.client(c).unacked() == 0)));
+
+    let frozen = committed(&w, old);
+    let cut = w.cut(&[old]);
+    w.client_mut(c).say("lobby", "said to the cut-off leader");
+    let mut new_leader = None;
+    for _ in 0..100 {
+        ok(w.run_for(ms(10)));
+        assert_eq!(
+            committed(&w, old),
+            frozen,
+            "the cut-off leader committed without a majority"
+        );
+        assert_eq!(w.client(c).unacked(), 1, "acked without a majority");
+        new_leader = new_leader.or(w.leader().filter(|&l| l != old));
+    }
+    let new_leader = new_leader.expect("the majority side elected no leader");
+    assert!(w.node(new_leader).unwrap().stats().epoch > old_epoch);
+    assert_ne!(
+        w.node(old).unwrap().stats().role,
+        Role::Leader,
+        "the cut-off leader did not step down"
+    );
+
+    w.uncut(cut);
+    let delivered = ok(w.run_until_cond(ms(2000), |w| w.client(c).unacked() == 0));
+    assert!(
+        delivered,
+        "the buffered message was not delivered after healing"
+    );
+    ok(w.settle(ms(5000)));
+    let acks: Vec<u64> = w.client(c).acks().values().map(|(_, s)| *s).collect();
+    assert_eq!(acks, vec![1, 2]);
+}
+
+#[test]
+fn a_restarted_node_catches_up() {
+    for (seed, point) in [
+        (21, CrashPoint::Idle),
+        (22, CrashPoint::BeforeSync),
+        (23, CrashPoint::BeforeSend),
+    ] {
+        let mut w = quiet(seed, 3);
+        let leader = w.leader().unwrap();
+        let follower = followers(&w, leader)[0];
+        let c = w.add_talker("bob", &["lobby"], Some(leader), true);
+        ok(w.run_for(ms(300)));
+        w.crash(follower, point);
+        ok(w.run_for(ms(10)));
+        assert!(
+            w.node(follower).is_none(),
+            "{point:?}: the crash did not happen"
+        );
+        ok(w.run_for(ms(800)));
+        let acked_while_down = w.client(c).stats.acked;
+        assert!(acked_while_down > 5, "no progress with one node down");
+        w.restart(follower);
+        let caught_up = ok(w.run_until_cond(ms(1500), |w| {
+            let target = committed(w, leader);
+            w.node(follower).is_some_and(|n| {
+                let s = n.stats();
+                s.applied >= target && n.chat().last_seq("lobby") >= acked_while_down
+            })
+        }));
+        assert!(caught_up, "{point:?}: the restarted node did not catch up");
+        ok(w.settle(ms(5000)));
+    }
+}
+
+#[test]
+fn a_lost_token_is_retried() {
+    // Once the pre-election's token, once the real election's: either way the election is
+    // tried again, and an epoch whose token was lost is never won.
+    for (seed, pre) in [(31, true), (32, false)] {
+        let mut w = quiet(seed, 3);
+        let old = w.leader().unwrap();
+        let old_epoch = w.node(old).unwrap().stats().epoch;
+        let dropped: Rc<RefCell<Vec<u64>>> = Rc::default();
+        let seen = dropped.clone();
+        w.add_drop_filter(Box::new(move |_, _, f| match f {
+            PeerFrame::Token(t) if t.pre == pre && seen.borrow().is_empty() => {
+                seen.borrow_mut().push(t.epoch);
+                true
+            }
+            _ => false,
+        }));
+        w.crash(old, CrashPoint::Idle);
+        let led = ok(w.run_until_cond(ms(3000), |w| {
+            w.leader().is_some_and(|l| l != old) && !dropped.borrow().is_empty()
+        }));
+        assert!(
+            led,
+            "no leader after a token was lost (pre-election: {pre})"
+        );
+        let lost_epoch = dropped.borrow()[0];
+        assert!(lost_epoch > old_epoch);
+        let new_epoch = w.node(w.leader().unwrap()).unwrap().stats().epoch;
+        if !pre {
+            assert!(
+                new_epoch > lost_epoch,
+                "the epoch whose token was lost ({lost_epoch}) cannot have been won"
+            );
+        }
+        assert_eq!(w.stats().filtered, 1);
+        ok(w.settle(ms(5000)));
+    }
+}
+
+#[test]
+fn writes_buffered_while_there_is_no_leader_are_delivered_after_the_election() {
+    let mut w = quiet(41, 3);
+    let old = w.leader().unwrap();
+    let follower = followers(&w, old)[0];
+    let c = talker_on(&mut w, "carol", follower);
+    let conn = w.client(c).conn();
+    w.crash(old, CrashPoint::Idle);
+    ok(w.run_for(ms(1)));
+    assert_eq!(w.leader(), None, "a leader right after the crash");
+    for i in 0..5 {
+        w.client_mut(c).say("lobby", &format!("buffered {i}"));
+    }
+    ok(w.run_for(ms(15)));
+    assert_eq!(w.leader(), None);
+    assert_eq!(w.client(c).unacked(), 5, "acked without a leader");
+    let delivered = ok(w.run_until_cond(ms(2000), |w| w.client(c).unacked() == 0));
+    assert!(
+        delivered,
+        "buffered writes were not delivered after the election"
+    );
+    assert!(w.leader().is_some_and(|l| l != old));
+    assert_eq!(w.client(c).conn(), conn, "the client had to reconnect");
+    assert!(
+        w.client(c).errors.is_empty(),
+        "the client saw errors: {:?}",
+        w.client(c).errors
+    );
+    let seqs: Vec<u64> = w.client(c).acks().values().map(|(_, s)| *s).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    ok(w.settle(ms(5000)));
+}
+
+#[test]
+fn one_way_partition() {
+    // The leader's frames to its followers are lost while theirs still reach it: they must
+    // elect a new leader, the old one must step down, and writes must go on.
+    let mut w = quiet(51, 3);
+    let old = w.leader().unwrap();
+    let old_epoch = w.node(old).unwrap().stats().epoch;
+    let fs = followers(&w, old);
+    let c = w.add_talker("dave", &["lobby"], Some(fs[0]), true);
+    ok(w.run_for(ms(300)));
+    for &f in &fs {
+        w.one_way(old, f);
+    }
+    let moved_on = ok(w.run_until_cond(ms(2000), |w| {
+        w.leader()
+            .is_some_and(|l| l != old && w.node(l).unwrap().stats().epoch > old_epoch)
+    }));
+    assert!(moved_on, "the followers did not elect a new leader");
+    let acked = w.client(c).stats.acked;
+    ok(w.run_for(ms(500)));
+    assert!(
+        w.client(c).stats.acked > acked + 3,
+        "writes stalled under the one-way partition"
+    );
+    assert_ne!(w.node(old).unwrap().stats().role, Role::Leader);
+    for &f in &fs {
+        w.end_one_way(old, f);
+    }
+    ok(w.settle(ms(5000)));
+
+    // The other way round: the leader hears nothing back, so it must stop acting as leader
+    // (nothing commits without a majority); safety holds throughout and all heals.
+    let mut w = quiet(52, 3);
+    let old = w.leader().unwrap();
+    let fs = followers(&w, old);
+    let c = w.add_talker("erin", &["lobby"], Some(old), true);
+    ok(w.run_for(ms(300)));
+    for &f in &fs {
+        w.one_way(f, old);
+    }
+    ok(w.run_for(ms(300)));
+    let frozen = committed(&w, old);
+    ok(w.run_for(ms(700)));
+    assert_eq!(
+        committed(&w, old),
+        frozen,
+        "committed without hearing a majority"
+    );
+    assert_ne!(w.node(old).unwrap().stats().role, Role::Leader);
+    for &f in &fs {
+        w.end_one_way(f, old);
+    }
+    ok(w.settle(ms(5000)));
+    assert!(w.client(c).stats.acked > 0);
+}
+
+#[test]
+fn a_paused_leader_is_replaced_and_its_clients_move() {
+    let mut w = quiet(61, 5);
+    let old = w.leader().unwrap();
+    let c = talker_on(&mut w, "frank", old);
+    w.client_mut(c).set_auto_say(true);
+    ok(w.run_for(ms(200)));
+    w.pause(old);
+    let moved = ok(w.run_until_cond(ms(3000), |w| {
+        w.leader().is_some_and(|l| l != old) && w.client(c).open_on().is_some_and(|n| n != old)
+    }));
+    assert!(
+        moved,
+        "no new leader, or the client stayed on the paused node"
+    );
+    let acked = w.client(c).stats.acked;
+    ok(w.run_for(ms(300)));
+    assert!(w.client(c).stats.acked > acked);
+    w.resume(old);
+    ok(w.settle(ms(5000)));
+}
+
+#[test]
+fn a_write_is_acked_only_once_a_majority_has_it_on_disk() {
+    // With one follower down, the leader and the other follower are the only majority: while
+    // either one's disk fails, nothing may be acknowledged; once it works, everything is.
+    for stall_leader in [false, true] {
+        let mut w = quiet(71, 3);
+        let leader = w.leader().unwrap();
+        let fs = followers(&w, leader);
+        let c = talker_on(&mut w, "grace", fs[0]);
+        w.crash(fs[1], CrashPoint::Idle);
+        let stalled = if stall_leader { leader } else { fs[0] };
+        w.stall_disk(stalled);
+        for i in 0..3 {
+            w.client_mut(c)
+                .say("lobby", &format!("needs two disks {i}"));
+        }
+        ok(w.run_for(ms(150)));
+        assert_eq!(
+            w.client(c).unacked(),
+            3,
+            "acked while node {stalled}'s disk failed (stall_leader: {stall_leader})"
+        );
+        w.disk_works(stalled);
+        let acked = ok(w.run_until_cond(ms(1000), |w| w.client(c).unacked() == 0));
+        assert!(acked, "not acked once the disk worked again");
+        ok(w.settle(ms(5000)));
+    }
+}
+
+#[test]
+fn an_election_waits_until_participation_is_on_disk() {
+    // Taking part in an election counts only once it is durable (else a restart could take
+    // part twice in one epoch): with both survivors' disks failing there is no new leader.
+    let mut w = quiet(81, 3);
+    let old = w.leader().unwrap();
+    let fs = followers(&w, old);
+    for &f in &fs {
+        w.stall_disk(f);
+    }
+    w.crash(old, CrashPoint::Idle);
+    let led = ok(w.run_until_cond(ms(1500), |w| w.leader().is_some()));
+    assert!(!led, "elected without durable participation");
+    for &f in &fs {
+        w.disk_works(f);
+    }
+    let led = ok(w.run_until_cond(ms(2000), |w| w.leader().is_some()));
+    assert!(led, "no leader once the disks worked");
+    ok(w.settle(ms(5000)));
+}
+
+#[test]
+fn a_wiped_node_does_not_vote_before_it_has_caught_up() {
+    // Five messages are committed by the leader and W while F is cut off. W then loses its
+    // disk and the leader crashes: F (which lacks the messages) and the empty W are a majority
+    // by count, but electing F would lose acknowledged messages. There must be no leader until
+    // the old one is back, and then nothing is lost.
+    let mut w = quiet(91, 3);
+    let leader = w.leader().unwrap();
+    let fs = followers(&w, leader);
+    let (f, wiped) = (fs[0], fs[1]);
+    let c = talker_on(&mut w, "heidi", leader);
+    let cut = w.cut(&[f]);
+    for i in 0..5 {
+        w.client_mut(c)
+            .say("lobby", &format!("kept by two disks {i}"));
+    }
+    assert!(ok(
+        w.run_until_cond(ms(1000), |w| w.client(c).unacked() == 0)
+    ));
+    assert!(w.wipe(wiped), "wipe refused");
+    w.crash(leader, CrashPoint::Idle);
+    w.uncut(cut);
+    w.restart(wiped);
+    // A restart before it caught up must not make it forget that it has not.
+    ok(w.run_for(ms(50)));
+    w.crash(wiped, CrashPoint::Idle);
+    w.restart(wiped);
+    let led = ok(w.run_until_cond(ms(1500), |w| w.leader().is_some()));
+    assert!(!led, "elected with the vote of a node that lost its data");
+    w.restart(leader);
+    ok(w.settle(ms(5000)));
+    assert_eq!(w.checker().acked().len(), 5);
+}
+
+/// Runs a fresh cluster until the first real election starts, then cuts off a node that is
+/// not its candidate (so that node stays at epoch 0). Returns it and the pairs cut.
+fn cut_off_before_the_first_election(w: &mut World) -> (NodeId, Vec<(NodeId, NodeId)>) {
+    let started = ok(w.run_until_cond(ms(1000), |w| {
+        w.members()
+            .iter()
+            .any(|&m| w.node(m).unwrap().stats().role == Role::Candidate)
+    }));
+    assert!(started, "no election started");
+    let c = *w
+        .members()
+        .iter()
+        .rev()
+        .find(|&&m| w.node(m).unwrap().stats().epoch == 0)
+        .expect("every node already moved to epoch 1");
+    let cut = w.cut(&[c]);
+    (c, cut)
+}
+
+#[test]
+fn a_wiped_node_does_not_take_a_lagging_node_for_a_new_cluster() {
+    // C is cut off before the first election, so it stays at epoch 0 (having decided, with
+    // the others, that the cluster was new). A and B elect and commit; A goes down and B
+    // loses its disk. B and C both report epoch 0, but that is no sign of a new cluster: they
+    // must not elect a leader (and lose what A holds) until A is back.
+    let mut cfg = SimConfig::new(101);
+    cfg.faults = false;
+    cfg.talkers = 0;
+    cfg.probers = 0;
+    let mut w = World::new(cfg);
+    let (c, cut) = cut_off_before_the_first_election(&mut w);
+    let led = ok(w.run_until_cond(ms(2000), |w| w.leader().is_some()));
+    assert!(led, "A and B did not elect a leader");
+    let hs = w.durable(c).unwrap().hard_state;
+    assert!(
+        hs.epoch == 0 && !hs.amnesiac,
+        "C did not stay a settled epoch-0 node: {hs:?}"
+    );
+    let a = w.leader().unwrap();
+    let b = *w.members().iter().find(|&&m| m != a && m != c).unwrap();
+    let talker = talker_on(&mut w, "ivan", a);
+    for i in 0..3 {
+        w.client_mut(talker)
+            .say("lobby", &format!("only on A and B {i}"));
+    }
+    assert!(ok(
+        w.run_until_cond(ms(1000), |w| w.client(talker).unacked() == 0)
+    ));
+    w.crash(a, CrashPoint::Idle);
+    assert!(w.wipe(b), "wipe refused");
+    w.restart(b);
+    w.uncut(cut);
+    let led = ok(w.run_until_cond(ms(1500), |w| w.leader().is_some()));
+    assert!(
+        !led,
+        "a wiped node and a lagging one elected a leader without the data"
+    );
+    w.restart(a);
+    ok(w.settle(ms(5000)));
+    assert_eq!(w.checker().acked().len(), 3);
+}
+
+#[test]
+fn a_wiped_node_never_takes_part_twice_in_one_epoch() {
+    // A and B elect the first leader while C is cut off (C stays at epoch 0). B loses its
+    // disk, restarts and catches up: it no longer remembers taking part in epoch 1. With A
+    // down, C's election for epoch 1 must not get B's second vote (two leaders of epoch 1).
+    let mut cfg = SimConfig::new(111);
+    cfg.faults = false;
+    cfg.talkers = 0;
+    cfg.probers = 0;
+    let mut w = World::new(cfg);
+    let (c, cut) = cut_off_before_the_first_election(&mut w);
+    assert!(ok(w.run_until_cond(ms(2000), |w| w.leader().is_some())));
+    let a = w.leader().unwrap();
+    let b = *w.members().iter().find(|&&m| m != a && m != c).unwrap();
+    let epoch = w.node(a).unwrap().stats().epoch;
+    assert!(w.wipe(b), "wipe refused");
+    w.restart(b);
+    let caught_up = ok(w.run_until_cond(ms(2000), |w| {
+        w.node(b).is_some_and(|n| n.stats().epoch == epoch)
+    }));
+    assert!(caught_up, "the wiped node did not catch up");
+    ok(w.run_for(ms(100)));
+    assert!(!w.durable(b).unwrap().hard_state.amnesiac);
+    // Only C's elections may run (B's tokens are lost), so C's election for epoch 1 reaches B.
+    w.add_drop_filter(Box::new(
+        move |_, _, f| matches!(f, PeerFrame::Token(t) if t.initiator == b),
+    ));
+    w.crash(a, CrashPoint::Idle);
+    w.uncut(cut);
+    // The checker fails the run if epoch `epoch` gets a second leader.
+    ok(w.run_for(ms(800)));
+    w.clear_drop_filters();
+    let led = ok(w.run_until_cond(ms(3000), |w| w.leader().is_some()));
+    assert!(led, "B and C elected no leader");
+    assert!(w.node(w.leader().unwrap()).unwrap().stats().epoch > epoch);
+    w.restart(a);
+    ok(w.settle(ms(5000)));
+}
+
+/// Known gap (ignored until the core handles it): when only the followers' frames to the leader
+/// are lost, the leader steps down, but the followers still hear its heartbeats, so their ring
+/// tokens go to it and are lost there: no leader exists while the one-way partition lasts.
+/// Needs the ring walk to skip a node that does not hear us (e.g. heartbeats reporting when
+/// the sender last heard the receiver). `cargo test --test simulation -- --ignored`.
+#[test]
+#[ignore]
+fn a_one_way_partition_towards_the_leader_does_not_stall_elections() {
+    let mut w = quiet(52, 3);
+    let old = w.leader().unwrap();
+    for f in followers(&w, old) {
+        w.one_way(f, old);
+    }
+    let led = ok(w.run_until_cond(ms(3000), |w| w.leader().is_some_and(|l| l != old)));
+    assert!(led, "no leader during the one-way partition (seed 52)");
+}
