@@ -97,7 +97,7 @@ install:
 	  echo "install -m 0644 $(EXAMPLE) $(CONFDIR)/ringchatd.toml.example"; \
 	  install -m 0644 $(EXAMPLE) $(CONFDIR)/ringchatd.toml.example; \
 	fi
-	install -m 0644 README.md docs/PROTOCOL.md $(DOCDIR)/
+	install -m 0644 README.md docs/PROTOCOL.md docs/CLUSTER.md $(DOCDIR)/
 	@echo
 	@echo "Installed. To run node1 under systemd:"
 	@echo "  cp /etc/ringchat/ringchatd.toml.example /etc/ringchat/node1.toml   # then edit id, listen"

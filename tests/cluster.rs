@@ -195,21 +195,35 @@ fn three_daemons_elect_one_leader_replicate_and_report_status() {
     assert_eq!(histories[0], histories[2]);
     assert_eq!(histories[0], got.iter().map(key).collect::<Vec<_>>());
 
-    // The admin view: three nodes, one leader, everyone following it.
-    let out = Command::new(env!("CARGO_BIN_EXE_ringchat"))
-        .args(["-s", &addrs(&nodes).join(","), "admin", "status", "--json"])
-        .output()
-        .expect("run ringchat admin status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    // The admin view: three nodes, one leader, everyone following it. Writes may still be
+    // committing (the sessions of clients that just left), so poll until the lag is zero.
+    let status = || -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringchat"))
+            .args(["-s", &addrs(&nodes).join(","), "admin", "status", "--json"])
+            .output()
+            .expect("run ringchat admin status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    };
+    let settled = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .all(|v| v["apply_lag"] == 0 && v["replication_lag"] == 0)
+    };
+    let mut lines = status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !settled(&lines) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        lines = status();
+    }
     assert_eq!(lines.len(), 3, "{lines:?}");
     let leader_id = leader as u64 + 1;
     assert_eq!(

@@ -515,13 +515,10 @@ fn a_wiped_node_never_takes_part_twice_in_one_epoch() {
     ok(w.settle(ms(5000)));
 }
 
-/// Known gap (ignored until the core handles it): when only the followers' frames to the leader
-/// are lost, the leader steps down, but the followers still hear its heartbeats, so their ring
-/// tokens go to it and are lost there: no leader exists while the one-way partition lasts.
-/// Needs the ring walk to skip a node that does not hear us (e.g. heartbeats reporting when
-/// the sender last heard the receiver). `cargo test --test simulation -- --ignored`.
+/// When only the followers' frames to the leader are lost, the leader steps down while the
+/// followers still hear its heartbeats; those heartbeats say it does not hear them, so the
+/// ring walk skips it and the followers elect a new leader between them.
 #[test]
-#[ignore]
 fn a_one_way_partition_towards_the_leader_does_not_stall_elections() {
     let mut w = quiet(52, 3);
     let old = w.leader().unwrap();

@@ -1,4 +1,4 @@
-//! Payload types of node-to-node frames (kinds 0x81-0x8F) and of the admin status view.
+//! Payload types of node-to-node frames (kinds 0x81-0x87) and of the admin status view.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +23,11 @@ pub struct Heartbeat {
     pub epoch: Epoch,
     /// The leader the sender follows (or is), if any.
     pub leader: Option<NodeId>,
-    /// Client connections the sender holds (for redirects).
+    /// Client connections the sender holds (for capacity redirects, a later feature).
     pub load: u32,
+    /// Whether the sender has heard from the receiver within its failure timeout: a node
+    /// whose frames do not arrive (one-way loss) is skipped when passing the election token.
+    pub hears_you: bool,
 }
 
 /// Leader -> follower: entries after (prev_index, prev_epoch), and the commit index.
@@ -49,8 +52,8 @@ pub struct AppendReply {
     pub epoch: Epoch,
     /// True when the entries matched and are stored.
     pub ok: bool,
-    /// If ok: the highest index known to match the leader. If not: the follower's last index
-    /// (a hint where to retry from).
+    /// If ok: the highest index known to match the leader. If not: a hint where to retry
+    /// from (at most the follower's last index, and below the mismatching prev_index).
     pub index: LogIndex,
 }
 

@@ -274,3 +274,22 @@ proptest! {
         prop_assert_eq!(decode::<ClientFrame>(&bytes).unwrap().unwrap().0, f);
     }
 }
+
+/// Pins the Heartbeat example of docs/PROTOCOL.md, section "Node-to-node protocol".
+#[test]
+fn heartbeat_bytes_match_the_protocol_document() {
+    let hb = PeerFrame::Heartbeat(Heartbeat {
+        epoch: 3,
+        leader: Some(1),
+        load: 5,
+        hears_you: true,
+    });
+    let hex: Vec<String> = encode(&hb)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let doc = "52 43 01 82 00 00 00 00 12 00 00 00 b4 d2 c3 ca \
+               03 00 00 00 00 00 00 00 01 01 00 00 00 05 00 00 00 01";
+    assert_eq!(hex.join(" "), doc);
+}

@@ -67,7 +67,7 @@ pub enum Command {
         client_seq: u64,
         /// Message text (validated before proposing).
         text: String,
-        /// Server timestamp given by the leader.
+        /// Server timestamp, from the clock of the node the client sent it to.
         time_ms: u64,
     },
 }
@@ -315,7 +315,7 @@ impl Log {
 }
 
 /// A rough payload size, to bound the bytes of one replication message.
-fn approx_size(c: &Command) -> usize {
+pub(crate) fn approx_size(c: &Command) -> usize {
     match c {
         Command::Say { room, text, .. } => 64 + room.len() + text.len(),
         Command::OpenSession { user, .. } => 64 + user.len(),

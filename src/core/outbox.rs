@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::log::{Command, Proposal, ProposalId};
+use super::log::{approx_size, Command, Proposal, ProposalId};
 use super::NodeId;
 
 /// Proposals of this node not yet applied, oldest first.
@@ -49,8 +49,21 @@ impl Outbox {
 
     /// Takes the proposals the leader has not been given yet, marking them given.
     pub fn take_unsent(&mut self) -> Vec<Proposal> {
-        let out = self.pending.range(self.sent..).cloned().collect();
-        self.sent = self.pending.len();
+        self.take_unsent_upto(usize::MAX)
+    }
+
+    /// Like [`Outbox::take_unsent`], but stops once about `max_bytes` are taken (at least one).
+    pub fn take_unsent_upto(&mut self, max_bytes: usize) -> Vec<Proposal> {
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for p in self.pending.range(self.sent..) {
+            bytes += approx_size(&p.command);
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(p.clone());
+        }
+        self.sent += out.len();
         out
     }
 
@@ -104,5 +117,22 @@ mod tests {
         assert_eq!(o.len(), 2);
         o.applied(c);
         assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn a_long_backlog_is_taken_in_bounded_chunks() {
+        let mut o = Outbox::new(1, 1);
+        for _ in 0..10 {
+            o.push(Command::Noop);
+        }
+        let first = o.take_unsent_upto(48 * 3);
+        assert_eq!(first.len(), 3);
+        assert_eq!(
+            o.take_unsent_upto(1).len(),
+            1,
+            "at least one even when over the bound"
+        );
+        assert_eq!(o.take_unsent().len(), 6);
+        assert!(!o.has_unsent());
     }
 }

@@ -39,7 +39,7 @@ impl Progress {
         self.probe_sent = None;
     }
 
-    /// The follower's log did not match before `next_index`; `hint` is its last index. A hint
+    /// The follower's log did not match before `next_index`; `hint` is where the follower says to retry from (at most its last index). A hint
     /// below the match means the follower lost its log (it restarted without its state): a
     /// matched entry is never truncated otherwise.
     pub fn rejected(&mut self, hint: LogIndex) {

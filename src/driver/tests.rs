@@ -424,6 +424,7 @@ fn peer_handshakes_are_checked_and_a_new_link_replaces_the_old() {
         epoch: 0,
         leader: None,
         load: 0,
+        hears_you: true,
     }));
     assert!(x.closed(), "a frame before Hello must drop the link");
     // Garbage costs only that connection.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use super::{Amnesia, Campaign, Held, Node, Role};
+use super::{Amnesia, Campaign, Held, Node, Peer, Role};
 use crate::codec::{
     self, Append, AppendReply, Candidate, Elected, Forward, Heartbeat, PeerFrame, PeerStatus,
     StatusReport, Token,
@@ -31,6 +31,7 @@ impl Node {
         };
         p.connected = true;
         p.last_heard = Some(now.mono);
+        p.hears_us = true;
         info!("node {}: peer {peer} connected", self.cfg.id);
         if self.progress.contains_key(&peer) {
             // The peer may have restarted and lost what it had: learn its log afresh.
@@ -43,7 +44,7 @@ impl Node {
             // Anything forwarded on the old link may be lost: send it all again.
             self.outbox.resend_all();
         }
-        self.send_heartbeat(peer);
+        self.send_heartbeat(peer, now.mono);
     }
 
     /// A peer connection went down.
@@ -77,6 +78,7 @@ impl Node {
             PeerFrame::Heartbeat(h) => {
                 p.load = h.load;
                 p.epoch = Some(h.epoch);
+                p.hears_us = h.hears_you;
                 self.check_amnesia();
                 if h.epoch == self.hard.epoch
                     && h.leader == Some(from)
@@ -116,7 +118,7 @@ impl Node {
             self.heartbeat_due = t + self.cfg.heartbeat_interval;
             let peers: Vec<NodeId> = self.peers.keys().copied().collect();
             for p in peers {
-                self.send_heartbeat(p);
+                self.send_heartbeat(p, t);
                 if self.role == Role::Leader {
                     self.send_append(t, p, Nudge::Heartbeat);
                 }
@@ -177,9 +179,13 @@ impl Node {
                     && self.outbox.has_unsent()
                     && self.peers.get(&leader).is_some_and(|p| p.connected)
                 {
-                    let proposals = self.outbox.take_unsent();
+                    // In frames of bounded size: one frame for a long backlog could exceed
+                    // the peer payload limit and never get through.
                     let epoch = self.hard.epoch;
-                    self.send_peer(leader, &PeerFrame::Forward(Forward { epoch, proposals }));
+                    while self.outbox.has_unsent() {
+                        let proposals = self.outbox.take_unsent_upto(self.cfg.max_append_bytes);
+                        self.send_peer(leader, &PeerFrame::Forward(Forward { epoch, proposals }));
+                    }
                 }
             }
         }
@@ -210,14 +216,6 @@ impl Node {
             connections: self.conns.len() as u32,
             peers,
         }
-    }
-
-    /// Client connections each connected peer reported in its last heartbeat.
-    pub fn peer_loads(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.connected)
-            .map(|(&id, p)| (id, p.load))
     }
 
     /// Ends the abstention of a node that started without state: once it applied what the
@@ -266,12 +264,17 @@ impl Node {
     }
 
     /// A peer counts as alive while linked and heard from within the failure timeout.
+    /// A peer counts as alive while linked, heard from within the failure timeout, and (by its
+    /// last heartbeat) hearing us: a token sent to a node that does not hear us is lost.
     fn alive(&self, peer: NodeId, now: Instant) -> bool {
-        self.peers.get(&peer).is_some_and(|p| {
-            p.connected
-                && p.last_heard
-                    .is_some_and(|t| now < t + self.cfg.failure_timeout)
-        })
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.connected && p.hears_us && self.heard_recently(p, now))
+    }
+
+    fn heard_recently(&self, p: &Peer, now: Instant) -> bool {
+        p.last_heard
+            .is_some_and(|t| now < t + self.cfg.failure_timeout)
     }
 
     /// How long to wait before starting an election: the dead leader's ring successor goes first,
@@ -581,9 +584,8 @@ impl Node {
                     .last_heard
                     .unwrap_or(self.leader_since)
                     .max(self.leader_since);
-                !p.connected
-                    && now >= since + self.cfg.session_timeout
-                    && !self.expiring.contains(id)
+                // Silence, not a closed link: a hung node keeps its links open.
+                now >= since + self.cfg.session_timeout && !self.expiring.contains(id)
             })
             .map(|(&id, _)| id)
             .filter(|&id| !self.chat.sessions_on(id).is_empty())
@@ -777,14 +779,15 @@ impl Node {
         self.send_peer(peer, &PeerFrame::Append(append));
     }
 
-    fn send_heartbeat(&mut self, peer: NodeId) {
-        if !self.peers.get(&peer).is_some_and(|p| p.connected) {
+    fn send_heartbeat(&mut self, peer: NodeId, now: Instant) {
+        let Some(p) = self.peers.get(&peer).filter(|p| p.connected) else {
             return;
-        }
+        };
         let hb = Heartbeat {
             epoch: self.hard.epoch,
             leader: self.leader,
             load: self.conns.len() as u32,
+            hears_you: self.heard_recently(p, now),
         };
         self.send_peer(peer, &PeerFrame::Heartbeat(hb));
     }

@@ -160,6 +160,8 @@ struct Peer {
     load: u32,
     /// Epoch in its last heartbeat.
     epoch: Option<u64>,
+    /// Whether its last heartbeat said it hears this node.
+    hears_us: bool,
 }
 
 /// An output that may leave only once the election state (version) and the log (index) it
@@ -262,7 +264,15 @@ impl Node {
         let peers = members
             .iter()
             .filter(|&&m| m != cfg.id)
-            .map(|&m| (m, Peer::default()))
+            .map(|&m| {
+                (
+                    m,
+                    Peer {
+                        hears_us: true,
+                        ..Peer::default()
+                    },
+                )
+            })
             .collect();
         let mut node = Node {
             members,
