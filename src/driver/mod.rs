@@ -52,7 +52,7 @@ use slab::Slab;
 
 use crate::codec::{self, ErrorCode, ErrorFrame, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now};
-use crate::storage::{self, MemStorage, Storage, StorageError};
+use crate::storage::{self, Storage, StorageError, Volatile};
 use conn::{InBuf, OutQueue};
 use peers::Mesh;
 
@@ -168,7 +168,7 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> DriverError {
 }
 
 /// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully.
-/// The log is kept in memory ([`MemStorage`]) in this version.
+/// The log is kept in memory only (the core's own copy; [`Volatile`] storage) in this version.
 pub fn run(config: DaemonConfig) -> Result<(), DriverError> {
     Driver::new(config)?.run()
 }
@@ -254,7 +254,7 @@ struct Conn {
 }
 
 /// The event loop around one node. See the module docs for the turn structure.
-pub struct Driver<S: Storage = MemStorage> {
+pub struct Driver<S: Storage = Volatile> {
     cfg: DaemonConfig,
     id: NodeId,
     poll: Poll,
@@ -337,11 +337,11 @@ fn write_port_file(path: &Path, addr: SocketAddr) -> Result<(), DriverError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-impl Driver<MemStorage> {
+impl Driver<Volatile> {
     /// Binds the listener, locks the data directory and builds the node, with the log in
     /// memory. Nothing is served until [`Driver::run`].
-    pub fn new(config: DaemonConfig) -> Result<Driver<MemStorage>, DriverError> {
-        Driver::with_storage(config, MemStorage::new())
+    pub fn new(config: DaemonConfig) -> Result<Driver<Volatile>, DriverError> {
+        Driver::with_storage(config, Volatile)
     }
 }
 

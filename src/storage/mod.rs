@@ -1,10 +1,13 @@
 //! Durable storage of the log and the election state behind a trait: the driver writes through
-//! it, the core never does. The in-memory implementation serves tests, the simulation and the
-//! demo; the file log (segments, checksums, torn-tail truncation) implements the same trait.
+//! it, the core never does. `MemStorage` (keeps what was synced, loses the rest on a simulated
+//! crash) serves tests and the simulation; `Volatile` serves the daemon until the file log
+//! lands; the file log (segments, checksums, torn-tail truncation) is to implement the same trait.
 
 mod memory;
+mod volatile;
 
 pub use memory::MemStorage;
+pub use volatile::Volatile;
 
 use std::fmt;
 
