@@ -31,6 +31,7 @@ help:
 	@echo "make lint          cargo fmt --check and clippy -D warnings"
 	@echo "make loadtest      every load scenario (scripts/bench.sh all)"
 	@echo "make bench-closed  closed-loop load scenario"
+	@echo "make bench-cluster closed-loop scenario on a 3-node cluster"
 	@echo "make bench-open    open-loop (fixed rate) load scenario"
 	@echo "make bench-idle    many idle connections scenario"
 	@echo "make verify-units  systemd-analyze verify the systemd unit"
@@ -72,6 +73,11 @@ bench-open:
 
 bench-idle:
 	scripts/bench.sh idle
+
+# The closed scenario on a fresh 3-node cluster, members on every node, CPU summed.
+.PHONY: bench-cluster
+bench-cluster:
+	scripts/bench.sh cluster
 
 # Kills the leader of a local 3-node cluster 20 times; failover time, lost and duplicates.
 .PHONY: bench-failover

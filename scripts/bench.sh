@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmarks of ringchatd, driven by ringchat-load.
 #
-# Usage: scripts/bench.sh [closed|open|idle|all|compare]      (default: all)
+# Usage: scripts/bench.sh [closed|open|idle|all|compare|cluster]      (default: all)
 #
 # Each scenario gets a fresh daemon (own data directory, 127.0.0.1, ephemeral port) so figures
 # do not mix; the daemon's PID is handed to the load tool, which reports the daemon's CPU time
@@ -12,6 +12,9 @@
 # redis-server on PATH: apt-get install -y redis-server) serve COMPARE_ROUNDS interleaved
 # closed-loop runs (ringchat, redis, ringchat, redis, ...); then a table of the medians per
 # target and the ratios ringchat/redis. Needs python3. Exit 1 if any run was not clean.
+#
+# cluster (not part of all): the closed scenario against a fresh 3-node cluster (127.0.0.1, free
+# ports), members spread over the three nodes; CPU per delivery is summed over the daemons.
 #
 # Environment knobs (defaults are the reference scenarios):
 #   CLOSED_ROOMS=1 CLOSED_MEMBERS=50 CLOSED_MESSAGES=2000
@@ -29,13 +32,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scenario=${1:-all}
 case "$scenario" in
-closed | open | idle | all | compare) ;;
+closed | open | idle | all | compare | cluster) ;;
 -h | --help)
-    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
-    echo "usage: $0 [closed|open|idle|all|compare]" >&2
+    echo "usage: $0 [closed|open|idle|all|compare|cluster]" >&2
     exit 2
     ;;
 esac
@@ -131,9 +134,15 @@ stop_redis() {
     wait "$pid" 2>/dev/null || true
 }
 
+cluster_pids=()
+
 cleanup() {
     stop_daemon
     stop_redis
+    for pid in "${cluster_pids[@]}"; do
+        daemon_pid=$pid
+        stop_daemon
+    done
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -369,6 +378,51 @@ if [ "$scenario" = compare ]; then
     fi
     echo
     echo "== figures from a 2-core machine shared with other work: compare the ratios, not the absolute values"
+    exit "$failed"
+fi
+
+# cluster: the closed scenario against 3 nodes, members spread over all of them, CPU summed
+# over the three daemons (replication costs per message, fan-out per delivery).
+if [ "$scenario" = cluster ]; then
+    read -r -a peer_ports < <(python3 -c 'import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))')
+    addrs=()
+    for i in 1 2 3; do
+        peers=""
+        for j in 1 2 3; do
+            [ "$j" = "$i" ] || peers="$peers,$j=127.0.0.1:${peer_ports[$((j - 1))]}"
+        done
+        dir=$tmp/node$i
+        mkdir -p "$dir/data"
+        (
+            ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+            exec "$daemon" --id "$i" --listen 127.0.0.1:0 --port-file "$dir/port" \
+                --data-dir "$dir/data" --peer-listen "127.0.0.1:${peer_ports[$((i - 1))]}" \
+                --peers "${peers#,}"
+        ) 2>"$dir/daemon.log" &
+        cluster_pids+=($!)
+    done
+    for i in 1 2 3; do
+        for _ in $(seq 100); do # at most 10 s
+            [ -s "$tmp/node$i/port" ] && break
+            sleep 0.1
+        done
+        addrs+=("$(tr -d '[:space:]' <"$tmp/node$i/port")")
+    done
+    servers=$(IFS=,; echo "${addrs[*]}")
+    pids=$(IFS=,; echo "${cluster_pids[*]}")
+    for _ in $(seq 100); do # a leader within 10 s
+        target/release/ringchat -s "$servers" admin status 2>/dev/null | grep -q leader && break
+        sleep 0.1
+    done
+    echo "== 3 nodes: clients on $servers, pids $pids"
+    cmd=("$load" closed --rooms "$CLOSED_ROOMS" --members "$CLOSED_MEMBERS" \
+        --messages "$CLOSED_MESSAGES" --text-bytes "$TEXT_BYTES" --server "$servers" --pid "$pids")
+    [ -z "${JSON:-}" ] || cmd+=(--json)
+    echo "== ${cmd[*]}"
+    "${cmd[@]}" || failed=1
     exit "$failed"
 fi
 
