@@ -97,41 +97,32 @@ addr=""
 redis_pid=""
 redis_addr=""
 
-stop_daemon() {
-    [ -n "$daemon_pid" ] || return 0
-    local pid=$daemon_pid
-    daemon_pid=""
+# stop_process NAME PID: SIGTERM, then (after 5 s) SIGKILL, of that one process only.
+stop_process() {
+    local name=$1 pid=$2
+    [ -n "$pid" ] || return 0
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
-        # Graceful stop, bounded: 5 s, then SIGKILL (this daemon only).
         for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         if kill -0 "$pid" 2>/dev/null; then
-            echo "ringchatd $pid did not stop on SIGTERM within 5 s; SIGKILL" >&2
+            echo "$name $pid did not stop on SIGTERM within 5 s; SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
     wait "$pid" 2>/dev/null || true
 }
 
+stop_daemon() {
+    stop_process ringchatd "$daemon_pid"
+    daemon_pid=""
+}
+
 stop_redis() {
-    [ -n "$redis_pid" ] || return 0
-    local pid=$redis_pid
+    stop_process redis-server "$redis_pid"
     redis_pid=""
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "redis-server $pid did not stop on SIGTERM within 5 s; SIGKILL" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
 }
 
 cluster_pids=()
@@ -140,8 +131,7 @@ cleanup() {
     stop_daemon
     stop_redis
     for pid in "${cluster_pids[@]}"; do
-        daemon_pid=$pid
-        stop_daemon
+        stop_process ringchatd "$pid"
     done
     rm -rf "$tmp"
 }

@@ -838,23 +838,8 @@ impl Client {
         }
         let mut deadline = Instant::now() + self.cfg.request_timeout;
         loop {
-            if self.generation != generation {
-                generation = self.generation;
-                if let Some(req) = &request {
-                    self.send_frames(std::slice::from_ref(req))?;
-                }
-                deadline = Instant::now() + self.cfg.request_timeout;
-            }
-            let now = Instant::now();
-            let until = if self.conn.is_none() {
-                // Reconnecting: the cycle has its own bounds.
-                now + self.cfg.reconnect_timeout
-            } else if now >= deadline {
-                return Err(ClientError::Timeout(what));
-            } else {
-                deadline
-            };
-            if let Some(inc) = self.poll_once(until)? {
+            let step = self.wait_step(what, request.as_ref(), &mut generation, &mut deadline)?;
+            if let Some(inc) = step {
                 match f(inc) {
                     Step::Done(t) => return Ok(t),
                     Step::Fail(e) => return Err(e),
@@ -863,6 +848,34 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// One wait of a request for its answer: after a reconnect (a new `generation`) the request
+    /// is sent again and its deadline restarts; once the deadline passes while connected it
+    /// times out; while reconnecting the reconnect cycle's own bounds apply.
+    fn wait_step(
+        &mut self,
+        what: &'static str,
+        request: Option<&ClientFrame>,
+        generation: &mut u64,
+        deadline: &mut Instant,
+    ) -> Result<Option<Incoming>, ClientError> {
+        if self.generation != *generation {
+            *generation = self.generation;
+            if let Some(req) = request {
+                self.send_frames(std::slice::from_ref(req))?;
+            }
+            *deadline = Instant::now() + self.cfg.request_timeout;
+        }
+        let now = Instant::now();
+        let until = if self.conn.is_none() {
+            now + self.cfg.reconnect_timeout
+        } else if now >= *deadline {
+            return Err(ClientError::Timeout(what));
+        } else {
+            *deadline
+        };
+        self.poll_once(until)
     }
 
     /// Processes frames (queueing them) until `cond` holds on the session.
@@ -874,19 +887,7 @@ impl Client {
         let mut generation = self.generation;
         let mut deadline = Instant::now() + self.cfg.request_timeout;
         while !cond(&self.session) {
-            if self.generation != generation {
-                generation = self.generation;
-                deadline = Instant::now() + self.cfg.request_timeout;
-            }
-            let now = Instant::now();
-            let until = if self.conn.is_none() {
-                now + self.cfg.reconnect_timeout
-            } else if now >= deadline {
-                return Err(ClientError::Timeout(what));
-            } else {
-                deadline
-            };
-            if let Some(inc) = self.poll_once(until)? {
+            if let Some(inc) = self.wait_step(what, None, &mut generation, &mut deadline)? {
                 self.pass(inc);
             }
         }
