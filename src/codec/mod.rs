@@ -161,21 +161,34 @@ frame_set!(
 
 /// Appends one complete frame (header and payload) to `out`.
 pub fn encode_into<F: FrameSet>(frame: &F, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    write_frame(frame.kind(), F::MAX_PAYLOAD, out, |out| {
+        frame.encode_payload(out)
+    })
+}
+
+/// Appends a header for `kind`, the payload `write` produces, then fills in length and CRC;
+/// a payload over `max` is taken back out and refused.
+fn write_frame(
+    kind: u8,
+    max: u32,
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    frame.encode_payload(out)?;
+    if let Err(e) = write(out) {
+        out.truncate(start);
+        return Err(e);
+    }
     let payload = &out[start + HEADER_LEN..];
     let length = u32::try_from(payload.len())
         .map_err(|_| CodecError::Encode("payload over 4 GiB".into()))?;
-    if length > F::MAX_PAYLOAD {
+    if length > max {
         out.truncate(start);
-        return Err(CodecError::TooLarge {
-            length,
-            max: F::MAX_PAYLOAD,
-        });
+        return Err(CodecError::TooLarge { length, max });
     }
     let header = Header {
-        kind: frame.kind(),
+        kind,
         flags: 0,
         length,
         crc: crc32fast::hash(payload),
@@ -225,30 +238,51 @@ pub fn encode_message(room: &str, author: &str, seq: u64, time_ms: u64, text: &s
         time_ms: u64,
         text: &'a str,
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + 48 + room.len() + author.len() + text.len());
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
-    // Writing to a Vec cannot fail and the fields are within limits the core already checked.
-    let _ = put::<_, { MAX_SERVER_PAYLOAD as usize }>(
-        &MessageRef {
-            room,
-            seq,
-            author,
-            time_ms,
-            text,
-        },
-        &mut out,
-    );
-    let payload = &out[HEADER_LEN..];
-    let header = Header {
-        kind: 0x43,
-        flags: 0,
-        length: payload.len() as u32,
-        crc: crc32fast::hash(payload),
+    let msg = MessageRef {
+        room,
+        seq,
+        author,
+        time_ms,
+        text,
     };
-    let mut h = [0u8; HEADER_LEN];
-    header.emit(&mut h);
-    out[..HEADER_LEN].copy_from_slice(&h);
+    let mut out = Vec::with_capacity(HEADER_LEN + 48 + room.len() + author.len() + text.len());
+    // Writing to a Vec cannot fail and the fields are within limits the core already checked.
+    let _ = write_frame(0x43, MAX_SERVER_PAYLOAD, &mut out, |out| {
+        put::<_, { MAX_SERVER_PAYLOAD as usize }>(&msg, out)
+    });
     out
+}
+
+/// Encodes an `Append` peer frame over borrowed entries: the leader sends the same log slice
+/// to every follower without cloning it into an owned `Append` first. Byte-identical to
+/// `encode(&PeerFrame::Append(..))`.
+pub fn encode_append(
+    epoch: u64,
+    prev_index: u64,
+    prev_epoch: u64,
+    commit: u64,
+    entries: &[crate::core::log::Entry],
+) -> Result<Vec<u8>, CodecError> {
+    #[derive(serde::Serialize)]
+    struct AppendRef<'a> {
+        epoch: u64,
+        prev_index: u64,
+        prev_epoch: u64,
+        commit: u64,
+        entries: &'a [crate::core::log::Entry],
+    }
+    let append = AppendRef {
+        epoch,
+        prev_index,
+        prev_epoch,
+        commit,
+        entries,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + 40 + 96 * entries.len());
+    write_frame(0x83, MAX_PEER_PAYLOAD, &mut out, |out| {
+        put::<_, { MAX_PEER_PAYLOAD as usize }>(&append, out)
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -293,3 +293,48 @@ fn heartbeat_bytes_match_the_protocol_document() {
                03 00 00 00 00 00 00 00 01 01 00 00 00 05 00 00 00 01";
     assert_eq!(hex.join(" "), doc);
 }
+
+#[test]
+fn encode_append_matches_the_owned_encoding() {
+    use crate::core::log::{Command, Entry, ProposalId};
+    let entries = vec![
+        Entry {
+            index: 4,
+            epoch: 2,
+            origin: None,
+            command: Command::Noop,
+        },
+        Entry {
+            index: 5,
+            epoch: 2,
+            origin: Some(ProposalId {
+                node: 1,
+                incarnation: 9,
+                seq: 3,
+            }),
+            command: Command::NodeBoot { node: 1 },
+        },
+    ];
+    let owned = PeerFrame::Append(Append {
+        epoch: 2,
+        prev_index: 3,
+        prev_epoch: 1,
+        commit: 3,
+        entries: entries.clone(),
+    });
+    assert_eq!(
+        encode_append(2, 3, 1, 3, &entries).unwrap(),
+        encode(&owned).unwrap()
+    );
+    assert_eq!(
+        encode_append(2, 3, 1, 3, &[]).unwrap(),
+        encode(&PeerFrame::Append(Append {
+            entries: vec![],
+            ..match owned {
+                PeerFrame::Append(a) => a,
+                _ => unreachable!(),
+            }
+        }))
+        .unwrap()
+    );
+}

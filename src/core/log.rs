@@ -188,7 +188,7 @@ impl Log {
     }
 
     /// Up to `max` entries starting at `from`, staying under `max_bytes` (approximate) but
-    /// always at least one when any is available.
+    /// always at least one when any is available and `max` > 0.
     pub fn slice(&self, from: LogIndex, max: usize, max_bytes: usize) -> &[Entry] {
         let Some(start) = from.checked_sub(self.offset + 1) else {
             return &[];

@@ -128,6 +128,20 @@ struct RoomArgs {
     target: chat::Target,
 }
 
+impl RoomArgs {
+    /// The options of a chat scenario with these rooms.
+    fn opts(self, common: Common, load: chat::Load) -> chat::ChatOpts {
+        chat::ChatOpts {
+            common,
+            target: self.target,
+            rooms: self.rooms,
+            members: self.members,
+            text_bytes: self.text_bytes,
+            load,
+        }
+    }
+}
+
 /// Options every scenario has, validated.
 pub struct Common {
     pub servers: Vec<SocketAddr>,
@@ -179,41 +193,27 @@ fn run(cli: Cli) -> Result<bool, String> {
             rooms,
             messages,
             stall_secs,
-        } => chat::run(
-            chat::ChatOpts {
-                common: common.check()?,
-                target: rooms.target,
-                rooms: rooms.rooms,
-                members: rooms.members,
-                text_bytes: rooms.text_bytes,
-                load: chat::Load::Closed {
-                    messages,
-                    stall: secs("stall-secs", stall_secs)?,
-                },
-            },
-            clock,
-        ),
+        } => {
+            let load = chat::Load::Closed {
+                messages,
+                stall: secs("stall-secs", stall_secs)?,
+            };
+            chat::run(rooms.opts(common.check()?, load), clock)
+        }
         Cmd::Open {
             common,
             rooms,
             rate,
             duration,
             drain_secs,
-        } => chat::run(
-            chat::ChatOpts {
-                common: common.check()?,
-                target: rooms.target,
-                rooms: rooms.rooms,
-                members: rooms.members,
-                text_bytes: rooms.text_bytes,
-                load: chat::Load::Open {
-                    rate,
-                    duration: secs("duration", duration)?,
-                    drain: secs("drain-secs", drain_secs)?,
-                },
-            },
-            clock,
-        ),
+        } => {
+            let load = chat::Load::Open {
+                rate,
+                duration: secs("duration", duration)?,
+                drain: secs("drain-secs", drain_secs)?,
+            };
+            chat::run(rooms.opts(common.check()?, load), clock)
+        }
         Cmd::Idle {
             common,
             connections,

@@ -722,14 +722,14 @@ impl Node {
             {
                 return;
             }
-            self.send_entries(peer, next, commit);
+            self.send_entries(peer, next, commit, self.cfg.max_append_entries);
             if let Some(p) = self.progress.get_mut(&peer) {
                 p.probe_sent = Some(now);
             }
             sent = true;
         } else {
             while next <= last && next - pr.match_index - 1 < self.cfg.replication_window {
-                next += self.send_entries(peer, next, commit);
+                next += self.send_entries(peer, next, commit, self.cfg.max_append_entries);
                 sent = true;
             }
             if let Some(p) = self.progress.get_mut(&peer) {
@@ -738,7 +738,7 @@ impl Node {
         }
         let commit_news = self.commit_sent.get(&peer).is_none_or(|&c| c < commit);
         if !sent && (force || (nudge == Nudge::CommitNotice && commit_news)) {
-            self.send_entries_none(peer, next, commit);
+            self.send_entries(peer, next, commit, 0);
             sent = true;
         }
         if sent {
@@ -746,37 +746,27 @@ impl Node {
         }
     }
 
-    /// Sends one Append starting at `from`; returns how many entries it carried.
-    fn send_entries(&mut self, peer: NodeId, from: LogIndex, commit: LogIndex) -> u64 {
-        let entries = self
-            .log
-            .slice(from, self.cfg.max_append_entries, self.cfg.max_append_bytes)
-            .to_vec();
-        let n = entries.len() as u64;
+    /// Sends one Append starting at `from` with up to `max` entries (0: an empty one, for a
+    /// heartbeat or a commit notice); returns how many entries it carried.
+    fn send_entries(&mut self, peer: NodeId, from: LogIndex, commit: LogIndex, max: usize) -> u64 {
         let prev_index = from - 1;
         let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
-        let append = Append {
-            epoch: self.hard.epoch,
-            prev_index,
-            prev_epoch,
-            commit,
-            entries,
-        };
-        self.send_peer(peer, &PeerFrame::Append(append));
+        let entries = self.log.slice(from, max, self.cfg.max_append_bytes);
+        let n = entries.len() as u64;
+        let bytes = codec::encode_append(self.hard.epoch, prev_index, prev_epoch, commit, entries);
+        match bytes {
+            Ok(bytes) => self.actions.push_back(Action::SendPeer {
+                to: peer,
+                bytes: bytes.into(),
+            }),
+            // Batches are bounded far below the frame limit, so this is a bug: say so and
+            // keep the node running; the entries go again with the next probe.
+            Err(e) => log::error!(
+                "node {}: cannot encode an Append for {peer}: {e}",
+                self.cfg.id
+            ),
+        }
         n
-    }
-
-    fn send_entries_none(&mut self, peer: NodeId, next: LogIndex, commit: LogIndex) {
-        let prev_index = next - 1;
-        let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
-        let append = Append {
-            epoch: self.hard.epoch,
-            prev_index,
-            prev_epoch,
-            commit,
-            entries: Vec::new(),
-        };
-        self.send_peer(peer, &PeerFrame::Append(append));
     }
 
     fn send_heartbeat(&mut self, peer: NodeId, now: Instant) {
