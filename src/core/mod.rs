@@ -19,7 +19,7 @@ mod node;
 mod outbox;
 mod progress;
 
-pub use node::{Node, NodeConfig, NodeStats, Persist, PersistToken, Role};
+pub use node::{Node, NodeConfig, NodeStats, Persist, PersistToken, Role, SnapshotWrite};
 
 use std::rc::Rc;
 use std::time::Instant;

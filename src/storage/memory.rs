@@ -1,16 +1,27 @@
-//! In-memory storage: what a simulated crash keeps is exactly what was synced.
+//! In-memory storage: what a simulated crash keeps is exactly what was synced (and the
+//! snapshots stored, which like snapshot files are durable when `save_snapshot` returns).
 
-use super::{Recovered, Storage, StorageError};
+use super::{assemble, Recovered, SnapshotMeta, Storage, StorageError, StoredSnapshot};
 use crate::core::log::{Entry, HardState, LogIndex};
+
+/// The log as written: where it starts and its entries.
+#[derive(Clone, Debug, Default)]
+struct Written {
+    base: SnapshotMeta,
+    entries: Vec<Entry>,
+    hard_state: HardState,
+}
 
 /// Log storage in memory, with the synced prefix tracked separately.
 #[derive(Debug, Default)]
 pub struct MemStorage {
-    entries: Vec<Entry>,
-    hard_state: HardState,
-    synced: Recovered,
-    /// Lowest position in `entries` changed since the last sync.
+    current: Written,
+    synced: Written,
+    snapshot: Option<StoredSnapshot>,
+    /// Lowest position in `current.entries` changed since the last sync.
     dirty_from: usize,
+    /// Writes fail (as on a full disk) while set.
+    failing: bool,
 }
 
 impl MemStorage {
@@ -21,52 +32,105 @@ impl MemStorage {
 
     /// Drops everything not synced, as a power loss would.
     pub fn crash(&mut self) {
-        self.entries = self.synced.entries.clone();
-        self.hard_state = self.synced.hard_state;
-        self.dirty_from = self.entries.len();
+        self.current = self.synced.clone();
+        self.dirty_from = self.current.entries.len();
     }
 
-    /// Number of entries written, synced or not.
+    /// Makes every later write fail (as on a full disk) until called with false.
+    pub fn set_failing(&mut self, failing: bool) {
+        self.failing = failing;
+    }
+
+    /// Number of entries held, synced or not.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.current.entries.len()
     }
 
-    /// True when no entry was written.
+    /// True when no entry is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.current.entries.is_empty()
+    }
+
+    fn check(&self, op: &'static str) -> Result<(), StorageError> {
+        if self.failing {
+            let e = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device");
+            return Err(StorageError::new(op, e));
+        }
+        Ok(())
     }
 }
 
 impl Storage for MemStorage {
     fn truncate(&mut self, from: LogIndex) -> Result<(), StorageError> {
-        self.entries.retain(|e| e.index < from);
-        self.dirty_from = self.dirty_from.min(self.entries.len());
+        self.check("truncate")?;
+        self.current.entries.retain(|e| e.index < from);
+        self.dirty_from = self.dirty_from.min(self.current.entries.len());
         Ok(())
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.dirty_from = self.dirty_from.min(self.entries.len());
-        self.entries.extend_from_slice(entries);
+        self.check("append")?;
+        self.dirty_from = self.dirty_from.min(self.current.entries.len());
+        self.current.entries.extend_from_slice(entries);
         Ok(())
     }
 
     fn save_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
-        self.hard_state = *hs;
+        self.check("save election state")?;
+        self.current.hard_state = *hs;
+        Ok(())
+    }
+
+    fn save_snapshot(
+        &mut self,
+        snapshot: &StoredSnapshot,
+        replaces_log: bool,
+    ) -> Result<(), StorageError> {
+        self.check("save snapshot")?;
+        self.snapshot = Some(snapshot.clone());
+        if replaces_log {
+            self.current.base = snapshot.meta;
+            self.current.entries.clear();
+            self.dirty_from = 0;
+        }
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        self.check("sync")?;
         // Only what changed since the last sync is copied, so a sync costs what the turn wrote.
         let keep = self.dirty_from.min(self.synced.entries.len());
         self.synced.entries.truncate(keep);
-        self.synced.entries.extend_from_slice(&self.entries[keep..]);
-        self.synced.hard_state = self.hard_state;
-        self.dirty_from = self.entries.len();
+        self.synced
+            .entries
+            .extend_from_slice(&self.current.entries[keep..]);
+        self.synced.base = self.current.base;
+        self.synced.hard_state = self.current.hard_state;
+        self.dirty_from = self.current.entries.len();
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), StorageError> {
+        // Keep the snapshot's own entry: it shows the entries after it continue its history.
+        let Some(at) = self.snapshot.as_ref().map(|s| s.meta.index) else {
+            return Ok(());
+        };
+        for w in [&mut self.current, &mut self.synced] {
+            let drop = w.entries.iter().take_while(|e| e.index < at).count();
+            w.entries.drain(..drop);
+        }
+        self.dirty_from = self.current.entries.len();
         Ok(())
     }
 
     fn load(&mut self) -> Result<Recovered, StorageError> {
-        Ok(self.synced.clone())
+        let w = &self.synced;
+        Ok(assemble(
+            w.hard_state,
+            self.snapshot.clone(),
+            w.base,
+            w.entries.clone(),
+        ))
     }
 }
 

@@ -1,7 +1,7 @@
-//! Durable storage of the log and the election state behind a trait: the driver writes through
-//! it, the core never does. `MemStorage` (keeps what was synced, loses the rest on a simulated
-//! crash) serves tests and the simulation; `Volatile` serves the daemon until the file log
-//! lands; the file log (segments, checksums, torn-tail truncation) is to implement the same trait.
+//! Durable storage of the log, the election state and snapshots behind a trait: the driver
+//! writes through it, the core never does. `FileStorage` (segment files with checksums, torn-tail
+//! truncation, snapshot files) serves the daemon; `MemStorage` (keeps what was synced, loses the
+//! rest on a simulated crash) serves tests and the simulation; `Volatile` keeps nothing.
 
 mod memory;
 mod volatile;
@@ -10,22 +10,54 @@ pub use memory::MemStorage;
 pub use volatile::Volatile;
 
 use std::fmt;
+use std::path::PathBuf;
 
-use crate::core::log::{Entry, HardState, LogIndex};
+use crate::core::log::{Entry, Epoch, HardState, LogIndex};
 use crate::core::Persist;
 
-/// A storage failure, with what was being done.
+/// A storage failure, with what was being done and where.
 #[derive(Debug)]
 pub struct StorageError {
     /// The operation that failed, e.g. "append".
     pub op: &'static str,
+    /// The file concerned, when there is one.
+    pub path: Option<PathBuf>,
     /// The underlying error.
     pub source: std::io::Error,
 }
 
+impl StorageError {
+    /// An error of `op` on no particular file.
+    pub fn new(op: &'static str, source: std::io::Error) -> StorageError {
+        StorageError {
+            op,
+            path: None,
+            source,
+        }
+    }
+
+    /// An error of `op` on the file at `path`.
+    pub fn at(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> StorageError {
+        StorageError {
+            op,
+            path: Some(path.into()),
+            source,
+        }
+    }
+}
+
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "storage {} failed: {}", self.op, self.source)
+        match &self.path {
+            Some(p) => write!(
+                f,
+                "storage {} failed on {}: {}",
+                self.op,
+                p.display(),
+                self.source
+            ),
+            None => write!(f, "storage {} failed: {}", self.op, self.source),
+        }
     }
 }
 
@@ -35,17 +67,38 @@ impl std::error::Error for StorageError {
     }
 }
 
+/// The log position a snapshot covers: every entry up to `index` (of `epoch`) is in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Last log index the snapshot includes.
+    pub index: LogIndex,
+    /// Epoch of that entry.
+    pub epoch: Epoch,
+}
+
+/// A snapshot as stored: its position and the encoded state machine (opaque to storage).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// What it covers.
+    pub meta: SnapshotMeta,
+    /// The encoded state (see `codec::encode_snapshot`).
+    pub bytes: Vec<u8>,
+}
+
 /// What a node finds in its storage when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// The last durable election state.
     pub hard_state: HardState,
-    /// Every durable entry, in order.
+    /// The newest durable snapshot, if any.
+    pub snapshot: Option<StoredSnapshot>,
+    /// Every durable entry after the snapshot (or from index 1 without one), in order.
     pub entries: Vec<Entry>,
 }
 
-/// Where a node keeps its log and election state. Writes may be buffered; only `sync` makes
-/// them durable, and the driver reports a [`Persist`] done only after `sync` returned Ok.
+/// Where a node keeps its log, election state and snapshots. Log writes may be buffered; only
+/// `sync` makes them durable, and the driver reports a [`Persist`] done only after `sync`
+/// returned Ok. A failed call leaves what was durable before it intact.
 pub trait Storage {
     /// Removes every entry with index >= `from`.
     fn truncate(&mut self, from: LogIndex) -> Result<(), StorageError>;
@@ -53,14 +106,29 @@ pub trait Storage {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
     /// Replaces the stored election state.
     fn save_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError>;
+    /// Stores a snapshot durably before returning (the previous one stays until `compact`).
+    /// With `replaces_log` (a snapshot installed from the leader) every stored entry is
+    /// dropped as well, durably at the next `sync`; entries appended afterwards follow it.
+    fn save_snapshot(
+        &mut self,
+        snapshot: &StoredSnapshot,
+        replaces_log: bool,
+    ) -> Result<(), StorageError>;
     /// Makes everything written so far durable (one fsync for a whole loop turn).
     fn sync(&mut self) -> Result<(), StorageError>;
+    /// Frees what the newest snapshot covers: older snapshots and log entries below it. Called
+    /// only after a `sync` that followed `save_snapshot`.
+    fn compact(&mut self) -> Result<(), StorageError>;
     /// What is durable, as found when the node starts.
     fn load(&mut self) -> Result<Recovered, StorageError>;
 }
 
-/// Carries out one [`Persist`] bundle: truncate, append, save the election state, one sync.
+/// Carries out one [`Persist`] bundle: snapshot, truncate, append, election state, one sync,
+/// then compaction when a snapshot was written.
 pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<(), StorageError> {
+    if let Some(s) = &p.snapshot {
+        storage.save_snapshot(s.snapshot, s.replaces_log)?;
+    }
     if let Some(from) = p.truncate_from {
         storage.truncate(from)?;
     }
@@ -70,5 +138,39 @@ pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<()
     if let Some(hs) = &p.hard_state {
         storage.save_hard_state(hs)?;
     }
-    storage.sync()
+    storage.sync()?;
+    if p.snapshot.is_some() {
+        storage.compact()?;
+    }
+    Ok(())
+}
+
+/// Joins a snapshot and the entries found after replaying the log into what a node recovers.
+/// `base` is where the replayed entries start (the snapshot a log reset installed, or index 0).
+/// Entries the snapshot covers are dropped; the rest are kept only if they continue the
+/// snapshot's history (the log holds the snapshot's last entry, or was reset to it), since a
+/// crash between storing an installed snapshot and resetting the log leaves the old log behind.
+pub fn assemble(
+    hard_state: HardState,
+    snapshot: Option<StoredSnapshot>,
+    base: SnapshotMeta,
+    mut entries: Vec<Entry>,
+) -> Recovered {
+    if let Some(s) = &snapshot {
+        let at = s.meta;
+        let continues = base == at
+            || entries
+                .iter()
+                .any(|e| e.index == at.index && e.epoch == at.epoch);
+        if continues {
+            entries.retain(|e| e.index > at.index);
+        } else {
+            entries.clear();
+        }
+    }
+    Recovered {
+        hard_state,
+        snapshot,
+        entries,
+    }
 }

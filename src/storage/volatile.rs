@@ -1,7 +1,7 @@
 //! Storage for a daemon without a durable log: the core already holds the log in memory and
 //! nothing outlives the process, so keeping a second copy here would only cost time.
 
-use super::{Recovered, Storage, StorageError};
+use super::{Recovered, Storage, StorageError, StoredSnapshot};
 use crate::core::log::{Entry, HardState, LogIndex};
 
 /// Accepts every write and keeps none: a restarted node starts empty (and, in a cluster,
@@ -22,7 +22,15 @@ impl Storage for Volatile {
         Ok(())
     }
 
+    fn save_snapshot(&mut self, _s: &StoredSnapshot, _replaces: bool) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
 

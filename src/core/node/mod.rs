@@ -17,7 +17,7 @@ use super::outbox::Outbox;
 use super::progress::Progress;
 use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
-use crate::storage::Recovered;
+use crate::storage::{Recovered, StoredSnapshot};
 
 /// Tunables of the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,10 +105,21 @@ pub struct PersistToken {
     hard_version: u64,
 }
 
+/// A snapshot the driver must store (before the log writes of the same [`Persist`]).
+#[derive(Debug)]
+pub struct SnapshotWrite<'a> {
+    /// The snapshot.
+    pub snapshot: &'a StoredSnapshot,
+    /// It was installed from the leader and replaces the whole stored log.
+    pub replaces_log: bool,
+}
+
 /// What the driver must make durable now: carry it out (see `storage::write`), sync once, then
 /// call [`Node::handle_persisted`] with the token.
 #[derive(Debug)]
 pub struct Persist<'a> {
+    /// A snapshot to store first, if one was taken or installed.
+    pub snapshot: Option<SnapshotWrite<'a>>,
     /// New election state to save, if it changed.
     pub hard_state: Option<HardState>,
     /// Drop stored entries from this index on first (a follower's diverging suffix).
@@ -508,6 +519,7 @@ impl Node {
             hard_version: self.hard_version,
         };
         Some(Persist {
+            snapshot: None,
             hard_state,
             truncate_from,
             entries,
