@@ -341,7 +341,7 @@ fn a_write_is_acked_only_once_a_majority_has_it_on_disk() {
         let c = talker_on(&mut w, "grace", fs[0]);
         w.crash(fs[1], CrashPoint::Idle);
         let stalled = if stall_leader { leader } else { fs[0] };
-        w.stall_disk(stalled);
+        w.fail_disk(stalled);
         for i in 0..3 {
             w.client_mut(c)
                 .say("lobby", &format!("needs two disks {i}"));
@@ -367,7 +367,7 @@ fn an_election_waits_until_participation_is_on_disk() {
     let old = w.leader().unwrap();
     let fs = followers(&w, old);
     for &f in &fs {
-        w.stall_disk(f);
+        w.fail_disk(f);
     }
     w.crash(old, CrashPoint::Idle);
     let led = ok(w.run_until_cond(ms(1500), |w| w.leader().is_some()));

@@ -192,7 +192,7 @@ impl ClientError {
         match self {
             ClientError::Server { code, .. } => !matches!(
                 ErrorCode::from_u16(*code),
-                Some(ErrorCode::ShuttingDown | ErrorCode::SlowConsumer)
+                Some(ErrorCode::ShuttingDown | ErrorCode::SlowConsumer | ErrorCode::StorageFailed)
             ),
             ClientError::NotJoined(_) => true,
             _ => false,
@@ -580,6 +580,7 @@ impl Client {
                                 | ErrorCode::Busy
                                 | ErrorCode::Internal
                                 | ErrorCode::SlowConsumer
+                                | ErrorCode::StorageFailed
                         )
                     );
                     let err = ClientError::server(e);
@@ -790,8 +791,12 @@ impl Client {
                 .session
                 .settle(a.client_seq)
                 .map(|_| Incoming::Event(Event::Ack(a))),
-            ServerFrame::Error(e) if e.code == ErrorCode::ShuttingDown as u16 => {
-                // The node goes away: move to another one (or report it).
+            ServerFrame::Error(e)
+                if e.code == ErrorCode::ShuttingDown as u16
+                    || e.code == ErrorCode::StorageFailed as u16 =>
+            {
+                // The node goes away, or cannot store writes: move to another one (or report
+                // it); what was not acknowledged is sent again there.
                 let err = ClientError::server(e);
                 self.broken(err)?;
                 None

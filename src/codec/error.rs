@@ -108,13 +108,16 @@ pub enum ErrorCode {
     ShuttingDown = 22,
     /// The client did not read its data fast enough and is disconnected.
     SlowConsumer = 23,
+    /// The node cannot write to its disk (full, or an I/O error): it takes no writes until
+    /// it recovers; reconnect to another node.
+    StorageFailed = 24,
     /// An internal error (e.g. storage failure); the request was not applied.
     Internal = 30,
 }
 
 impl ErrorCode {
     /// All codes, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -128,6 +131,7 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::ShuttingDown,
         ErrorCode::SlowConsumer,
+        ErrorCode::StorageFailed,
         ErrorCode::Internal,
     ];
 
@@ -152,6 +156,7 @@ impl ErrorCode {
             ErrorCode::Busy => "BUSY",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::SlowConsumer => "SLOW_CONSUMER",
+            ErrorCode::StorageFailed => "STORAGE_FAILED",
             ErrorCode::Internal => "INTERNAL",
         }
     }

@@ -8,11 +8,13 @@ mod error;
 mod frames;
 mod header;
 mod peer;
+mod snapshot;
 
 pub use error::{CodecError, ErrorCode};
 pub use frames::*;
 pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
 pub use peer::*;
+pub use snapshot::{decode_snapshot, encode_snapshot};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -157,6 +159,10 @@ frame_set!(
     0x86 => Elected(Elected),
     /// Writes forwarded to the leader.
     0x87 => Forward(Forward),
+    /// Leader -> follower: one chunk of a snapshot, for a follower behind the compacted log.
+    0x88 => Snapshot(SnapshotChunk),
+    /// Follower -> leader: how much of the snapshot it has received.
+    0x89 => SnapshotReply(SnapshotReply),
 });
 
 /// Appends one complete frame (header and payload) to `out`.

@@ -105,6 +105,36 @@ pub struct Forward {
     pub proposals: Vec<Proposal>,
 }
 
+/// Leader -> follower: bytes `offset..offset+data.len()` of the snapshot covering the log up to
+/// (`index`, `index_epoch`), `total` bytes in all. Chunks go in order, a few in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// Leader's epoch.
+    pub epoch: Epoch,
+    /// Last log index the snapshot covers.
+    pub index: LogIndex,
+    /// Epoch of that entry.
+    pub index_epoch: Epoch,
+    /// Position of `data` in the snapshot.
+    pub offset: u64,
+    /// Size of the whole snapshot.
+    pub total: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Follower -> leader: bytes of the snapshot at `index` received so far in order (the leader
+/// resumes from there); once it is installed and durable an `AppendReply` follows instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReply {
+    /// The follower's current epoch.
+    pub epoch: Epoch,
+    /// The snapshot's last log index.
+    pub index: LogIndex,
+    /// Bytes received in order.
+    pub received: u64,
+}
+
 /// Client -> server: asks for the node's view of the cluster (admin).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRequest {

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use super::log::{Command, Entry};
 use super::{NodeId, SessionId};
 
@@ -12,7 +14,7 @@ use super::{NodeId, SessionId};
 pub const DEDUP_WINDOW: usize = 256;
 
 /// A message as kept in a room's history.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// Per-room sequence number.
     pub seq: u64,
@@ -24,13 +26,13 @@ pub struct StoredMessage {
     pub text: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Room {
     messages: Vec<StoredMessage>,
     members: Vec<SessionId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     user: String,
     client_id: u64,
@@ -132,23 +134,41 @@ pub struct RoomExit {
     pub user_gone: bool,
 }
 
-/// Rooms, histories, sessions and de-duplication state.
-#[derive(Debug)]
+/// Rooms, histories, sessions and de-duplication state. Serialized whole into snapshots; the
+/// two limits are configuration, not state, and are set again after decoding.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatState {
+    #[serde(skip)]
     devices_per_user: usize,
+    #[serde(skip)]
     history_size: usize,
+    #[serde(serialize_with = "sorted")]
     rooms: HashMap<String, Room>,
+    #[serde(serialize_with = "sorted")]
     sessions: HashMap<SessionId, Session>,
+    #[serde(serialize_with = "sorted")]
     by_client: HashMap<u64, SessionId>,
+    #[serde(serialize_with = "sorted")]
     devices: HashMap<String, Vec<SessionId>>,
+    #[serde(serialize_with = "sorted")]
     recent: HashMap<u64, Recent>,
     /// Per proposing node, its run and the highest proposal number applied from it:
     /// re-forwarded copies are skipped.
+    #[serde(serialize_with = "sorted")]
     applied_proposals: HashMap<NodeId, (u64, u64)>,
 }
 
+/// Serializes a map in key order, so every replica encodes the same state to the same bytes
+/// (and a simulation replays exactly).
+fn sorted<K: Ord + Serialize, V: Serialize, S: serde::Serializer>(
+    map: &HashMap<K, V>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    ser.collect_map(map.iter().collect::<std::collections::BTreeMap<_, _>>())
+}
+
 /// A client's last committed (client_seq, seq) pairs, and the highest client_seq among them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Recent {
     pairs: VecDeque<(u64, u64)>,
     max_client_seq: u64,
@@ -189,6 +209,12 @@ impl ChatState {
             recent: HashMap::new(),
             applied_proposals: HashMap::new(),
         }
+    }
+
+    /// Sets the limits of a state decoded from a snapshot (they are not part of it).
+    pub fn configure(&mut self, devices_per_user: usize, history_size: usize) {
+        self.devices_per_user = devices_per_user;
+        self.history_size = history_size;
     }
 
     /// Applies one committed entry, unless it repeats a proposal already applied (a proposal is

@@ -134,8 +134,10 @@ pub struct PersistMark {
 #[derive(Debug, Default)]
 pub struct Log {
     entries: Vec<Entry>,
-    /// Index of `entries[0]` minus one.
+    /// Index of `entries[0]` minus one: the last index compacted away (into a snapshot).
     offset: LogIndex,
+    /// Epoch of the entry at `offset` (0 when `offset` is 0).
+    offset_epoch: Epoch,
     persisted: LogIndex,
     committed: LogIndex,
     applied: LogIndex,
@@ -154,13 +156,55 @@ impl Log {
     /// A log recovered from storage: everything in it is durable.
     pub fn recovered(entries: Vec<Entry>) -> Log {
         let offset = entries.first().map_or(0, |e| e.index - 1);
-        let last = offset + entries.len() as LogIndex;
+        Log::after_snapshot(offset, 0, entries)
+    }
+
+    /// A log recovered from a snapshot covering up to (`index`, `epoch`) and the durable
+    /// entries after it: the snapshot's entries count as committed and applied.
+    pub fn after_snapshot(index: LogIndex, epoch: Epoch, entries: Vec<Entry>) -> Log {
+        let last = index + entries.len() as LogIndex;
         Log {
             entries,
-            offset,
+            offset: index,
+            offset_epoch: epoch,
             persisted: last,
+            committed: index,
+            applied: index,
             ..Log::default()
         }
+    }
+
+    /// The last index a snapshot covers (entries up to it are no longer held).
+    pub fn snapshot_index(&self) -> LogIndex {
+        self.offset
+    }
+
+    /// Drops the entries up to `index` (at most the applied index), which a snapshot covers.
+    pub fn compact_to(&mut self, index: LogIndex) {
+        let index = index.min(self.applied);
+        if index <= self.offset {
+            return;
+        }
+        let Some(epoch) = self.epoch_at(index) else {
+            return;
+        };
+        self.entries.drain(..(index - self.offset) as usize);
+        self.offset = index;
+        self.offset_epoch = epoch;
+    }
+
+    /// Replaces the whole log by an installed snapshot covering up to (`index`, `epoch`). It is
+    /// not durable until the next persist (which stores the snapshot and resets storage).
+    pub fn reset_to(&mut self, index: LogIndex, epoch: Epoch) {
+        self.entries.clear();
+        self.offset = index;
+        self.offset_epoch = epoch;
+        self.persisted = self.persisted.min(index.saturating_sub(1));
+        self.committed = index;
+        self.applied = index;
+        // The snapshot replaces the stored log wholesale: no separate truncation.
+        self.truncated_from = None;
+        self.generation += 1;
     }
 
     /// Index of the last entry (0 when empty).
@@ -168,15 +212,16 @@ impl Log {
         self.offset + self.entries.len() as LogIndex
     }
 
-    /// Epoch of the last entry (0 when empty).
+    /// Epoch of the last entry (that of the snapshot's last entry when none is held).
     pub fn last_epoch(&self) -> Epoch {
-        self.entries.last().map_or(0, |e| e.epoch)
+        self.entries.last().map_or(self.offset_epoch, |e| e.epoch)
     }
 
-    /// Epoch of the entry at `index` (0 for index 0; None if not held).
+    /// Epoch of the entry at `index` (0 for index 0; the snapshot's at its index; None if not
+    /// held).
     pub fn epoch_at(&self, index: LogIndex) -> Option<Epoch> {
-        if index == 0 {
-            return Some(0);
+        if index == self.offset {
+            return Some(self.offset_epoch);
         }
         self.get(index).map(|e| e.epoch)
     }
@@ -228,6 +273,10 @@ impl Log {
     /// suffix first. Returns Err with the index if that would remove a committed entry.
     pub fn merge(&mut self, entries: &[Entry]) -> Result<(), LogIndex> {
         for e in entries {
+            if e.index <= self.offset {
+                // Covered by the snapshot, hence committed and identical.
+                continue;
+            }
             match self.get(e.index).map(|x| x.epoch) {
                 Some(epoch) if epoch == e.epoch => continue,
                 Some(_) => {
@@ -264,7 +313,7 @@ impl Log {
 
     /// Entries not yet persisted, for the driver to write.
     pub fn unpersisted(&self) -> &[Entry] {
-        let from = (self.persisted - self.offset) as usize;
+        let from = self.persisted.saturating_sub(self.offset) as usize;
         &self.entries[from.min(self.entries.len())..]
     }
 
@@ -390,6 +439,39 @@ mod tests {
         log.commit_to(2);
         assert_eq!(log.merge(&[e(2, 3)]), Err(2));
         assert_eq!(log.epoch_at(2), Some(1));
+    }
+
+    #[test]
+    fn compaction_keeps_positions_and_the_snapshot_epoch() {
+        let mut log = Log::recovered(vec![e(1, 1), e(2, 2), e(3, 2)]);
+        log.commit_to(3);
+        while log.next_to_apply().is_some() {}
+        log.compact_to(2);
+        assert_eq!((log.snapshot_index(), log.last_index()), (2, 3));
+        assert_eq!((log.epoch_at(2), log.epoch_at(1)), (Some(2), None));
+        assert!(log.slice(2, 10, 1 << 20).is_empty());
+        assert_eq!(log.slice(3, 10, 1 << 20).len(), 1);
+        // The leader re-sending entries the snapshot covers changes nothing.
+        log.merge(&[e(2, 2), e(3, 2), e(4, 2)]).unwrap();
+        assert_eq!(log.last_index(), 4);
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_log_and_is_durable_only_once_persisted() {
+        let mut log = Log::recovered(vec![e(1, 1), e(2, 1)]);
+        log.reset_to(10, 3);
+        assert_eq!((log.last_index(), log.last_epoch()), (10, 3));
+        assert_eq!((log.committed(), log.applied()), (10, 10));
+        assert!(log.persisted() < 10);
+        log.merge(&[e(11, 3)]).unwrap();
+        assert_eq!(log.unpersisted().len(), 1);
+        log.persisted_through(log.persist_mark());
+        assert_eq!(log.persisted(), 11);
+        let r = Log::after_snapshot(10, 3, vec![e(11, 3)]);
+        assert_eq!(
+            (r.epoch_at(10), r.applied(), r.last_index()),
+            (Some(3), 10, 11)
+        );
     }
 
     #[test]

@@ -17,6 +17,33 @@ pub struct Progress {
     pub probe_sent: Option<Instant>,
     /// When the follower last answered this leader.
     pub last_ack: Instant,
+    /// The snapshot being streamed to it, when it is behind the compacted log.
+    pub snapshot: Option<SnapshotSend>,
+}
+
+/// How far a snapshot transfer to one follower has got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSend {
+    /// The snapshot's last log index (a newer snapshot restarts the transfer).
+    pub index: LogIndex,
+    /// Bytes sent.
+    pub sent: u64,
+    /// Bytes the follower has confirmed.
+    pub acked: u64,
+    /// When `acked` last moved (a stalled transfer resumes from `acked`).
+    pub progressed: Instant,
+}
+
+impl SnapshotSend {
+    /// A transfer of the snapshot at `index` from its start.
+    pub fn new(index: LogIndex, now: Instant) -> SnapshotSend {
+        SnapshotSend {
+            index,
+            sent: 0,
+            acked: 0,
+            progressed: now,
+        }
+    }
 }
 
 impl Progress {
@@ -28,6 +55,7 @@ impl Progress {
             probing: true,
             probe_sent: None,
             last_ack: now,
+            snapshot: None,
         }
     }
 
@@ -37,6 +65,7 @@ impl Progress {
         self.next_index = self.next_index.max(self.match_index + 1);
         self.probing = false;
         self.probe_sent = None;
+        self.snapshot = None;
     }
 
     /// The follower's log did not match before `next_index`; `hint` is where the follower says to retry from (at most its last index). A hint
@@ -55,6 +84,7 @@ impl Progress {
     pub fn reset(&mut self) {
         self.probing = true;
         self.probe_sent = None;
+        self.snapshot = None;
         self.next_index = self.match_index + 1;
     }
 }

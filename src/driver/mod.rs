@@ -111,6 +111,8 @@ pub enum DriverError {
     },
     /// The stored log could not be loaded at startup.
     Storage(StorageError),
+    /// The stored snapshot could not be decoded at startup.
+    Snapshot(crate::codec::CodecError),
     /// An event-loop system call failed.
     Io {
         /// What was being done.
@@ -145,6 +147,7 @@ impl fmt::Display for DriverError {
                 write!(f, "cannot write port file {}: {source}", path.display())
             }
             DriverError::Storage(e) => write!(f, "cannot load the log: {e}"),
+            DriverError::Snapshot(e) => write!(f, "cannot read the stored snapshot: {e}"),
             DriverError::Io { context, source } => write!(f, "{context} failed: {source}"),
         }
     }
@@ -158,6 +161,7 @@ impl std::error::Error for DriverError {
             | DriverError::PortFile { source, .. }
             | DriverError::Io { source, .. } => Some(source),
             DriverError::Storage(e) => Some(e),
+            DriverError::Snapshot(e) => Some(e),
             DriverError::Locked { .. } => None,
         }
     }
@@ -353,7 +357,8 @@ impl<S: Storage> Driver<S> {
         raise_fd_limit(id, config.max_connections);
 
         let recovered = storage.load().map_err(DriverError::Storage)?;
-        let node = Node::new(config.node_config(), recovered, now());
+        let node =
+            Node::new(config.node_config(), recovered, now()).map_err(DriverError::Snapshot)?;
 
         let poll = Poll::new().map_err(io_err("creating the poller"))?;
         let mut listener = listen(config.listen).map_err(|source| DriverError::Bind {
@@ -781,11 +786,12 @@ impl<S: Storage> Driver<S> {
         };
         let token = p.token;
         if let Err(e) = storage::write(&mut self.storage, &p) {
-            error!(
+            warn!(
                 "node {}: {e}; the last writes are not durable, retrying in {:?}",
                 self.id, STORAGE_RETRY
             );
             self.storage_retry_at = Some(now.mono + STORAGE_RETRY);
+            self.node.handle_persist_failed(now, e.to_string());
             return;
         }
         self.node.handle_persisted(now, token);

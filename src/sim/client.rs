@@ -650,7 +650,7 @@ impl SimClient {
                         env.notes.push(format!("{who}: refused: {}", e.message));
                         self.give_up(env, true);
                     }
-                    Some(ErrorCode::ShuttingDown) => {
+                    Some(ErrorCode::ShuttingDown | ErrorCode::StorageFailed) => {
                         env.notes.push(format!("{who}: told to go: {}", e.message));
                         self.give_up(env, true);
                     }

@@ -32,9 +32,9 @@ pub enum Fault {
     /// The node dies and loses its disk: it restarts empty (at most one node is without its
     /// data at a time, so a majority always keeps every committed entry).
     Wipe(NodeId),
-    /// The node's storage fails every write for a while (the driver retries later and goes
-    /// on sending what does not wait for durability).
-    DiskStall(NodeId),
+    /// The node's storage fails every write for a while, as a full disk would: the node
+    /// refuses client writes and any leadership, and retries at each turn.
+    DiskFail(NodeId),
     /// A client's connection breaks.
     ClientReset(usize),
 }
@@ -49,7 +49,7 @@ impl Fault {
             Fault::Clog(..) => "clog",
             Fault::Pause(_) => "pause",
             Fault::Crash(..) => "crash",
-            Fault::DiskStall(_) => "disk-stall",
+            Fault::DiskFail(_) => "disk-fail",
             Fault::Wipe(_) => "wipe",
             Fault::ClientReset(_) => "client-reset",
         }
@@ -154,7 +154,7 @@ impl FaultPlan {
                 }
                 (Fault::Pause(v), span(rng, self.pause_for))
             }
-            69..=74 => (Fault::DiskStall(pick(rng)), span(rng, self.pause_for)),
+            69..=74 => (Fault::DiskFail(pick(rng)), span(rng, self.pause_for)),
             75..=91 => {
                 let v = pick(rng);
                 if down.contains(&v) || !may_take_down {

@@ -59,6 +59,12 @@ pub struct SimConfig {
     pub failure_timeout: Duration,
     /// Nodes' session timeout (sessions of a node lost this long end).
     pub session_timeout: Duration,
+    /// Nodes snapshot after this many applied entries (small, so runs compact and install).
+    pub snapshot_entries: u64,
+    /// Entries nodes keep behind a snapshot.
+    pub compact_keep: u64,
+    /// Bytes of one snapshot chunk (small, so a transfer takes many).
+    pub snapshot_chunk: usize,
     /// Print the trace of the run on stderr.
     pub verbose: bool,
 }
@@ -79,6 +85,9 @@ impl SimConfig {
             heartbeat: Duration::from_millis(30),
             failure_timeout: Duration::from_millis(200),
             session_timeout: Duration::from_millis(1500),
+            snapshot_entries: 64,
+            compact_keep: 16,
+            snapshot_chunk: 512,
             verbose: false,
         }
     }

@@ -41,6 +41,11 @@ impl MemStorage {
         self.failing = failing;
     }
 
+    /// True while writes fail.
+    pub fn is_failing(&self) -> bool {
+        self.failing
+    }
+
     /// Number of entries held, synced or not.
     pub fn len(&self) -> usize {
         self.current.entries.len()

@@ -123,9 +123,20 @@ pub trait Storage {
     fn load(&mut self) -> Result<Recovered, StorageError>;
 }
 
-/// Carries out one [`Persist`] bundle: snapshot, truncate, append, election state, one sync,
-/// then compaction when a snapshot was written.
+/// Carries out one [`Persist`] bundle: its writes, one sync, then compaction when a snapshot
+/// was written.
 pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<(), StorageError> {
+    stage(storage, p)?;
+    storage.sync()?;
+    if p.snapshot.is_some() {
+        storage.compact()?;
+    }
+    Ok(())
+}
+
+/// The writes of a [`Persist`] bundle without the sync: snapshot, truncate, append, election
+/// state (what a crash right before the sync leaves half done).
+pub fn stage<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<(), StorageError> {
     if let Some(s) = &p.snapshot {
         storage.save_snapshot(s.snapshot, s.replaces_log)?;
     }
@@ -137,10 +148,6 @@ pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<()
     }
     if let Some(hs) = &p.hard_state {
         storage.save_hard_state(hs)?;
-    }
-    storage.sync()?;
-    if p.snapshot.is_some() {
-        storage.compact()?;
     }
     Ok(())
 }

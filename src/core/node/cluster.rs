@@ -88,9 +88,15 @@ impl Node {
                     // The announcement of this epoch's leader was lost on the way to us.
                     self.follow(now.mono, from);
                     self.leader_confirmed = true;
+                } else if h.epoch == self.hard.epoch && h.leader == Some(from) {
+                    // The leader is alive even while it has nothing to append (a snapshot
+                    // transfer waiting on our acknowledgements).
+                    self.leader_heard = now.mono;
                 }
             }
             PeerFrame::Append(a) => self.handle_append(now.mono, from, a),
+            PeerFrame::Snapshot(c) => self.handle_snapshot_chunk(now.mono, from, c),
+            PeerFrame::SnapshotReply(r) => self.handle_snapshot_reply(now.mono, from, r),
             PeerFrame::AppendReply(r) => self.handle_append_reply(now.mono, from, r),
             PeerFrame::Token(t) => self.handle_token(now.mono, from, t),
             PeerFrame::Elected(e) => self.handle_elected(now.mono, e),
@@ -158,6 +164,7 @@ impl Node {
     /// replicates; a follower forwards its proposals to the leader. Call after the input of a
     /// loop turn and again after [`Node::handle_persisted`].
     pub fn flush(&mut self, now: Now) {
+        self.maybe_snapshot();
         match self.role {
             Role::Leader => {
                 for p in self.outbox.take_unsent() {
@@ -223,7 +230,7 @@ impl Node {
     /// report epoch 0 that they must include one of every past election's participants (who
     /// would report a later epoch): then the whole cluster is new. Its own empty state proves
     /// nothing, since it may have been wiped.
-    fn check_amnesia(&mut self) {
+    pub(super) fn check_amnesia(&mut self) {
         let done = match self.amnesia {
             Amnesia::No => return,
             Amnesia::CatchingUpTo(index) => self.log.applied() >= index,
@@ -318,7 +325,7 @@ impl Node {
     }
 
     /// Moves to a newer epoch (durably); whoever led or campaigned before stops.
-    fn observe_epoch(&mut self, epoch: Epoch, now: Instant) {
+    pub(super) fn observe_epoch(&mut self, epoch: Epoch, now: Instant) {
         if epoch <= self.hard.epoch {
             return;
         }
@@ -347,7 +354,7 @@ impl Node {
     pub(super) fn start_election(&mut self, now: Now) {
         let t = now.mono;
         self.election_due = Some(t + self.cfg.failure_timeout * 2 + self.election_delay());
-        if self.amnesia != Amnesia::No {
+        if self.amnesia != Amnesia::No || self.storage_error.is_some() {
             return;
         }
         let reachable = 1 + self.peers.keys().filter(|&&p| self.alive(p, t)).count();
@@ -411,6 +418,9 @@ impl Node {
 
     /// Why this node would not take part in an election for `epoch` (None: it would).
     fn decline_reason(&self, now: Instant, epoch: Epoch) -> Option<&'static str> {
+        if self.storage_error.is_some() {
+            return Some("its storage is failing");
+        }
         if epoch <= self.hard.participated {
             return Some("it already took part in that epoch or a later one");
         }
@@ -540,6 +550,7 @@ impl Node {
         self.leader = Some(self.cfg.id);
         self.election = None;
         self.election_due = None;
+        self.incoming = None;
         let last = self.log.last_index();
         self.progress = self
             .peers
@@ -602,20 +613,42 @@ impl Node {
 
     fn check_majority(&mut self, now: Instant) {
         if !self.majority_acked(now) {
-            warn!(
-                "node {}: stepping down from epoch {}: a majority stopped answering",
-                self.cfg.id, self.hard.epoch
-            );
-            self.role = Role::Follower;
-            self.leader = None;
-            self.progress.clear();
-            self.outbox.resend_all();
-            self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+            self.step_down(now, "a majority stopped answering");
         }
     }
 
+    /// Stops leading (or campaigning) in the current epoch and waits for another leader.
+    pub(super) fn step_down(&mut self, now: Instant, why: &str) {
+        warn!(
+            "node {}: stepping down from epoch {}: {why}",
+            self.cfg.id, self.hard.epoch
+        );
+        self.role = Role::Follower;
+        self.leader = None;
+        self.election = None;
+        self.progress.clear();
+        self.outbox.resend_all();
+        self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+    }
+
+    /// A frame from `from` claiming leadership of `epoch`: follow it unless the epoch is stale
+    /// (returns false then).
+    pub(super) fn accept_leader(&mut self, now: Instant, from: NodeId, epoch: Epoch) -> bool {
+        if epoch < self.hard.epoch {
+            return false;
+        }
+        self.observe_epoch(epoch, now);
+        if self.leader != Some(from) || self.role != Role::Follower {
+            self.follow(now, from);
+        }
+        self.leader_confirmed = true;
+        self.leader_heard = now;
+        self.election_due = Some(now + self.cfg.failure_timeout * 2);
+        true
+    }
+
     fn handle_append(&mut self, now: Instant, from: NodeId, a: Append) {
-        if a.epoch < self.hard.epoch {
+        if !self.accept_leader(now, from, a.epoch) {
             let reply = AppendReply {
                 epoch: self.hard.epoch,
                 ok: false,
@@ -623,14 +656,20 @@ impl Node {
             };
             return self.send_peer(from, &PeerFrame::AppendReply(reply));
         }
-        self.observe_epoch(a.epoch, now);
-        if self.leader != Some(from) || self.role != Role::Follower {
-            self.follow(now, from);
+        if self.storage_error.is_some() && !a.entries.is_empty() {
+            // Entries we cannot store would only pile up in memory: the leader probes again
+            // from our last entry until storage works. (No commit either: nothing here says
+            // our log matches the leader's.)
+            let reply = AppendReply {
+                epoch: self.hard.epoch,
+                ok: false,
+                index: self.log.last_index().min(a.prev_index),
+            };
+            return self.send_peer(from, &PeerFrame::AppendReply(reply));
         }
-        self.leader_confirmed = true;
-        self.leader_heard = now;
-        self.election_due = Some(now + self.cfg.failure_timeout * 2);
-        if self.log.epoch_at(a.prev_index) != Some(a.prev_epoch) {
+        // Below our snapshot everything is committed, so it matches any later leader's log.
+        let covered = a.prev_index < self.log.snapshot_index();
+        if !covered && self.log.epoch_at(a.prev_index) != Some(a.prev_epoch) {
             let hint = self.log.last_index().min(a.prev_index.saturating_sub(1));
             let reply = AppendReply {
                 epoch: self.hard.epoch,
@@ -651,7 +690,7 @@ impl Node {
             };
             return self.send_peer(from, &PeerFrame::AppendReply(reply));
         }
-        let matched = a.prev_index + a.entries.len() as LogIndex;
+        let matched = (a.prev_index + a.entries.len() as LogIndex).max(self.log.snapshot_index());
         self.log.commit_to(a.commit.min(matched));
         self.apply_committed();
         if self.amnesia == Amnesia::Unknown {
@@ -710,6 +749,10 @@ impl Node {
         let Some(pr) = self.progress.get(&peer).cloned() else {
             return;
         };
+        if pr.next_index <= self.log.snapshot_index() {
+            // The entries it needs are compacted away: it gets the snapshot instead.
+            return self.send_snapshot(now, peer);
+        }
         let commit = self.log.committed();
         let last = self.log.last_index();
         let mut next = pr.next_index;
@@ -782,7 +825,7 @@ impl Node {
         self.send_peer(peer, &PeerFrame::Heartbeat(hb));
     }
 
-    fn send_peer(&mut self, to: NodeId, frame: &PeerFrame) {
+    pub(super) fn send_peer(&mut self, to: NodeId, frame: &PeerFrame) {
         let bytes = encode_peer(frame);
         self.actions.push_back(Action::SendPeer { to, bytes });
     }
@@ -794,7 +837,7 @@ impl Node {
 
     /// Queues an action that must wait until the election state and the log up to `index`
     /// are durable.
-    fn hold_until(&mut self, index: LogIndex, action: Action) {
+    pub(super) fn hold_until(&mut self, index: LogIndex, action: Action) {
         if self.hard_persisted >= self.hard_version && self.log.persisted() >= index {
             self.actions.push_back(action);
         } else {
@@ -819,7 +862,7 @@ enum Nudge {
     EntriesOnly,
 }
 
-fn encode_peer(frame: &PeerFrame) -> crate::core::SharedBytes {
+pub(super) fn encode_peer(frame: &PeerFrame) -> crate::core::SharedBytes {
     // Peer frames are built from our own state and bounded (Append batches by bytes), so a
     // failure here is a bug; an empty send keeps the node running and the log says why.
     match codec::encode(frame) {

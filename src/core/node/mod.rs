@@ -4,11 +4,13 @@
 //! The cluster half (ring election, replication, timers) is in `cluster.rs`.
 
 mod cluster;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info};
+use log::{debug, error, info};
 
 use super::chat::{ChatState, Outcome, RoomExit, StoredMessage};
 use super::log::{Command, Entry, HardState, Log, LogIndex, PersistMark};
@@ -18,6 +20,8 @@ use super::progress::Progress;
 use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
 use crate::storage::{Recovered, StoredSnapshot};
+
+use snapshot::{Incoming, PendingSnapshot};
 
 /// Tunables of the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +56,16 @@ pub struct NodeConfig {
     pub replication_window: u64,
     /// Seed of the node's random generator (election jitter).
     pub seed: u64,
+    /// Take a snapshot once this many entries were applied since the last one (0: only on
+    /// request).
+    pub snapshot_entries: u64,
+    /// Entries kept in memory behind a snapshot, so a follower slightly behind gets entries
+    /// rather than the whole snapshot.
+    pub compact_keep: u64,
+    /// Bytes of one snapshot chunk sent to a follower.
+    pub snapshot_chunk: usize,
+    /// Snapshot chunks sent ahead of the follower's acknowledgements.
+    pub snapshot_window: usize,
 }
 
 impl Default for NodeConfig {
@@ -72,6 +86,10 @@ impl Default for NodeConfig {
             max_append_bytes: 1 << 20,
             replication_window: 8192,
             seed: 1,
+            snapshot_entries: 100_000,
+            compact_keep: 10_000,
+            snapshot_chunk: 256 * 1024,
+            snapshot_window: 4,
         }
     }
 }
@@ -103,6 +121,8 @@ impl Role {
 pub struct PersistToken {
     log: PersistMark,
     hard_version: u64,
+    /// The index of the snapshot the bundle stored, if it stored one.
+    snapshot: Option<LogIndex>,
 }
 
 /// A snapshot the driver must store (before the log writes of the same [`Persist`]).
@@ -223,6 +243,16 @@ pub struct Node {
     /// Started without durable state in a cluster of several: until it has caught up (or sees
     /// the whole cluster is new) its empty log must not count in an election.
     amnesia: Amnesia,
+    /// The newest durable snapshot (taken here or installed), streamed to followers behind it.
+    snapshot: Option<Rc<StoredSnapshot>>,
+    /// A snapshot to store at the next persist.
+    pending_snapshot: Option<PendingSnapshot>,
+    /// A snapshot being received from the leader.
+    incoming: Option<Incoming>,
+    /// An admin asked for a snapshot.
+    snapshot_requested: bool,
+    /// Why the last persist failed, while storage is failing: no writes are taken meanwhile.
+    storage_error: Option<String>,
 }
 
 /// An election this node started: its epoch, and whether it is the pre-election.
@@ -245,8 +275,9 @@ enum Amnesia {
 
 impl Node {
     /// A node that recovers from `recovered` (its durable state). A cluster of one leads at once;
-    /// otherwise the node follows and waits for a leader (or elects one).
-    pub fn new(cfg: NodeConfig, recovered: Recovered, now: Now) -> Node {
+    /// otherwise the node follows and waits for a leader (or elects one). Fails only when the
+    /// recovered snapshot does not decode.
+    pub fn new(cfg: NodeConfig, recovered: Recovered, now: Now) -> Result<Node, CodecError> {
         let mut members = cfg.members.clone();
         members.push(cfg.id);
         members.sort_unstable();
@@ -254,6 +285,7 @@ impl Node {
         let amnesia = if recovered.hard_state.amnesiac
             || (recovered.hard_state == HardState::default()
                 && recovered.entries.is_empty()
+                && recovered.snapshot.is_none()
                 && members.len() > 1)
         {
             Amnesia::Unknown
@@ -266,8 +298,19 @@ impl Node {
         // storage): the wall clock in milliseconds provides it. Only distinctness matters.
         hard.incarnation = (hard.incarnation + 1).max(now.unix_ms);
         let incarnation = hard.incarnation;
-        let chat = ChatState::new(cfg.devices_per_user as usize, cfg.history_size as usize);
-        let log = Log::recovered(recovered.entries);
+        let (devices, history) = (cfg.devices_per_user as usize, cfg.history_size as usize);
+        let (chat, log) = match &recovered.snapshot {
+            Some(s) => {
+                let mut chat = codec::decode_snapshot(&s.bytes)?;
+                chat.configure(devices, history);
+                let log = Log::after_snapshot(s.meta.index, s.meta.epoch, recovered.entries);
+                (chat, log)
+            }
+            None => (
+                ChatState::new(devices, history),
+                Log::recovered(recovered.entries),
+            ),
+        };
         let mut outbox = Outbox::new(cfg.id, incarnation);
         // Sessions of our previous run are gone; this goes first, before any new session.
         outbox.push(Command::NodeBoot { node: cfg.id });
@@ -312,6 +355,11 @@ impl Node {
             rng,
             shutting_down: false,
             amnesia,
+            snapshot: recovered.snapshot.map(Rc::new),
+            pending_snapshot: None,
+            incoming: None,
+            snapshot_requested: false,
+            storage_error: None,
             cfg,
         };
         info!(
@@ -326,7 +374,7 @@ impl Node {
         if node.members.len() == 1 {
             node.start_election(now);
         }
-        node
+        Ok(node)
     }
 
     /// This node's id.
@@ -511,15 +559,24 @@ impl Node {
         let hard_state = (self.hard_version != self.hard_persisted).then_some(self.hard);
         let entries = self.log.unpersisted();
         let truncate_from = self.log.truncated_from();
-        if hard_state.is_none() && entries.is_empty() && truncate_from.is_none() {
+        let snapshot = self.pending_snapshot.as_ref().map(|p| SnapshotWrite {
+            snapshot: &p.snapshot,
+            replaces_log: p.replaces_log,
+        });
+        if hard_state.is_none()
+            && entries.is_empty()
+            && truncate_from.is_none()
+            && snapshot.is_none()
+        {
             return None;
         }
         let token = PersistToken {
             log: self.log.persist_mark(),
             hard_version: self.hard_version,
+            snapshot: snapshot.as_ref().map(|s| s.snapshot.meta.index),
         };
         Some(Persist {
-            snapshot: None,
+            snapshot,
             hard_state,
             truncate_from,
             entries,
@@ -529,8 +586,17 @@ impl Node {
 
     /// Storage made a [`Persist`] durable: commit what that allows, release what waited on it.
     pub fn handle_persisted(&mut self, _now: Now, token: PersistToken) {
+        if let Some(why) = self.storage_error.take() {
+            info!(
+                "node {}: storage works again (it failed: {why}); taking writes",
+                self.cfg.id
+            );
+        }
         self.log.persisted_through(token.log);
         self.hard_persisted = self.hard_persisted.max(token.hard_version);
+        if let Some(index) = token.snapshot {
+            self.snapshot_persisted(index);
+        }
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -545,6 +611,27 @@ impl Node {
             }
         }
         self.apply_committed();
+    }
+
+    /// Storage could not make a [`Persist`] durable (disk full, I/O error). Nothing it covered
+    /// is acknowledged; the driver retries it. Meanwhile the node takes no writes from clients
+    /// and steps down if it leads (it could not store its own entries), and refuses to lead.
+    pub fn handle_persist_failed(&mut self, now: Now, why: String) {
+        if self.storage_error.is_none() {
+            error!(
+                "node {}: storage failed: {why}; refusing writes until it works again",
+                self.cfg.id
+            );
+        }
+        self.storage_error = Some(why);
+        if self.role != Role::Follower {
+            self.step_down(now.mono, "its storage is failing");
+        }
+    }
+
+    /// Why storage is failing, while it is.
+    pub fn storage_error(&self) -> Option<&str> {
+        self.storage_error.as_deref()
     }
 
     /// Stop serving: tell every client to go elsewhere; the driver then flushes and closes.
@@ -572,8 +659,14 @@ impl Node {
         }
     }
 
-    /// Too many proposals wait already: tell the client to retry rather than drop silently.
+    /// Refuses a write, with an error saying why, when storage is failing or too many proposals
+    /// wait already (rather than dropping it silently).
     fn busy(&mut self, conn: ConnId, client_seq: Option<u64>) -> bool {
+        if let Some(why) = &self.storage_error {
+            let msg = format!("this node cannot store writes ({why}); use another node");
+            self.fail(conn, ErrorCode::StorageFailed, client_seq, msg);
+            return true;
+        }
         if self.outbox.len() < self.cfg.max_pending {
             return false;
         }

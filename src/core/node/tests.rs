@@ -27,7 +27,7 @@ impl Harness {
             unix_ms: 1_700_000_000_000,
         };
         Harness {
-            node: Node::new(cfg, recovered, now),
+            node: Node::new(cfg, recovered, now).expect("recovered state decodes"),
             now,
             frames: HashMap::new(),
             closed: Vec::new(),

@@ -93,10 +93,8 @@ impl World {
                 self.crash(id, point);
                 self.schedule(now + dur, Event::Heal(Heal::Restart(id)));
             }
-            Fault::DiskStall(id) => {
-                if let Some(n) = self.nodes.get_mut(&id) {
-                    n.disk_stalled = true;
-                }
+            Fault::DiskFail(id) => {
+                self.fail_disk(id);
                 self.schedule(now + dur, Event::Heal(Heal::Disk(id)));
             }
             Fault::Wipe(id) => {

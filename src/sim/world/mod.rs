@@ -84,8 +84,6 @@ struct SimNode {
     paused: bool,
     backlog: VecDeque<Input>,
     crash_pending: Option<CrashPoint>,
-    /// Storage fails (writes are not carried out) while set.
-    disk_stalled: bool,
     restarts: u64,
     /// Last (role, epoch, leader) reported, for the trace.
     last_view: Option<(Role, u64, Option<NodeId>)>,
@@ -158,6 +156,9 @@ impl World {
                 heartbeat_interval: cfg.heartbeat,
                 failure_timeout: cfg.failure_timeout,
                 session_timeout: cfg.session_timeout,
+                snapshot_entries: cfg.snapshot_entries,
+                compact_keep: cfg.compact_keep,
+                snapshot_chunk: cfg.snapshot_chunk,
                 seed: rng.u64(..),
                 ..NodeConfig::default()
             };
@@ -170,7 +171,6 @@ impl World {
                     paused: false,
                     backlog: VecDeque::new(),
                     crash_pending: None,
-                    disk_stalled: false,
                     restarts: 0,
                     last_view: None,
                     spin: (0, 0),
@@ -593,13 +593,26 @@ impl World {
         Ok(self.now() - start)
     }
 
-    /// End-of-run checks once converged: every acknowledged message is on every node.
+    /// End-of-run checks once converged: every acknowledged message is on every node, and
+    /// every node's chat state is the same (whether it applied the log or installed a snapshot).
     pub fn final_checks(&self) -> Result<(), Failure> {
+        let mut first: Option<(NodeId, &Node)> = None;
         for (&id, n) in &self.nodes {
             if let Some(node) = &n.node {
                 self.checker
                     .check_acked_present(id, node)
                     .map_err(|v| self.failure(v))?;
+                match first {
+                    None => first = Some((id, node)),
+                    Some((a, na)) if na.chat() != node.chat() => {
+                        return Err(self.failure(format!(
+                            "replicas: node {a} and node {id} applied index {} but their chat \
+                             states differ",
+                            node.stats().applied
+                        )));
+                    }
+                    Some(_) => {}
+                }
             }
         }
         Ok(())

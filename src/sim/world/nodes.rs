@@ -18,7 +18,10 @@ impl World {
             Ok(r) => r,
             Err(e) => return self.fail(format!("node {id}: storage load failed: {e}")),
         };
-        n.node = Some(Node::new(n.cfg.clone(), recovered, now));
+        match Node::new(n.cfg.clone(), recovered, now) {
+            Ok(node) => n.node = Some(node),
+            Err(e) => return self.fail(format!("node {id}: stored snapshot unreadable: {e}")),
+        }
         n.paused = false;
         n.backlog.clear();
         n.last_view = None;
@@ -153,7 +156,6 @@ impl World {
                 node,
                 storage,
                 crash_pending,
-                disk_stalled,
                 ..
             } = n;
             let Some(node) = node.as_mut() else {
@@ -165,11 +167,7 @@ impl World {
                     match point {
                         CrashPoint::BeforeSync => {
                             // Written, never synced: the crash loses it.
-                            let _ = p.truncate_from.map(|f| storage.truncate(f));
-                            let _ = storage.append(p.entries);
-                            if let Some(hs) = &p.hard_state {
-                                let _ = storage.save_hard_state(hs);
-                            }
+                            let _ = storage::stage(storage, &p);
                         }
                         CrashPoint::BeforeSend => {
                             let _ = storage::write(storage, &p);
@@ -179,13 +177,15 @@ impl World {
                 }
                 return self.crash_now(id, point);
             }
-            if let Some(p) = node.to_persist().filter(|_| !*disk_stalled) {
+            if let Some(p) = node.to_persist() {
                 let token = p.token;
-                if let Err(e) = storage::write(storage, &p) {
-                    return self.fail(format!("node {id}: storage write failed: {e}"));
+                match storage::write(storage, &p) {
+                    Ok(()) => {
+                        node.handle_persisted(now, token);
+                        node.flush(now);
+                    }
+                    Err(e) => node.handle_persist_failed(now, e.to_string()),
                 }
-                node.handle_persisted(now, token);
-                node.flush(now);
             }
             let mut actions = Vec::new();
             while let Some(a) = node.poll_action() {
@@ -268,15 +268,18 @@ impl World {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if std::mem::take(&mut n.disk_stalled) && n.node.is_some() && !n.paused {
-            self.turn(id);
+        if n.storage.is_failing() {
+            n.storage.set_failing(false);
+            if n.node.is_some() && !n.paused {
+                self.turn(id);
+            }
         }
     }
 
     /// Makes every write of the node's storage fail until [`World::disk_works`].
-    pub fn stall_disk(&mut self, id: NodeId) {
+    pub fn fail_disk(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.disk_stalled = true;
+            n.storage.set_failing(true);
         }
     }
 

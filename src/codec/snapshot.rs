@@ -1,0 +1,60 @@
+//! The state machine's snapshot encoding: what a snapshot file holds after its framing, and what
+//! the leader streams to a follower that is behind the compacted log.
+
+use serde::{Deserialize, Serialize};
+
+use super::{config, CodecError};
+use crate::core::chat::ChatState;
+
+/// Format of the snapshot image; a node refuses an image of another version.
+const IMAGE_VERSION: u32 = 1;
+/// Bound on what decoding a snapshot may allocate (a corrupt length cannot exhaust memory).
+const MAX_IMAGE: usize = 1 << 36;
+/// Kind reported in errors about snapshot images (not a frame kind).
+const IMAGE_KIND: u8 = 0;
+
+#[derive(Serialize)]
+struct ImageRef<'a> {
+    version: u32,
+    chat: &'a ChatState,
+}
+
+#[derive(Deserialize)]
+struct Image {
+    version: u32,
+    chat: ChatState,
+}
+
+/// Encodes the chat state as a snapshot image.
+pub fn encode_snapshot(chat: &ChatState) -> Result<Vec<u8>, CodecError> {
+    let image = ImageRef {
+        version: IMAGE_VERSION,
+        chat,
+    };
+    bincode::serde::encode_to_vec(&image, config::<MAX_IMAGE>())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a snapshot image (its limits are unset: see [`ChatState::configure`]).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<ChatState, CodecError> {
+    let bad = |reason: String| CodecError::BadPayload {
+        kind: IMAGE_KIND,
+        reason,
+    };
+    let (image, used): (Image, usize) =
+        bincode::serde::decode_from_slice(bytes, config::<MAX_IMAGE>())
+            .map_err(|e| bad(format!("snapshot image: {e}")))?;
+    if image.version != IMAGE_VERSION {
+        return Err(bad(format!(
+            "snapshot image version {} (this build reads {IMAGE_VERSION})",
+            image.version
+        )));
+    }
+    if used != bytes.len() {
+        return Err(bad(format!(
+            "snapshot image: {} trailing bytes",
+            bytes.len() - used
+        )));
+    }
+    Ok(image.chat)
+}
