@@ -23,10 +23,16 @@ fn main() -> ExitCode {
     };
     let id = config.id;
     info!(
-        "node {id}: ringchatd {} starting (data dir {}; the log is kept in memory in this version)",
+        "node {id}: ringchatd {} starting (data dir {})",
         env!("CARGO_PKG_VERSION"),
         config.data_dir.display()
     );
+    // A file size limit (ulimit -f) must fail the write, like a full disk (the node then
+    // refuses writes until it can store again), rather than kill the process.
+    let xfsz = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, xfsz) {
+        error!("node {id}: cannot handle SIGXFSZ: {e}");
+    }
     match driver::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,6 +4,7 @@
 //! the payload is read, the CRC is checked before it is decoded, and bincode runs with a byte
 //! limit so a hostile length prefix inside the payload cannot allocate more than the limit.
 
+pub mod disk;
 mod error;
 mod frames;
 mod header;

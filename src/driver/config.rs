@@ -54,6 +54,8 @@ pub const DEFAULT_CLUSTER_ID: u64 = 1;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 30;
 /// Default silence after which a peer or the leader is considered dead, in milliseconds.
 pub const DEFAULT_FAILURE_TIMEOUT_MS: u64 = 200;
+/// Default number of applied entries between two snapshots.
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 100_000;
 
 /// Largest `max_text` a `Say` frame can carry within the client payload limit.
 pub const MAX_TEXT_LIMIT: u32 = MAX_CLIENT_PAYLOAD - 3 * 8 - MAX_ROOM_LEN as u32;
@@ -113,11 +115,17 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// Directory of this node's data; created if missing and locked (DIR/LOCK holds the pid)
-    /// so two daemons cannot share it. In this version the log itself is kept in memory only:
-    /// nothing but the lock file is written there yet. [default: ./ringchat-data]
+    /// Directory of this node's data: the write-ahead log (DIR/wal), snapshots (DIR/snapshot)
+    /// and a lock (DIR/LOCK holds the pid) so two daemons cannot share it. Created if missing.
+    /// A node started with an empty directory is a new node to the cluster: it catches up
+    /// before it may vote. [default: ./ringchat-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Take a snapshot of the chat state (and drop the log before it) every N applied
+    /// entries; 0 takes them only on request (ringchat admin snapshot). [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub snapshot_entries: Option<u64>,
 
     /// Number of recent messages a client is shown when it joins a room. [default: 10]
     #[arg(long, value_name = "N")]
@@ -203,6 +211,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// See `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// See `--snapshot-entries`.
+    pub snapshot_entries: Option<u64>,
     /// See `--history-size`.
     pub history_size: Option<u32>,
     /// See `--max-text`.
@@ -251,6 +261,8 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// Data directory (`--data-dir`).
     pub data_dir: PathBuf,
+    /// Applied entries between snapshots (`--snapshot-entries`).
+    pub snapshot_entries: u64,
     /// Messages replayed on join (`--history-size`).
     pub history_size: u32,
     /// Longest message text (`--max-text`).
@@ -281,6 +293,7 @@ impl Default for DaemonConfig {
             id: 1,
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
             history_size: DEFAULT_HISTORY_SIZE,
             max_text: DEFAULT_MAX_TEXT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -339,6 +352,10 @@ impl DaemonConfig {
             id: args.id.or(file.id).unwrap_or(d.id),
             listen,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            snapshot_entries: args
+                .snapshot_entries
+                .or(file.snapshot_entries)
+                .unwrap_or(d.snapshot_entries),
             history_size: args
                 .history_size
                 .or(file.history_size)
@@ -450,6 +467,7 @@ impl DaemonConfig {
             failure_timeout: Duration::from_millis(self.failure_timeout_ms),
             history_size: self.history_size,
             max_text: self.max_text,
+            snapshot_entries: self.snapshot_entries,
             ..NodeConfig::default()
         }
     }
@@ -600,7 +618,8 @@ mod tests {
             "--cluster-id",
             "--heartbeat-ms",
             "--failure-timeout-ms",
-            "in memory",
+            "--snapshot-entries",
+            "write-ahead log",
         ] {
             assert!(help.contains(flag), "help lacks {flag}:\n{help}");
         }

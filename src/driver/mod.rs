@@ -52,7 +52,7 @@ use slab::Slab;
 
 use crate::codec::{self, ErrorCode, ErrorFrame, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now};
-use crate::storage::{self, Storage, StorageError, Volatile};
+use crate::storage::{self, FileOptions, FileStorage, Storage, StorageError};
 use conn::{InBuf, OutQueue};
 use peers::Mesh;
 
@@ -171,8 +171,8 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> DriverError {
     move |source| DriverError::Io { context, source }
 }
 
-/// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully.
-/// The log is kept in memory only (the core's own copy; [`Volatile`] storage) in this version.
+/// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully. Its log and
+/// snapshots are kept in files in the data directory.
 pub fn run(config: DaemonConfig) -> Result<(), DriverError> {
     Driver::new(config)?.run()
 }
@@ -258,7 +258,7 @@ struct Conn {
 }
 
 /// The event loop around one node. See the module docs for the turn structure.
-pub struct Driver<S: Storage = Volatile> {
+pub struct Driver<S: Storage = FileStorage> {
     cfg: DaemonConfig,
     id: NodeId,
     poll: Poll,
@@ -341,19 +341,30 @@ fn write_port_file(path: &Path, addr: SocketAddr) -> Result<(), DriverError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-impl Driver<Volatile> {
-    /// Binds the listener, locks the data directory and builds the node, with the log in
-    /// memory. Nothing is served until [`Driver::run`].
-    pub fn new(config: DaemonConfig) -> Result<Driver<Volatile>, DriverError> {
-        Driver::with_storage(config, Volatile)
+impl Driver<FileStorage> {
+    /// Locks the data directory, opens the log in it (checking it, and cutting a torn tail),
+    /// binds the listener and builds the node. Nothing is served until [`Driver::run`].
+    pub fn new(config: DaemonConfig) -> Result<Driver<FileStorage>, DriverError> {
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let storage = FileStorage::open(&config.data_dir, FileOptions::default())
+            .map_err(DriverError::Storage)?;
+        Driver::build(config, lock, storage)
     }
 }
 
 impl<S: Storage> Driver<S> {
     /// Like [`Driver::new`] with the given storage; the node recovers from `storage.load()`.
-    pub fn with_storage(config: DaemonConfig, mut storage: S) -> Result<Driver<S>, DriverError> {
-        let id = config.id;
+    pub fn with_storage(config: DaemonConfig, storage: S) -> Result<Driver<S>, DriverError> {
         let lock = DataDirLock::acquire(&config.data_dir)?;
+        Driver::build(config, lock, storage)
+    }
+
+    fn build(
+        config: DaemonConfig,
+        lock: DataDirLock,
+        mut storage: S,
+    ) -> Result<Driver<S>, DriverError> {
+        let id = config.id;
         raise_fd_limit(id, config.max_connections);
 
         let recovered = storage.load().map_err(DriverError::Storage)?;

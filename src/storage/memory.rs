@@ -130,12 +130,21 @@ impl Storage for MemStorage {
 
     fn load(&mut self) -> Result<Recovered, StorageError> {
         let w = &self.synced;
-        Ok(assemble(
+        let r = assemble(
             w.hard_state,
             self.snapshot.clone(),
             w.base,
             w.entries.clone(),
-        ))
+        );
+        // What is kept from here on is what was recovered: an install a crash interrupted is
+        // finished now, so entries appended after the snapshot are not dropped by a later load.
+        if let Some(s) = &r.snapshot {
+            self.synced.base = s.meta;
+            self.synced.entries = r.entries.clone();
+            self.current = self.synced.clone();
+            self.dirty_from = self.current.entries.len();
+        }
+        Ok(r)
     }
 }
 
@@ -177,6 +186,29 @@ mod tests {
         let r = s.load().unwrap();
         assert_eq!(r.entries, vec![e(1, 1), e(2, 1)]);
         assert_eq!(r.hard_state.epoch, 1);
+    }
+
+    #[test]
+    fn an_install_interrupted_by_a_crash_is_finished_by_the_next_load() {
+        let mut s = MemStorage::new();
+        s.append(&[e(1, 1), e(2, 1)]).unwrap();
+        s.sync().unwrap();
+        let snap = StoredSnapshot {
+            meta: SnapshotMeta {
+                index: 50,
+                epoch: 3,
+            },
+            bytes: vec![1, 2, 3],
+        };
+        s.save_snapshot(&snap, true).unwrap();
+        s.crash();
+        let r = s.load().unwrap();
+        assert!(r.entries.is_empty());
+        s.append(&[e(51, 3)]).unwrap();
+        s.sync().unwrap();
+        s.crash();
+        let r = s.load().unwrap();
+        assert_eq!((r.snapshot, r.entries), (Some(snap), vec![e(51, 3)]));
     }
 
     #[test]
