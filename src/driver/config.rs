@@ -468,6 +468,9 @@ impl DaemonConfig {
             history_size: self.history_size,
             max_text: self.max_text,
             snapshot_entries: self.snapshot_entries,
+            // A tenth of the interval (at most the default): enough for followers a little
+            // behind to get entries, little enough to bound memory.
+            compact_keep: (self.snapshot_entries / 10).min(NodeConfig::default().compact_keep),
             ..NodeConfig::default()
         }
     }

@@ -231,6 +231,20 @@ impl Cluster {
         self.dir.as_ref().expect("cluster dir").path()
     }
 
+    /// Node `id`'s data directory, the same for all its runs.
+    pub fn data_dir(&self, id: u32) -> PathBuf {
+        self.dir().join(format!("node{id}.data"))
+    }
+
+    /// Deletes the data directory of node `id` (stopped): it restarts as a new node.
+    pub fn wipe(&mut self, id: u32) {
+        assert!(!self.node(id).is_running(), "node {id} is still running");
+        let dir = self.data_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wipe {dir:?}: {e}"));
+        }
+    }
+
     fn log_path(&self, id: u32, incarnation: u32) -> PathBuf {
         self.dir().join(format!("node{id}.{incarnation}.log"))
     }
@@ -257,7 +271,7 @@ impl Cluster {
         let inc = self.node(id).incarnations + 1;
         let log_path = self.log_path(id, inc);
         let port_file = self.dir().join(format!("node{id}.{inc}.addr"));
-        let data = self.dir().join(format!("node{id}.{inc}.data"));
+        let data = self.data_dir(id);
         let log = File::create(&log_path).map_err(|e| e.to_string())?;
         let n = self.node(id);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringchatd"));
@@ -342,7 +356,7 @@ impl Cluster {
         self.node_mut(id).stopped = false;
     }
 
-    /// Starts node `id` again on the same addresses (it comes back with an empty log and
+    /// Starts node `id` again on the same addresses and data directory (it recovers its log and
     /// catches up from the leader). Retries for a while if a port is still taken.
     pub fn restart(&mut self, id: u32) {
         assert!(!self.node(id).is_running(), "node {id} is still running");

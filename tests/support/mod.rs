@@ -23,12 +23,22 @@ impl Daemon {
     /// Starts the daemon with `--listen 127.0.0.1:0` plus `extra` flags and waits (bounded)
     /// until it reports its bound address.
     pub fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Daemon::start_in(tempfile::tempdir().expect("tempdir"), extra, None)
+    }
+
+    /// Like [`Daemon::start`] in `dir` (its data directory is `dir/data`, kept across runs),
+    /// optionally with a file size limit (RLIMIT_FSIZE, soft; the hard limit stays) in bytes.
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str], max_file_size: Option<u64>) -> Daemon {
         let port_file = dir.path().join("addr");
+        let _ = std::fs::remove_file(&port_file);
         let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ringchatd"))
-            .args(["--listen", "127.0.0.1:0", "--port-file"])
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("daemon.log"))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringchatd"));
+        cmd.args(["--listen", "127.0.0.1:0", "--port-file"])
             .arg(&port_file)
             .arg("--data-dir")
             .arg(&data)
@@ -36,9 +46,16 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ringchatd");
+            .stderr(log);
+        if let Some(limit) = max_file_size {
+            use std::os::unix::process::CommandExt;
+            let (_, hard) = rlimit::Resource::FSIZE.get().expect("getrlimit");
+            // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || rlimit::Resource::FSIZE.set(limit, hard));
+            }
+        }
+        let child = cmd.spawn().expect("spawn ringchatd");
         let mut d = Daemon {
             child,
             addr: String::new(),
@@ -47,6 +64,15 @@ impl Daemon {
         d.addr = wait_for_file(&port_file, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("daemon did not start; log:\n{}", d.log()));
         d
+    }
+
+    /// Kills the daemon (SIGKILL, by PID) and hands back its directory for another run.
+    pub fn kill_keep_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        drop(self);
+        dir
     }
 
     /// The daemon's process id.

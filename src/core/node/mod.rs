@@ -622,6 +622,14 @@ impl Node {
                 "node {}: storage failed: {why}; refusing writes until it works again",
                 self.cfg.id
             );
+            // Writes in flight from our clients may never be stored here: they learn it now
+            // (and may re-send elsewhere; de-duplication makes that safe) rather than time out.
+            let msg = format!("this node cannot store writes ({why}); use another node");
+            let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            conns.sort();
+            for conn in conns {
+                self.fail(conn, ErrorCode::StorageFailed, None, msg.clone());
+            }
         }
         self.storage_error = Some(why);
         if self.role != Role::Follower {
