@@ -26,7 +26,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::codec::MAX_CLIENT_PAYLOAD;
@@ -127,6 +127,12 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N")]
     pub snapshot_entries: Option<u64>,
 
+    /// Where the log is kept: "file" (the write-ahead log in --data-dir, fsynced before any
+    /// acknowledgement) or "memory" (nothing survives the process: benchmarks and throwaway
+    /// clusters only). [default: file]
+    #[arg(long, value_name = "KIND")]
+    pub storage: Option<StorageKind>,
+
     /// Number of recent messages a client is shown when it joins a room. [default: 10]
     #[arg(long, value_name = "N")]
     pub history_size: Option<u32>,
@@ -201,6 +207,16 @@ impl PeersValue {
     }
 }
 
+/// Where a daemon keeps its log.
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// The write-ahead log and snapshots in the data directory.
+    File,
+    /// Nothing durable (the node restarts empty): for benchmarks and throwaway clusters.
+    Memory,
+}
+
 /// The keys of the TOML configuration file (all optional; unknown keys are an error).
 #[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +229,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See `--snapshot-entries`.
     pub snapshot_entries: Option<u64>,
+    /// See `--storage`.
+    pub storage: Option<StorageKind>,
     /// See `--history-size`.
     pub history_size: Option<u32>,
     /// See `--max-text`.
@@ -263,6 +281,8 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// Applied entries between snapshots (`--snapshot-entries`).
     pub snapshot_entries: u64,
+    /// Where the log is kept (`--storage`).
+    pub storage: StorageKind,
     /// Messages replayed on join (`--history-size`).
     pub history_size: u32,
     /// Longest message text (`--max-text`).
@@ -294,6 +314,7 @@ impl Default for DaemonConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            storage: StorageKind::File,
             history_size: DEFAULT_HISTORY_SIZE,
             max_text: DEFAULT_MAX_TEXT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -356,6 +377,7 @@ impl DaemonConfig {
                 .snapshot_entries
                 .or(file.snapshot_entries)
                 .unwrap_or(d.snapshot_entries),
+            storage: args.storage.or(file.storage).unwrap_or(d.storage),
             history_size: args
                 .history_size
                 .or(file.history_size)
@@ -622,6 +644,7 @@ mod tests {
             "--heartbeat-ms",
             "--failure-timeout-ms",
             "--snapshot-entries",
+            "--storage",
             "write-ahead log",
         ] {
             assert!(help.contains(flag), "help lacks {flag}:\n{help}");

@@ -32,7 +32,7 @@ pub mod config;
 pub mod conn;
 pub mod peers;
 
-pub use config::{ConfigError, DaemonArgs, DaemonConfig, FileConfig};
+pub use config::{ConfigError, DaemonArgs, DaemonConfig, FileConfig, StorageKind};
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -52,7 +52,7 @@ use slab::Slab;
 
 use crate::codec::{self, ErrorCode, ErrorFrame, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now};
-use crate::storage::{self, FileOptions, FileStorage, Storage, StorageError};
+use crate::storage::{self, FileOptions, FileStorage, Storage, StorageError, Volatile};
 use conn::{InBuf, OutQueue};
 use peers::Mesh;
 
@@ -174,7 +174,10 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> DriverError {
 /// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully. Its log and
 /// snapshots are kept in files in the data directory.
 pub fn run(config: DaemonConfig) -> Result<(), DriverError> {
-    Driver::new(config)?.run()
+    match config.storage {
+        StorageKind::File => Driver::new(config)?.run(),
+        StorageKind::Memory => Driver::with_storage(config, Volatile)?.run(),
+    }
 }
 
 /// Asks a running [`Driver`] to stop gracefully, from any thread (like SIGTERM).
