@@ -324,3 +324,41 @@ fn a_node_of_another_cluster_is_refused_and_a_stopped_node_shows_as_down() {
     w.say("after", "still here")
         .expect("acked with one node down");
 }
+
+/// A node at its connection limit sends a new client to a less loaded node (loads travel
+/// with heartbeats); the client library follows the redirect and works there.
+#[test]
+fn a_full_node_redirects_a_new_client_to_a_less_loaded_node() {
+    let nodes = start_cluster(&["--max-connections", "3"]);
+    wait_for_one_leader(&nodes, Duration::from_secs(10));
+    let fillers: Vec<_> = (0..3).map(|_| support::raw(&nodes[0].addr)).collect();
+    // Once the fillers are accepted, a fourth connection gets a Redirect to a peer.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut probe = support::raw(&nodes[0].addr);
+            let (frames, _) = support::read_until_closed(&mut probe, Duration::from_secs(2));
+            frames.iter().any(|f| {
+                matches!(f, ringchat::codec::ServerFrame::Redirect(r)
+                    if r.addr == nodes[1].addr || r.addr == nodes[2].addr)
+            })
+        }),
+        "no redirect from a full node\n{}",
+        nodes[0].log()
+    );
+    let mut cfg = ringchat::client::ClientConfig::new(vec![nodes[0].addr.clone()], "overflow");
+    cfg.reconnect = false;
+    cfg.request_timeout = Duration::from_secs(10);
+    let mut c = ringchat::client::Client::connect(cfg).expect("connect through the redirect");
+    let served_by = c.server().to_owned();
+    assert!(
+        served_by == nodes[1].addr || served_by == nodes[2].addr,
+        "served by {served_by}, not by a less loaded node of {:?}\n{}",
+        addrs(&nodes),
+        nodes[0].log()
+    );
+    c.join("overflow").expect("join");
+    assert_eq!(c.say("overflow", "made it").expect("say").seq, 1);
+    let log = nodes[0].log();
+    assert!(log.contains("redirected") || log.contains("limit"), "{log}");
+    drop(fillers);
+}

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{
     Ack, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Hello, History, HistoryPage, Join, Leave,
-    Notice, Ping, ServerFrame, Welcome, Who,
+    Notice, Ping, Redirect, ServerFrame, Welcome, Who,
 };
 use conn::{Broken, Conn};
 pub use session::{PendingSay, Session};
@@ -256,6 +256,14 @@ enum Step<T> {
 }
 
 /// Why one connection attempt failed.
+/// How a handshake ended, when it did not fail.
+enum Handshake {
+    /// Connected and welcomed.
+    Welcome(Conn, Welcome),
+    /// The node is full and names another.
+    Redirect(Redirect),
+}
+
 enum Attempt {
     /// Try another server.
     Retry(ClientError),
@@ -550,13 +558,53 @@ impl Client {
         half + Duration::from_nanos(self.rng.u64(0..=nanos))
     }
 
-    /// One connection attempt to server `idx`: connect, Hello, wait for Welcome, send the
-    /// resume plan. On success the connection becomes current.
+    /// One connection attempt to server `idx`: connect, Hello, wait for Welcome (following one
+    /// redirect from a full node), send the resume plan. On success the connection becomes
+    /// current; a node redirected to joins the server list, for later failovers.
     fn try_server(&mut self, idx: usize) -> Result<(), Attempt> {
         let addr = self.cfg.servers[idx].clone();
-        let mut conn = Conn::connect(&addr, self.cfg.connect_timeout).map_err(|source| {
+        let (mut conn, welcome, idx) = match self.handshake(&addr)? {
+            Handshake::Welcome(conn, w) => (conn, w, idx),
+            Handshake::Redirect(r) => match self.handshake(&r.addr)? {
+                Handshake::Welcome(conn, w) => {
+                    let idx = match self.cfg.servers.iter().position(|s| *s == r.addr) {
+                        Some(i) => i,
+                        None => {
+                            self.cfg.servers.push(r.addr.clone());
+                            self.cfg.servers.len() - 1
+                        }
+                    };
+                    (conn, w, idx)
+                }
+                Handshake::Redirect(again) => {
+                    let why = format!(
+                        "{addr} redirected to {}, which redirected to {}",
+                        r.addr, again.addr
+                    );
+                    return Err(Attempt::Retry(ClientError::Protocol(why)));
+                }
+            },
+        };
+        let plan = self.session.resume_frames();
+        if !plan.is_empty() {
+            let addr = self.cfg.servers[idx].clone();
+            conn.send(&plan, self.cfg.request_timeout)
+                .map_err(|b| Attempt::Retry(broken_error(&addr, b)))?;
+        }
+        self.conn = Some(conn);
+        self.current = idx;
+        self.welcome = Some(welcome);
+        self.generation += 1;
+        self.last_rx = Instant::now();
+        self.ping_sent = None;
+        Ok(())
+    }
+
+    /// Connects to `addr`, says Hello and waits for Welcome (or a redirect).
+    fn handshake(&mut self, addr: &str) -> Result<Handshake, Attempt> {
+        let mut conn = Conn::connect(addr, self.cfg.connect_timeout).map_err(|source| {
             Attempt::Retry(ClientError::Io {
-                addr: addr.clone(),
+                addr: addr.to_owned(),
                 source,
             })
         })?;
@@ -564,13 +612,13 @@ impl Client {
             user: self.cfg.user.clone(),
             client_id: self.cfg.client_id,
         });
-        let wt = self.cfg.request_timeout;
-        conn.send(&[hello], wt)
-            .map_err(|b| Attempt::Retry(broken_error(&addr, b)))?;
+        conn.send(&[hello], self.cfg.request_timeout)
+            .map_err(|b| Attempt::Retry(broken_error(addr, b)))?;
         let deadline = Instant::now() + self.cfg.request_timeout;
-        let welcome = loop {
+        loop {
             match conn.recv(deadline) {
-                Ok(Some(ServerFrame::Welcome(w))) => break w,
+                Ok(Some(ServerFrame::Welcome(w))) => return Ok(Handshake::Welcome(conn, w)),
+                Ok(Some(ServerFrame::Redirect(r))) => return Ok(Handshake::Redirect(r)),
                 Ok(Some(ServerFrame::Error(e))) => {
                     let retry = matches!(
                         ErrorCode::from_u16(e.code),
@@ -592,21 +640,9 @@ impl Client {
                 }
                 Ok(Some(_)) => continue,
                 Ok(None) => return Err(Attempt::Retry(ClientError::Timeout("Welcome"))),
-                Err(b) => return Err(Attempt::Retry(broken_error(&addr, b))),
+                Err(b) => return Err(Attempt::Retry(broken_error(addr, b))),
             }
-        };
-        let plan = self.session.resume_frames();
-        if !plan.is_empty() {
-            conn.send(&plan, wt)
-                .map_err(|b| Attempt::Retry(broken_error(&addr, b)))?;
         }
-        self.conn = Some(conn);
-        self.current = idx;
-        self.welcome = Some(welcome);
-        self.generation += 1;
-        self.last_rx = Instant::now();
-        self.ping_sent = None;
-        Ok(())
     }
 
     /// The connection is unusable: drop it and start a reconnect cycle (or fail).

@@ -76,6 +76,16 @@ pub struct Welcome {
     pub max_text: u32,
 }
 
+/// Server -> client: this node is at its connection limit; `addr` is a less loaded node of
+/// the cluster. The connection is closed after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    /// Client address of the node to use instead.
+    pub addr: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
 /// Server -> client: a request failed, or the connection is being closed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {

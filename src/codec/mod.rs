@@ -141,6 +141,8 @@ frame_set!(
     0x4A => Pong(Ping),
     /// Answer to `Status`.
     0x4B => Status(StatusReport),
+    /// The node is full: connect to `addr` instead (sent instead of `Welcome`, then closed).
+    0x4C => Redirect(Redirect),
 });
 
 frame_set!(

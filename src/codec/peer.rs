@@ -14,6 +14,8 @@ pub struct PeerHello {
     pub node_id: NodeId,
     /// The sender's current epoch.
     pub epoch: Epoch,
+    /// Where the sender serves clients (for redirects when a node is full).
+    pub client_addr: String,
 }
 
 /// Periodic liveness signal every node sends every peer.

@@ -404,3 +404,25 @@ mod snapshot_image {
         assert!(decode_snapshot(&longer).is_err());
     }
 }
+
+#[test]
+fn the_peer_hello_example_of_protocol_md_is_what_encode_produces() {
+    let hello = PeerFrame::Hello(PeerHello {
+        cluster_id: 1,
+        node_id: 2,
+        epoch: 3,
+        client_addr: "127.0.0.1:7070".into(),
+    });
+    let hex: String = encode(&hello)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        hex,
+        "52430181000000002a00000097da9785\
+         0100000000000000020000000300000000000000\
+         0e00000000000000\
+         3132372e302e302e313a37303730"
+    );
+}

@@ -50,7 +50,7 @@ use signal_hook::consts::signal::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::codec::{self, ErrorCode, ErrorFrame, ServerFrame};
+use crate::codec::{self, ErrorCode, ErrorFrame, Redirect, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now};
 use crate::storage::{self, FileOptions, FileStorage, Storage, StorageError, Volatile};
 use conn::{InBuf, OutQueue};
@@ -391,7 +391,7 @@ impl<S: Storage> Driver<S> {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(io_err("registering the signal pipe"))?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?;
-        let mesh = Mesh::new(&config, poll.registry(), Instant::now())?;
+        let mesh = Mesh::new(&config, poll.registry(), Instant::now(), local_addr)?;
         if !config.peers.is_empty() {
             info!(
                 "node {id}: member of cluster {} with peers {:?}",
@@ -652,11 +652,28 @@ impl<S: Storage> Driver<S> {
                 );
                 self.full_warned_at = Some(now.mono);
             }
-            debug!("node {}: refused {peer}: server full", self.id);
             // Best effort: a fresh socket's send buffer takes a small frame at once. Input
             // already sent is discarded so the close is a FIN, not a RST that would destroy
             // the frame before the client reads it.
-            let _ = (&stream).write(&self.server_full);
+            match self.node.redirect_target(now) {
+                Some(addr) => {
+                    debug!("node {}: redirected {peer} to {addr}: server full", self.id);
+                    let frame = ServerFrame::Redirect(Redirect {
+                        addr: addr.to_owned(),
+                        message: format!(
+                            "node {} is at its limit of {} connections; use {addr}",
+                            self.id, self.cfg.max_connections
+                        ),
+                    });
+                    if let Ok(bytes) = codec::encode(&frame) {
+                        let _ = (&stream).write(&bytes);
+                    }
+                }
+                None => {
+                    debug!("node {}: refused {peer}: server full", self.id);
+                    let _ = (&stream).write(&self.server_full);
+                }
+            }
             let _ = (&stream).read(&mut self.scratch);
             return;
         }

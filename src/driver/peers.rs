@@ -116,6 +116,8 @@ struct Slot {
 pub struct Mesh {
     id: NodeId,
     cluster_id: u64,
+    /// The client address peers are told in the handshake (for redirects).
+    client_addr: String,
     listener: Option<TcpListener>,
     local_addr: Option<SocketAddr>,
     registry: Registry,
@@ -176,14 +178,31 @@ fn quieter_after_first(failures: &mut u32, level: Level) -> Level {
     }
 }
 
+/// The client address to tell peers: a wildcard listen IP (0.0.0.0) is no address a client
+/// can use, so the peer address's IP (the host's cluster-facing one) stands in for it.
+fn advertised(client: SocketAddr, peer_listen: Option<SocketAddr>) -> SocketAddr {
+    match peer_listen {
+        Some(p) if client.ip().is_unspecified() && !p.ip().is_unspecified() => {
+            SocketAddr::new(p.ip(), client.port())
+        }
+        _ => client,
+    }
+}
+
 /// A delay in [d/2, d].
 fn jittered(rng: &mut fastrand::Rng, d: Duration) -> Duration {
     d / 2 + d.mul_f64(rng.f64() / 2.0)
 }
 
 impl Mesh {
-    /// Binds `--peer-listen` (if set) and plans a dial to every higher-id member.
-    pub fn new(cfg: &DaemonConfig, registry: &Registry, now: Instant) -> Result<Mesh, DriverError> {
+    /// Binds `--peer-listen` (if set) and plans a dial to every higher-id member; peers are
+    /// told `client_addr` (the bound client address) as where this node serves clients.
+    pub fn new(
+        cfg: &DaemonConfig,
+        registry: &Registry,
+        now: Instant,
+        client_addr: SocketAddr,
+    ) -> Result<Mesh, DriverError> {
         let registry = registry.try_clone().map_err(|source| DriverError::Io {
             context: "cloning the poll registry",
             source,
@@ -224,6 +243,7 @@ impl Mesh {
         Ok(Mesh {
             id: cfg.id,
             cluster_id: cfg.cluster_id,
+            client_addr: advertised(client_addr, cfg.peer_listen).to_string(),
             listener,
             local_addr,
             registry,
@@ -506,6 +526,7 @@ impl Mesh {
             cluster_id: self.cluster_id,
             node_id: self.id,
             epoch: node.epoch(),
+            client_addr: self.client_addr.clone(),
         });
         match codec::encode(&hello) {
             Ok(bytes) => {
@@ -692,10 +713,10 @@ impl Mesh {
         slot.backoff = DIAL_BACKOFF_MIN;
         slot.failures = 0;
         info!(
-            "node {}: peer {peer} linked ({what}; its epoch {})",
-            self.id, hello.epoch
+            "node {}: peer {peer} linked ({what}; its epoch {}, clients at {})",
+            self.id, hello.epoch, hello.client_addr
         );
-        node.handle_peer_connected(now, peer);
+        node.handle_peer_connected(now, peer, &hello.client_addr);
         true
     }
 
@@ -822,6 +843,7 @@ mod tests {
             cluster_id,
             node_id,
             epoch: 3,
+            client_addr: "127.0.0.1:7070".into(),
         }
     }
 

@@ -330,6 +330,7 @@ impl FakePeer {
             cluster_id,
             node_id,
             epoch: 0,
+            client_addr: "127.0.0.1:7070".into(),
         }));
     }
 

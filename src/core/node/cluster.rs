@@ -25,11 +25,12 @@ use crate::core::{Action, NodeId, Now};
 
 impl Node {
     /// A peer connection is up (the driver did the handshake).
-    pub fn handle_peer_connected(&mut self, now: Now, peer: NodeId) {
+    pub fn handle_peer_connected(&mut self, now: Now, peer: NodeId, client_addr: &str) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
         p.connected = true;
+        client_addr.clone_into(&mut p.client_addr);
         p.last_heard = Some(now.mono);
         p.hears_us = true;
         info!("node {}: peer {peer} connected", self.cfg.id);
@@ -273,7 +274,7 @@ impl Node {
     /// A peer counts as alive while linked and heard from within the failure timeout.
     /// A peer counts as alive while linked, heard from within the failure timeout, and (by its
     /// last heartbeat) hearing us: a token sent to a node that does not hear us is lost.
-    fn alive(&self, peer: NodeId, now: Instant) -> bool {
+    pub(super) fn alive(&self, peer: NodeId, now: Instant) -> bool {
         self.peers
             .get(&peer)
             .is_some_and(|p| p.connected && p.hears_us && self.heard_recently(p, now))

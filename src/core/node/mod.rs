@@ -193,6 +193,8 @@ struct Peer {
     epoch: Option<u64>,
     /// Whether its last heartbeat said it hears this node.
     hears_us: bool,
+    /// Where it serves clients, as it said in the handshake.
+    client_addr: String,
 }
 
 /// An output that may leave only once the election state (version) and the log (index) it
@@ -635,6 +637,17 @@ impl Node {
         if self.role != Role::Follower {
             self.step_down(now.mono, "its storage is failing");
         }
+    }
+
+    /// Where to send a client this node has no room for: the live peer with the fewest client
+    /// connections, if it has fewer than this node (loads travel with heartbeats).
+    pub fn redirect_target(&self, now: Now) -> Option<&str> {
+        self.peers
+            .iter()
+            .filter(|(&id, p)| p.connected && !p.client_addr.is_empty() && self.alive(id, now.mono))
+            .min_by_key(|(&id, p)| (p.load, id))
+            .filter(|(_, p)| (p.load as usize) < self.conns.len())
+            .map(|(_, p)| p.client_addr.as_str())
     }
 
     /// Why storage is failing, while it is.

@@ -79,7 +79,7 @@ impl World {
                     }
                 }
             }
-            Input::PeerUp(p) => node.handle_peer_connected(now, p),
+            Input::PeerUp(p) => node.handle_peer_connected(now, p, &format!("node{p}:7070")),
             Input::PeerDown(p) => node.handle_peer_disconnected(now, p),
             Input::Accept(conn) => {
                 if let Some(ci) = self.conns.get_mut(&conn) {
