@@ -12,7 +12,8 @@ mod support;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ringchat::client::{Client, ClientConfig};
+use ringchat::client::{admin, Client, ClientConfig};
+use ringchat::codec::AdminRequest;
 use support::cluster::{Cluster, ClusterConfig};
 use support::history::{self, Workload, WorkloadConfig};
 
@@ -469,4 +470,73 @@ fn a_wiped_node_catches_up_from_a_snapshot_and_loses_nothing() {
     );
     assert!(w.wait_acks(50, ELECTION_LIMIT), "writers stalled");
     finish_and_check(&c, w, started);
+}
+
+/// Waits until a leader's log says node `id` became a member (it caught up as a learner).
+fn wait_member(c: &Cluster, id: u32) {
+    let said = format!("node {id} caught up; adding it as a member");
+    let ok = support::eventually(Duration::from_secs(30), || {
+        c.logs().iter().any(|(_, _, log)| log.contains(&said))
+    });
+    assert!(ok, "node {id} never became a member\n{}", c.log_tails(40));
+}
+
+/// Grows a 3-node cluster to 5 with `--join` under load, then shrinks it back to 3 with
+/// `ringchat admin remove` (the removed nodes stop by themselves), losing and duplicating
+/// nothing; the 3 nodes left make progress (DESIGN C7).
+#[test]
+fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut c = cluster("membership", false);
+    let w = start_workload(&c, "members");
+    for via in [1, 2] {
+        let id = c.add_node(via);
+        eprintln!("node {id} joins through node {via}");
+        wait_member(&c, id);
+        assert!(w.wait_acks(100, ELECTION_LIMIT), "writers stalled");
+    }
+    let leader = c.wait_leader(ELECTION_LIMIT);
+    // Remove the leader itself and one follower of the original three.
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    for gone in [follower, leader] {
+        let servers = c.running_addrs();
+        let reply = support::eventually_ok(Duration::from_secs(20), || {
+            admin::request(
+                &servers,
+                &AdminRequest::Remove { node: gone },
+                Duration::from_secs(5),
+            )
+            .ok()
+            .filter(|r| r.ok)
+        })
+        .unwrap_or_else(|| panic!("removing node {gone} was refused\n{}", c.log_tails(30)));
+        eprintln!("remove {gone}: {}", reply.message);
+        let status = c.wait_exit(gone, Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "removed node {gone} did not stop cleanly: {status:?}\n{}",
+            c.log_tails(30)
+        );
+        assert!(w.wait_acks(100, ELECTION_LIMIT), "writers stalled");
+    }
+    let logs = c.logs();
+    assert!(logs
+        .iter()
+        .any(|(id, _, l)| *id == leader && l.contains("was removed from the cluster")));
+
+    w.stop();
+    let servers = c.running_addrs();
+    assert_eq!(servers.len(), 3);
+    let rooms = w.rooms().to_vec();
+    let finals = history::read_all(&servers, &rooms);
+    let reports = w.finish(history::last_seqs(&finals));
+    let summary = history::check(&reports, &finals)
+        .unwrap_or_else(|e| panic!("history check failed: {e}\n{}", c.log_tails(40)));
+    eprintln!("  {summary:?}\n  took {:?}", started.elapsed());
+    assert!(summary.acked > 0);
+    assert_eq!((summary.lost, summary.duplicates), (0, 0));
+    c.check_election_safety()
+        .unwrap_or_else(|e| panic!("split brain: {e}\n{}", c.log_tails(80)));
+    assert_progress(&c);
 }

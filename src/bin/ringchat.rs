@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ringchat::client::{admin, code_name, Client, ClientConfig, ClientError, Event};
+use ringchat::codec::AdminRequest;
 use ringchat::codec::{ChatMessage, NoticeEvent};
 
 /// Exit status: the server refused (invalid text, device limit, not in room, ...).
@@ -132,6 +133,16 @@ enum AdminCommand {
         #[arg(long, value_name = "SECS", default_value_t = 2.0)]
         timeout: f64,
     },
+    /// Remove NODE from the cluster for good (its id is never used again); the node stops once
+    /// it knows. Asks the leader (found through the server list). Exit status 0 when the
+    /// leader started the removal, 1 when it refused (the reason is printed), 3 when no node
+    /// answered.
+    Remove {
+        /// The node id.
+        node: u32,
+    },
+    /// Make the node(s) of the server list take a snapshot now and compact their logs.
+    Snapshot,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +156,19 @@ fn main() -> ExitCode {
         return match command {
             AdminCommand::Status { json, timeout } => {
                 admin_status(&servers, *json || args.json, *timeout)
+            }
+            AdminCommand::Remove { node } => {
+                admin_request(&servers, &AdminRequest::Remove { node: *node })
+            }
+            AdminCommand::Snapshot => {
+                let codes: Vec<ExitCode> = servers
+                    .iter()
+                    .map(|s| admin_request(std::slice::from_ref(s), &AdminRequest::Snapshot))
+                    .collect();
+                codes
+                    .into_iter()
+                    .find(|c| *c != ExitCode::SUCCESS)
+                    .unwrap_or(ExitCode::SUCCESS)
             }
         };
     }
@@ -207,6 +231,24 @@ fn servers(arg: &[String]) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// `admin remove` / `admin snapshot`: one request, its answer printed.
+fn admin_request(servers: &[String], req: &AdminRequest) -> ExitCode {
+    match admin::request(servers, req, Duration::from_secs(5)) {
+        Ok(r) if r.ok => {
+            println!("{}", r.message);
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("ringchat: refused: {}", r.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ringchat: no node answered: {e}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 /// `admin status`: every node's status, one line (or JSON object) per node.

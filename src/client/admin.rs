@@ -5,11 +5,55 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::codec::{self, ClientFrame, ServerFrame, StatusReport, StatusRequest};
+use crate::codec::{
+    self, AdminReply, AdminRequest, ClientFrame, ServerFrame, StatusReport, StatusRequest,
+};
 use crate::core::log::LogIndex;
 
 /// Asks the node at `addr` for its status; everything (connect, send, answer) within `timeout`.
 pub fn query_status(addr: &str, timeout: Duration) -> Result<StatusReport, String> {
+    match exchange(
+        addr,
+        &ClientFrame::Status(StatusRequest { flags: 0 }),
+        timeout,
+    )? {
+        ServerFrame::Status(report) => Ok(report),
+        other => Err(format!(
+            "unexpected answer {:?}",
+            codec::FrameSet::kind(&other)
+        )),
+    }
+}
+
+/// Sends an admin request to the first of `servers` that answers; a node that is not the
+/// leader names the leader's address, which is asked next (once).
+pub fn request(
+    servers: &[String],
+    req: &AdminRequest,
+    timeout: Duration,
+) -> Result<AdminReply, String> {
+    let mut errors = Vec::new();
+    for addr in servers {
+        match exchange(addr, &ClientFrame::Admin(req.clone()), timeout) {
+            Ok(ServerFrame::AdminReply(r)) => match r.leader.clone() {
+                Some(leader) if !r.ok => {
+                    return match exchange(&leader, &ClientFrame::Admin(req.clone()), timeout)? {
+                        ServerFrame::AdminReply(r) => Ok(r),
+                        _ => Err(format!("{leader}: unexpected answer")),
+                    }
+                }
+                _ => return Ok(r),
+            },
+            Ok(_) => errors.push(format!("{addr}: unexpected answer")),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// Sends one request frame before any Hello and returns the answer (Status, AdminReply; an
+/// Error frame is an Err).
+fn exchange(addr: &str, frame: &ClientFrame, timeout: Duration) -> Result<ServerFrame, String> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<_> = addr
         .to_socket_addrs()
@@ -32,8 +76,7 @@ pub fn query_status(addr: &str, timeout: Duration) -> Result<StatusReport, Strin
     }
     let mut s = stream.ok_or(last_err)?;
     let _ = s.set_nodelay(true);
-    let request = codec::encode(&ClientFrame::Status(StatusRequest { flags: 0 }))
-        .map_err(|e| e.to_string())?;
+    let request = codec::encode(frame).map_err(|e| e.to_string())?;
     let left = |d: Instant| {
         let l = d.saturating_duration_since(Instant::now());
         (!l.is_zero()).then_some(l).ok_or("timed out".to_owned())
@@ -49,7 +92,7 @@ pub fn query_status(addr: &str, timeout: Duration) -> Result<StatusReport, Strin
         {
             buf.drain(..used);
             match frame {
-                ServerFrame::Status(report) => return Ok(report),
+                ServerFrame::Status(_) | ServerFrame::AdminReply(_) => return Ok(frame),
                 ServerFrame::Error(e) => return Err(format!("refused: {}", e.message)),
                 _ => {}
             }

@@ -114,6 +114,8 @@ frame_set!(
     0x07 => Ping(Ping),
     /// Admin: the node's view of the cluster.
     0x08 => Status(StatusRequest),
+    /// Admin: an operation on the cluster (remove a node, take a snapshot).
+    0x09 => Admin(AdminRequest),
 });
 
 frame_set!(
@@ -143,6 +145,8 @@ frame_set!(
     0x4B => Status(StatusReport),
     /// The node is full: connect to `addr` instead (sent instead of `Welcome`, then closed).
     0x4C => Redirect(Redirect),
+    /// Answer to `Admin`.
+    0x4D => AdminReply(AdminReply),
 });
 
 frame_set!(
@@ -166,6 +170,10 @@ frame_set!(
     0x88 => Snapshot(SnapshotChunk),
     /// Follower -> leader: how much of the snapshot it has received.
     0x89 => SnapshotReply(SnapshotReply),
+    /// New node -> any member, first frame on its own link: please add me.
+    0x8A => Join(JoinRequest),
+    /// Member -> new node: the answer; the link closes after it.
+    0x8B => JoinReply(JoinReply),
 });
 
 /// Appends one complete frame (header and payload) to `out`.

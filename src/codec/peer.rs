@@ -137,6 +137,66 @@ pub struct SnapshotReply {
     pub received: u64,
 }
 
+/// New node -> member: asks to join the cluster (sent instead of `Hello` on a fresh link).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The cluster it means to join.
+    pub cluster_id: u64,
+    /// Its node id (never used in this cluster before).
+    pub node_id: NodeId,
+    /// Where it listens for peers.
+    pub peer_addr: String,
+    /// Where it serves clients.
+    pub client_addr: String,
+}
+
+/// Member -> new node: the answer to a `JoinRequest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinReply {
+    /// Accepted: the leader (below) replicates to it and adds it once it has caught up.
+    pub ok: bool,
+    /// Not accepted now, but may be later (no leader yet, another change in progress).
+    pub retry: bool,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The leader, and its peer address, when known.
+    pub leader: Option<(NodeId, String)>,
+}
+
+/// Client -> server: an admin operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Remove this node from the cluster for good (it stops once it knows).
+    Remove {
+        /// The node.
+        node: NodeId,
+    },
+    /// Take a snapshot now (and compact the log behind it).
+    Snapshot,
+}
+
+/// Server -> client: the answer to an `AdminRequest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminReply {
+    /// Done (or started).
+    pub ok: bool,
+    /// What happened, or why not.
+    pub message: String,
+    /// When this node is not the one to ask: the leader's client address.
+    pub leader: Option<String>,
+}
+
+impl AdminReply {
+    /// A refusal saying why, pointing to the leader's client address if given.
+    pub fn refused(message: String, leader: Option<String>) -> AdminReply {
+        AdminReply {
+            ok: false,
+            message,
+            leader,
+        }
+    }
+}
+
 /// Client -> server: asks for the node's view of the cluster (admin).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRequest {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{config, CodecError};
 use crate::core::chat::ChatState;
+use crate::core::membership::Config;
 
 /// Format of the snapshot image; a node refuses an image of another version.
 const IMAGE_VERSION: u32 = 1;
@@ -16,27 +17,31 @@ const IMAGE_KIND: u8 = 0;
 #[derive(Serialize)]
 struct ImageRef<'a> {
     version: u32,
+    config: &'a Config,
     chat: &'a ChatState,
 }
 
 #[derive(Deserialize)]
 struct Image {
     version: u32,
+    config: Config,
     chat: ChatState,
 }
 
-/// Encodes the chat state as a snapshot image.
-pub fn encode_snapshot(chat: &ChatState) -> Result<Vec<u8>, CodecError> {
+/// Encodes the cluster configuration and the chat state as a snapshot image.
+pub fn encode_snapshot(members: &Config, chat: &ChatState) -> Result<Vec<u8>, CodecError> {
     let image = ImageRef {
         version: IMAGE_VERSION,
+        config: members,
         chat,
     };
     bincode::serde::encode_to_vec(&image, config::<MAX_IMAGE>())
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
-/// Decodes a snapshot image (its limits are unset: see [`ChatState::configure`]).
-pub fn decode_snapshot(bytes: &[u8]) -> Result<ChatState, CodecError> {
+/// Decodes a snapshot image (the chat state's limits are unset: see
+/// [`ChatState::configure`]).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(Config, ChatState), CodecError> {
     let bad = |reason: String| CodecError::BadPayload {
         kind: IMAGE_KIND,
         reason,
@@ -56,5 +61,5 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ChatState, CodecError> {
             bytes.len() - used
         )));
     }
-    Ok(image.chat)
+    Ok((image.config, image.chat))
 }

@@ -346,6 +346,7 @@ mod snapshot_image {
     use crate::codec::{decode_snapshot, encode_snapshot};
     use crate::core::chat::ChatState;
     use crate::core::log::Command;
+    use crate::core::membership::Config;
     use crate::core::{ConnId, SessionId};
 
     fn state() -> ChatState {
@@ -382,17 +383,18 @@ mod snapshot_image {
     #[test]
     fn a_snapshot_round_trips_and_encodes_the_same_state_to_the_same_bytes() {
         let chat = state();
-        let bytes = encode_snapshot(&chat).unwrap();
-        let mut back = decode_snapshot(&bytes).unwrap();
+        let config = Config::of([(1, "10.0.0.1:7170".to_string()), (4, String::new())]);
+        let bytes = encode_snapshot(&config, &chat).unwrap();
+        let (config_back, mut back) = decode_snapshot(&bytes).unwrap();
         back.configure(2, 10);
-        assert_eq!(back, chat);
+        assert_eq!((&config_back, &back), (&config, &chat));
         // A decoded copy has other hash seeds, yet encodes identically.
-        assert_eq!(encode_snapshot(&back).unwrap(), bytes);
+        assert_eq!(encode_snapshot(&config_back, &back).unwrap(), bytes);
     }
 
     #[test]
     fn a_damaged_snapshot_is_an_error_not_a_panic() {
-        let bytes = encode_snapshot(&state()).unwrap();
+        let bytes = encode_snapshot(&Config::default(), &state()).unwrap();
         for cut in [0, 1, 4, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
         }

@@ -247,7 +247,7 @@ impl ChatState {
     /// Applies one committed command.
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
-            Command::Noop => Outcome::Nothing,
+            Command::Noop | Command::Config(_) => Outcome::Nothing,
             Command::NodeBoot { node } | Command::NodeDown { node } => {
                 let exits = self
                     .sessions_on(*node)

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::membership::{Config, ConfigHistory};
 use super::{NodeId, SessionId};
 
 /// Position in the log, starting at 1 (0 means "before the first entry").
@@ -70,6 +71,8 @@ pub enum Command {
         /// Server timestamp, from the clock of the node the client sent it to.
         time_ms: u64,
     },
+    /// The cluster's configuration from this entry on (in effect once appended).
+    Config(Config),
 }
 
 /// Identifies a proposal cluster-wide: the node and run that made it and its number in that
@@ -145,6 +148,8 @@ pub struct Log {
     truncated_from: Option<LogIndex>,
     /// Counts truncations, so a persist mark from before one is not trusted past it.
     generation: u64,
+    /// The configurations the log holds.
+    configs: ConfigHistory,
 }
 
 impl Log {
@@ -174,6 +179,23 @@ impl Log {
         }
     }
 
+    /// Starts the configuration history at `base` (from flags, or the snapshot's when
+    /// `logged`) followed by the configuration entries held.
+    pub fn init_configs(&mut self, base: Config, logged: bool) {
+        self.configs = ConfigHistory::new(base, logged);
+        for e in &self.entries {
+            if let Command::Config(c) = &e.command {
+                self.configs.appended(e.index, c.clone());
+            }
+        }
+        self.configs.applied_to(self.applied);
+    }
+
+    /// The configurations the log holds.
+    pub fn configs(&self) -> &ConfigHistory {
+        &self.configs
+    }
+
     /// The last index a snapshot covers (entries up to it are no longer held).
     pub fn snapshot_index(&self) -> LogIndex {
         self.offset
@@ -195,7 +217,8 @@ impl Log {
 
     /// Replaces the whole log by an installed snapshot covering up to (`index`, `epoch`). It is
     /// not durable until the next persist (which stores the snapshot and resets storage).
-    pub fn reset_to(&mut self, index: LogIndex, epoch: Epoch) {
+    pub fn reset_to(&mut self, index: LogIndex, epoch: Epoch, config: Config) {
+        self.configs.reset(config);
         self.entries.clear();
         self.offset = index;
         self.offset_epoch = epoch;
@@ -260,6 +283,9 @@ impl Log {
         command: Command,
     ) -> LogIndex {
         let index = self.last_index() + 1;
+        if let Command::Config(c) = &command {
+            self.configs.appended(index, c.clone());
+        }
         self.entries.push(Entry {
             index,
             epoch,
@@ -284,21 +310,29 @@ impl Log {
                         return Err(e.index);
                     }
                     self.truncate_from(e.index);
-                    self.entries.push(e.clone());
+                    self.push(e);
                 }
                 None => {
                     debug_assert_eq!(e.index, self.last_index() + 1);
                     if e.index != self.last_index() + 1 {
                         return Err(e.index);
                     }
-                    self.entries.push(e.clone());
+                    self.push(e);
                 }
             }
         }
         Ok(())
     }
 
+    fn push(&mut self, e: &Entry) {
+        if let Command::Config(c) = &e.command {
+            self.configs.appended(e.index, c.clone());
+        }
+        self.entries.push(e.clone());
+    }
+
     fn truncate_from(&mut self, index: LogIndex) {
+        self.configs.truncated(index);
         let keep = (index - self.offset - 1) as usize;
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(index - 1);
@@ -359,6 +393,7 @@ impl Log {
             return None;
         }
         self.applied += 1;
+        self.configs.applied_to(self.applied);
         self.get(self.applied)
     }
 }
@@ -459,7 +494,7 @@ mod tests {
     #[test]
     fn an_installed_snapshot_replaces_the_log_and_is_durable_only_once_persisted() {
         let mut log = Log::recovered(vec![e(1, 1), e(2, 1)]);
-        log.reset_to(10, 3);
+        log.reset_to(10, 3, Config::default());
         assert_eq!((log.last_index(), log.last_epoch()), (10, 3));
         assert_eq!((log.committed(), log.applied()), (10, 10));
         assert!(log.persisted() < 10);

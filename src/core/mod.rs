@@ -14,6 +14,7 @@
 pub mod chat;
 mod election;
 pub mod log;
+pub mod membership;
 pub mod names;
 mod node;
 mod outbox;

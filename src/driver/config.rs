@@ -174,6 +174,12 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "ID=ADDR[,ID=ADDR...]")]
     pub peers: Option<String>,
 
+    /// Join a running cluster through any member's peer address (its --peer-listen), as a new
+    /// node with a never-used --id; needs --peer-listen, excludes --peers. The node catches up,
+    /// then becomes a member; once it is one (its data dir says so) the flag is ignored.
+    #[arg(long, value_name = "ADDR")]
+    pub join: Option<String>,
+
     /// Cluster identity; peers that announce another cluster id are refused. [default: 1]
     #[arg(long, value_name = "N")]
     pub cluster_id: Option<u64>,
@@ -247,6 +253,8 @@ pub struct FileConfig {
     pub peer_listen: Option<String>,
     /// See `--peers`.
     pub peers: Option<PeersValue>,
+    /// See `--join`.
+    pub join: Option<String>,
     /// See `--cluster-id`.
     pub cluster_id: Option<u64>,
     /// See `--heartbeat-ms`.
@@ -283,6 +291,8 @@ pub struct DaemonConfig {
     pub snapshot_entries: u64,
     /// Where the log is kept (`--storage`).
     pub storage: StorageKind,
+    /// A member's peer address to join through (`--join`).
+    pub join: Option<SocketAddr>,
     /// Messages replayed on join (`--history-size`).
     pub history_size: u32,
     /// Longest message text (`--max-text`).
@@ -315,6 +325,7 @@ impl Default for DaemonConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
             storage: StorageKind::File,
+            join: None,
             history_size: DEFAULT_HISTORY_SIZE,
             max_text: DEFAULT_MAX_TEXT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -369,6 +380,10 @@ impl DaemonConfig {
             Some(s) => parse_peers(&s)?,
             None => BTreeMap::new(),
         };
+        let join = match args.join.or(file.join) {
+            Some(s) => Some(resolve_addr(&s, "--join")?),
+            None => None,
+        };
         let cfg = DaemonConfig {
             id: args.id.or(file.id).unwrap_or(d.id),
             listen,
@@ -378,6 +393,7 @@ impl DaemonConfig {
                 .or(file.snapshot_entries)
                 .unwrap_or(d.snapshot_entries),
             storage: args.storage.or(file.storage).unwrap_or(d.storage),
+            join,
             history_size: args
                 .history_size
                 .or(file.history_size)
@@ -458,6 +474,18 @@ impl DaemonConfig {
                     .into(),
             );
         }
+        if self.join.is_some() && !self.peers.is_empty() {
+            return err(
+                "--join and --peers exclude each other: a joining node learns the members \
+                 from the cluster"
+                    .into(),
+            );
+        }
+        if self.join.is_some() && self.peer_listen.is_none() {
+            return err(
+                "--peer-listen is required with --join (the address the members connect to)".into(),
+            );
+        }
         if self.heartbeat_ms == 0 {
             return err("--heartbeat-ms must be 1 or more".into());
         }
@@ -483,7 +511,18 @@ impl DaemonConfig {
     pub fn node_config(&self) -> NodeConfig {
         NodeConfig {
             id: self.id,
-            members: self.members(),
+            members: if self.join.is_some() {
+                Vec::new()
+            } else {
+                self.members()
+            },
+            addresses: self
+                .peers
+                .iter()
+                .map(|(&id, a)| (id, a.to_string()))
+                .chain(self.peer_listen.map(|a| (self.id, a.to_string())))
+                .collect(),
+            joining: self.join.is_some(),
             cluster_id: self.cluster_id,
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             failure_timeout: Duration::from_millis(self.failure_timeout_ms),
@@ -645,6 +684,7 @@ mod tests {
             "--failure-timeout-ms",
             "--snapshot-entries",
             "--storage",
+            "--join",
             "write-ahead log",
         ] {
             assert!(help.contains(flag), "help lacks {flag}:\n{help}");

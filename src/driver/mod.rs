@@ -30,6 +30,7 @@
 
 pub mod config;
 pub mod conn;
+mod join;
 pub mod peers;
 
 pub use config::{ConfigError, DaemonArgs, DaemonConfig, FileConfig, StorageKind};
@@ -113,6 +114,8 @@ pub enum DriverError {
     Storage(StorageError),
     /// The stored snapshot could not be decoded at startup.
     Snapshot(crate::codec::CodecError),
+    /// `--join` did not get the node added.
+    Join(String),
     /// An event-loop system call failed.
     Io {
         /// What was being done.
@@ -148,6 +151,7 @@ impl fmt::Display for DriverError {
             }
             DriverError::Storage(e) => write!(f, "cannot load the log: {e}"),
             DriverError::Snapshot(e) => write!(f, "cannot read the stored snapshot: {e}"),
+            DriverError::Join(why) => write!(f, "cannot join the cluster: {why}"),
             DriverError::Io { context, source } => write!(f, "{context} failed: {source}"),
         }
     }
@@ -162,13 +166,47 @@ impl std::error::Error for DriverError {
             | DriverError::Io { source, .. } => Some(source),
             DriverError::Storage(e) => Some(e),
             DriverError::Snapshot(e) => Some(e),
-            DriverError::Locked { .. } => None,
+            DriverError::Locked { .. } | DriverError::Join(_) => None,
         }
     }
 }
 
 fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> DriverError {
     move |source| DriverError::Io { context, source }
+}
+
+/// Longest a new node tries to get itself added before giving up.
+const JOIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// `--join`: unless the node's data says it is a member already, asks the cluster at `via` to
+/// add it and links it to the leader that accepted it.
+fn join_cluster(
+    config: &DaemonConfig,
+    via: SocketAddr,
+    mesh: &Mesh,
+    node: &mut Node,
+) -> Result<(), DriverError> {
+    if node.is_member() {
+        info!(
+            "node {}: already a member (from its data); --join {via} ignored",
+            config.id
+        );
+        return Ok(());
+    }
+    let peer_addr = mesh.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let req = codec::JoinRequest {
+        cluster_id: config.cluster_id,
+        node_id: config.id,
+        peer_addr,
+        client_addr: mesh.client_addr().to_owned(),
+    };
+    info!(
+        "node {}: asking {via} to join cluster {}",
+        config.id, config.cluster_id
+    );
+    let (leader, addr) = join::join(via, &req, JOIN_LIMIT).map_err(|e| DriverError::Join(e.0))?;
+    node.handle_join_accepted(now().mono, leader, addr);
+    Ok(())
 }
 
 /// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully. Its log and
@@ -264,6 +302,8 @@ struct Conn {
 pub struct Driver<S: Storage = FileStorage> {
     cfg: DaemonConfig,
     id: NodeId,
+    /// The node's peer set version the mesh's links follow.
+    peers_seen: u64,
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
@@ -371,7 +411,7 @@ impl<S: Storage> Driver<S> {
         raise_fd_limit(id, config.max_connections);
 
         let recovered = storage.load().map_err(DriverError::Storage)?;
-        let node =
+        let mut node =
             Node::new(config.node_config(), recovered, now()).map_err(DriverError::Snapshot)?;
 
         let poll = Poll::new().map_err(io_err("creating the poller"))?;
@@ -415,6 +455,9 @@ impl<S: Storage> Driver<S> {
         if let Some(path) = &config.port_file {
             write_port_file(path, local_addr)?;
         }
+        if let Some(via) = config.join {
+            join_cluster(&config, via, &mesh, &mut node)?;
+        }
         Ok(Driver {
             id,
             poll,
@@ -442,6 +485,7 @@ impl<S: Storage> Driver<S> {
             server_full,
             full_warned_at: None,
             refused: 0,
+            peers_seen: u64::MAX,
             cfg: config,
             _lock: lock,
         })
@@ -526,6 +570,7 @@ impl<S: Storage> Driver<S> {
 
             // (4)-(6) Storage, actions, flushes; again if drops made more work.
             self.settle(now);
+            self.follow_membership(now);
 
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
@@ -546,6 +591,21 @@ impl<S: Storage> Driver<S> {
                     info!("node {}: stopped", self.id);
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Links follow membership changes; a node removed from the cluster stops, saying why.
+    fn follow_membership(&mut self, now: Now) {
+        if self.node.peers_version() != self.peers_seen {
+            self.peers_seen = self.node.peers_version();
+            let wanted = self.node.peer_addresses();
+            self.mesh.sync_peers(now, &wanted, &mut self.node);
+        }
+        if self.shutdown_deadline.is_none() {
+            if let Some(why) = self.node.removed() {
+                warn!("node {}: {why}; stopping", self.id);
+                self.begin_shutdown(now);
             }
         }
     }

@@ -20,7 +20,7 @@
 //! Tokens: a link's token is `PEER_BASE + slab key`, far above any client connection's key.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -260,6 +260,59 @@ impl Mesh {
             refusal_warned_at: None,
             refusals: 0,
         })
+    }
+
+    /// The client address told to peers.
+    pub fn client_addr(&self) -> &str {
+        &self.client_addr
+    }
+
+    /// Makes the links follow the node's peer set (membership changes): new peers get a slot
+    /// (dialed by the lower id) at the address the configuration gives, removed ones lose
+    /// theirs and their link. A peer already known keeps its address: `--peers` says how this
+    /// host reaches it (through a proxy or NAT, say), which the configuration cannot know.
+    pub fn sync_peers(&mut self, now: Now, wanted: &[(NodeId, String)], node: &mut Node) {
+        let gone: Vec<NodeId> = self
+            .slots
+            .keys()
+            .filter(|id| !wanted.iter().any(|(w, _)| w == *id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(slot) = self.slots.remove(&id) {
+                for key in slot.up.into_iter().chain(slot.dialing) {
+                    self.drop_link(now, key, node, Level::Info, "no longer a peer");
+                }
+                info!("node {}: node {id} is no longer a peer", self.id);
+            }
+        }
+        for (id, addr) in wanted {
+            let parsed = addr.parse::<SocketAddr>();
+            match (self.slots.get(id), parsed) {
+                (Some(_), _) => {}
+                (None, Ok(a)) => {
+                    let we_dial = self.id < *id;
+                    info!("node {}: node {id} (peers at {a}) is now a peer", self.id);
+                    self.slots.insert(
+                        *id,
+                        Slot {
+                            addr: a,
+                            we_dial,
+                            up: None,
+                            dialing: None,
+                            next_dial: we_dial.then_some(now.mono),
+                            backoff: DIAL_BACKOFF_MIN,
+                            failures: 0,
+                        },
+                    );
+                }
+                (None, Err(_)) if addr.is_empty() => {}
+                (None, Err(e)) => warn!(
+                    "node {}: node {id} has an unusable peer address {addr:?}: {e}",
+                    self.id
+                ),
+            }
+        }
     }
 
     /// The bound peer address, if listening.
@@ -668,6 +721,23 @@ impl Mesh {
                     if !self.promote(now, key, &hello, node) {
                         return false;
                     }
+                }
+                (State::Handshake, PeerFrame::Join(req)) if link.dialed.is_none() => {
+                    let who = format!("node {} (peers at {})", req.node_id, req.peer_addr);
+                    let reply = node.handle_join(now.mono, req);
+                    info!(
+                        "node {}: join request of {who}: {} ({})",
+                        self.id,
+                        if reply.ok { "accepted" } else { "refused" },
+                        reply.message
+                    );
+                    // Best effort on a fresh socket, as for a full server: the newcomer asks
+                    // again if the answer is lost.
+                    if let Ok(bytes) = codec::encode(&PeerFrame::JoinReply(reply)) {
+                        let _ = (&link.stream).write(&bytes);
+                    }
+                    self.drop_link(now, key, node, Level::Debug, "join request answered");
+                    return false;
                 }
                 (_, other) => {
                     let why = format!(

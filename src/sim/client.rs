@@ -671,7 +671,7 @@ impl SimClient {
             }
             ServerFrame::Pong(_) | ServerFrame::Notice(_) | ServerFrame::Members(_) => {}
             ServerFrame::Left(l) => return Err(format!("{who}: Left {} never asked", l.room)),
-            ServerFrame::HistoryPage(_) | ServerFrame::Status(_) => {}
+            ServerFrame::HistoryPage(_) | ServerFrame::Status(_) | ServerFrame::AdminReply(_) => {}
             ServerFrame::Redirect(r) => {
                 return Err(format!("{who}: redirected to {} (no node is full)", r.addr))
             }

@@ -74,6 +74,8 @@ pub struct NodeProc {
     /// Number of times it was started.
     incarnations: u32,
     stopped: bool,
+    /// It joins the running cluster through this node (`--join`) instead of `--peers`.
+    join_via: Option<u32>,
 }
 
 impl NodeProc {
@@ -182,6 +184,7 @@ impl Cluster {
                 child: None,
                 incarnations: 0,
                 stopped: false,
+                join_via: None,
             })
             .collect();
         let mut c = Cluster {
@@ -219,6 +222,49 @@ impl Cluster {
     /// Every node's client address, in id order (the server list for clients).
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// Client addresses of the nodes whose process runs.
+    pub fn running_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.client_addr.clone())
+            .collect()
+    }
+
+    /// Starts a new node (the next id) that joins the running cluster through node `via`;
+    /// returns its id.
+    pub fn add_node(&mut self, via: u32) -> u32 {
+        let ports = free_ports(2);
+        let id = self.nodes.len() as u32 + 1;
+        self.nodes.push(NodeProc {
+            id,
+            client_addr: format!("127.0.0.1:{}", ports[0]),
+            peer_addr: format!("127.0.0.1:{}", ports[1]),
+            child: None,
+            incarnations: 0,
+            stopped: false,
+            join_via: Some(via),
+        });
+        self.spawn(id)
+            .unwrap_or_else(|e| panic!("node {id} could not join: {e}"));
+        id
+    }
+
+    /// Waits up to `limit` for node `id` to exit by itself (e.g. once removed); reaps it.
+    pub fn wait_exit(&mut self, id: u32, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let n = self.node_mut(id);
+            let status = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if status.is_some() {
+                n.child = None;
+                return status;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Node ids, in order.
@@ -280,10 +326,12 @@ impl Cluster {
             .arg("--listen")
             .arg(&n.client_addr)
             .arg("--peer-listen")
-            .arg(&n.peer_addr)
-            .arg("--peers")
-            .arg(self.peers_arg(id))
-            .arg("--cluster-id")
+            .arg(&n.peer_addr);
+        match n.join_via {
+            Some(via) => cmd.arg("--join").arg(&self.node(via).peer_addr),
+            None => cmd.arg("--peers").arg(self.peers_arg(id)),
+        };
+        cmd.arg("--cluster-id")
             .arg(self.cluster_id.to_string())
             .arg("--heartbeat-ms")
             .arg(self.cfg.heartbeat_ms.to_string())

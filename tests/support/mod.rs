@@ -151,6 +151,20 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Polls `f` every 100 ms until it gives a value or `limit` passes.
+pub fn eventually_ok<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
 /// A client of `d` with reconnection off, so a failure shows up instead of being retried.
 pub fn client(
     d: &Daemon,

@@ -97,6 +97,12 @@ impl Node {
             }
             PeerFrame::Append(a) => self.handle_append(now.mono, from, a),
             PeerFrame::Snapshot(c) => self.handle_snapshot_chunk(now.mono, from, c),
+            PeerFrame::Join(_) | PeerFrame::JoinReply(_) => {
+                debug!(
+                    "node {}: join frame from {from} on a member link ignored",
+                    self.cfg.id
+                );
+            }
             PeerFrame::SnapshotReply(r) => self.handle_snapshot_reply(now.mono, from, r),
             PeerFrame::AppendReply(r) => self.handle_append_reply(now.mono, from, r),
             PeerFrame::Token(t) => self.handle_token(now.mono, from, t),
@@ -135,6 +141,7 @@ impl Node {
             Role::Leader => {
                 self.check_majority(t);
                 self.expire_lost_nodes(t);
+                self.release_leaving(t);
             }
             _ => {
                 if self.leader.is_some() && t >= self.leader_heard + self.cfg.failure_timeout {
@@ -166,12 +173,13 @@ impl Node {
     /// loop turn and again after [`Node::handle_persisted`].
     pub fn flush(&mut self, now: Now) {
         self.maybe_snapshot();
+        self.sync_members(now.mono);
         match self.role {
             Role::Leader => {
                 for p in self.outbox.take_unsent() {
                     self.log.append(self.hard.epoch, Some(p.id), p.command);
                 }
-                if self.members.len() == 1 {
+                if self.progress.is_empty() {
                     return;
                 }
                 let peers: Vec<NodeId> = self.progress.keys().copied().collect();
@@ -239,7 +247,7 @@ impl Node {
                 let fresh = self.peers.values().filter(|p| p.epoch == Some(0)).count();
                 let heard_newer = self.peers.values().any(|p| p.epoch.is_some_and(|e| e > 0));
                 let n = self.members.len();
-                !heard_newer && fresh + majority(n) > n
+                self.is_member() && !heard_newer && fresh + majority(n) > n
             }
         };
         if done {
@@ -289,7 +297,10 @@ impl Node {
     /// the others a heartbeat later each, plus jitter, so elections rarely collide.
     pub(super) fn election_delay(&mut self) -> Duration {
         let hb = self.cfg.heartbeat_interval;
-        let from = self.leader.unwrap_or(self.members[0]);
+        let Some(&first) = self.members.first() else {
+            return hb;
+        };
+        let from = self.leader.unwrap_or(first);
         // The successor has rank 0 and `from` itself (distance 0) the last rank: with no
         // leader known, `from` is a live member and must not tie with its successor.
         let n = self.members.len();
@@ -355,10 +366,14 @@ impl Node {
     pub(super) fn start_election(&mut self, now: Now) {
         let t = now.mono;
         self.election_due = Some(t + self.cfg.failure_timeout * 2 + self.election_delay());
-        if self.amnesia != Amnesia::No || self.storage_error.is_some() {
+        if self.amnesia != Amnesia::No || self.storage_error.is_some() || !self.is_member() {
             return;
         }
-        let reachable = 1 + self.peers.keys().filter(|&&p| self.alive(p, t)).count();
+        let reachable = 1 + self
+            .members
+            .iter()
+            .filter(|&&p| p != self.cfg.id && self.alive(p, t))
+            .count();
         if reachable < majority(self.members.len()) {
             return;
         }
@@ -421,6 +436,9 @@ impl Node {
     fn decline_reason(&self, now: Instant, epoch: Epoch) -> Option<&'static str> {
         if self.storage_error.is_some() {
             return Some("its storage is failing");
+        }
+        if !self.is_member() {
+            return Some("it is not a member");
         }
         if epoch <= self.hard.participated {
             return Some("it already took part in that epoch or a later one");
@@ -563,6 +581,7 @@ impl Node {
         self.leader_since = now;
         // Entries of earlier epochs commit only under an entry of this one.
         self.log.append(self.hard.epoch, None, Command::Noop);
+        self.log_initial_config();
         self.outbox.resend_all();
         self.heartbeat_due = now;
     }
@@ -571,10 +590,12 @@ impl Node {
     fn majority_acked(&self, now: Instant) -> bool {
         let acked = self
             .progress
-            .values()
-            .filter(|p| now < p.last_ack + self.step_down_after())
+            .iter()
+            .filter(|(id, p)| {
+                self.members.contains(id) && now < p.last_ack + self.step_down_after()
+            })
             .count();
-        acked + 1 >= majority(self.members.len())
+        acked + usize::from(self.is_member()) >= majority(self.members.len())
     }
 
     /// A leader steps down before a new leader can be elected elsewhere: followers wait the
@@ -691,6 +712,7 @@ impl Node {
             };
             return self.send_peer(from, &PeerFrame::AppendReply(reply));
         }
+        self.sync_members(now);
         let matched = (a.prev_index + a.entries.len() as LogIndex).max(self.log.snapshot_index());
         self.log.commit_to(a.commit.min(matched));
         self.apply_committed();
@@ -721,6 +743,7 @@ impl Node {
         if r.ok {
             pr.matched(r.index);
             self.maybe_commit();
+            self.maybe_promote(from);
         } else {
             pr.rejected(r.index);
         }
@@ -729,8 +752,18 @@ impl Node {
 
     /// Commits the highest index a majority stores, if it is of this leader's epoch.
     pub(super) fn maybe_commit(&mut self) {
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
-        matched.push(self.log.persisted());
+        let mut matched: Vec<LogIndex> = self
+            .progress
+            .iter()
+            .filter(|(id, _)| self.members.contains(id))
+            .map(|(_, p)| p.match_index)
+            .collect();
+        if self.is_member() {
+            matched.push(self.log.persisted());
+        }
+        if matched.len() < majority(self.members.len()) {
+            return;
+        }
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let n = matched[majority(self.members.len()) - 1];
         if n > self.log.committed() && self.log.epoch_at(n) == Some(self.hard.epoch) {

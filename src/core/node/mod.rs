@@ -4,6 +4,7 @@
 //! The cluster half (ring election, replication, timers) is in `cluster.rs`.
 
 mod cluster;
+mod members;
 mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -14,6 +15,7 @@ use log::{debug, error, info};
 
 use super::chat::{ChatState, Outcome, RoomExit, StoredMessage};
 use super::log::{Command, Entry, HardState, Log, LogIndex, PersistMark};
+use super::membership::Config;
 use super::names;
 use super::outbox::Outbox;
 use super::progress::Progress;
@@ -28,8 +30,14 @@ use snapshot::{Incoming, PendingSnapshot};
 pub struct NodeConfig {
     /// This node's id.
     pub id: NodeId,
-    /// Every member of the cluster, this node included (just this node when empty).
+    /// Every member of the cluster, this node included (just this node when empty), until the
+    /// log holds a configuration.
     pub members: Vec<NodeId>,
+    /// Peer addresses of members (this node's own included), for the first logged
+    /// configuration and for nodes that join later.
+    pub addresses: BTreeMap<NodeId, String>,
+    /// The node starts as a newcomer asking to join: it is no member until the cluster adds it.
+    pub joining: bool,
     /// Cluster identity checked in peer handshakes.
     pub cluster_id: u64,
     /// Messages replayed on a plain join.
@@ -73,6 +81,8 @@ impl Default for NodeConfig {
         NodeConfig {
             id: 1,
             members: Vec::new(),
+            addresses: BTreeMap::new(),
+            joining: false,
             cluster_id: 0,
             history_size: 10,
             max_text: 4096,
@@ -195,6 +205,8 @@ struct Peer {
     hears_us: bool,
     /// Where it serves clients, as it said in the handshake.
     client_addr: String,
+    /// Where it listens for peers (from the configuration).
+    peer_addr: String,
 }
 
 /// An output that may leave only once the election state (version) and the log (index) it
@@ -209,7 +221,6 @@ struct Held {
 /// A cluster member's whole state.
 pub struct Node {
     cfg: NodeConfig,
-    members: Vec<NodeId>,
     incarnation: u64,
     hard: HardState,
     hard_version: u64,
@@ -255,6 +266,20 @@ pub struct Node {
     snapshot_requested: bool,
     /// Why the last persist failed, while storage is failing: no writes are taken meanwhile.
     storage_error: Option<String>,
+    /// Voting members of the configuration in effect, in ring order.
+    members: Vec<NodeId>,
+    /// Configuration version `members` and `peers` were derived from.
+    configs_seen: u64,
+    /// Counts changes of the peer set (for the driver's links).
+    peers_version: u64,
+    /// Leader: joining nodes being caught up before they vote, with their peer addresses.
+    learners: BTreeMap<NodeId, String>,
+    /// Leader: removed nodes still told of their removal (its index, and until when at most).
+    leaving: BTreeMap<NodeId, (LogIndex, Instant)>,
+    /// Joining node: the leader that accepted us.
+    join_leader: Option<(NodeId, String)>,
+    /// Why this node is out of the cluster, once it is.
+    removed: Option<String>,
 }
 
 /// An election this node started: its epoch, and whether it is the pre-election.
@@ -280,15 +305,22 @@ impl Node {
     /// otherwise the node follows and waits for a leader (or elects one). Fails only when the
     /// recovered snapshot does not decode.
     pub fn new(cfg: NodeConfig, recovered: Recovered, now: Now) -> Result<Node, CodecError> {
+        // The configuration from flags, until the log holds one: a joining node has none.
         let mut members = cfg.members.clone();
-        members.push(cfg.id);
+        if !cfg.joining {
+            members.push(cfg.id);
+        }
         members.sort_unstable();
         members.dedup();
+        let flags_config = Config::of(members.iter().map(|&m| {
+            let addr = cfg.addresses.get(&m).cloned().unwrap_or_default();
+            (m, addr)
+        }));
         let amnesia = if recovered.hard_state.amnesiac
             || (recovered.hard_state == HardState::default()
                 && recovered.entries.is_empty()
                 && recovered.snapshot.is_none()
-                && members.len() > 1)
+                && (members.len() > 1 || cfg.joining))
         {
             Amnesia::Unknown
         } else {
@@ -303,35 +335,24 @@ impl Node {
         let (devices, history) = (cfg.devices_per_user as usize, cfg.history_size as usize);
         let (chat, log) = match &recovered.snapshot {
             Some(s) => {
-                let mut chat = codec::decode_snapshot(&s.bytes)?;
+                let (config, mut chat) = codec::decode_snapshot(&s.bytes)?;
                 chat.configure(devices, history);
-                let log = Log::after_snapshot(s.meta.index, s.meta.epoch, recovered.entries);
+                let mut log = Log::after_snapshot(s.meta.index, s.meta.epoch, recovered.entries);
+                log.init_configs(config, true);
                 (chat, log)
             }
-            None => (
-                ChatState::new(devices, history),
-                Log::recovered(recovered.entries),
-            ),
+            None => {
+                let mut log = Log::recovered(recovered.entries);
+                log.init_configs(flags_config, false);
+                (ChatState::new(devices, history), log)
+            }
         };
         let mut outbox = Outbox::new(cfg.id, incarnation);
         // Sessions of our previous run are gone; this goes first, before any new session.
         outbox.push(Command::NodeBoot { node: cfg.id });
         let rng = fastrand::Rng::with_seed(cfg.seed ^ (u64::from(cfg.id) << 48) ^ incarnation);
-        let peers = members
-            .iter()
-            .filter(|&&m| m != cfg.id)
-            .map(|&m| {
-                (
-                    m,
-                    Peer {
-                        hears_us: true,
-                        ..Peer::default()
-                    },
-                )
-            })
-            .collect();
         let mut node = Node {
-            members,
+            members: Vec::new(),
             incarnation,
             hard,
             hard_version: 1,
@@ -342,7 +363,7 @@ impl Node {
             chat,
             outbox,
             conns: HashMap::new(),
-            peers,
+            peers: BTreeMap::new(),
             progress: BTreeMap::new(),
             leader_heard: now.mono,
             leader_confirmed: false,
@@ -362,8 +383,18 @@ impl Node {
             incoming: None,
             snapshot_requested: false,
             storage_error: None,
+            configs_seen: u64::MAX,
+            peers_version: 0,
+            learners: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            join_leader: None,
+            removed: None,
             cfg,
         };
+        node.sync_members(now.mono);
+        // A node removed earlier must not come back from its old data.
+        let current = node.log.configs().current().clone();
+        node.config_applied(&current);
         info!(
             "node {}: starting (incarnation {}, epoch {}, log index {}, {} members)",
             node.cfg.id,
@@ -373,7 +404,7 @@ impl Node {
             node.members.len()
         );
         node.election_due = Some(now.mono + node.election_delay());
-        if node.members.len() == 1 {
+        if node.members == [node.cfg.id] {
             node.start_election(now);
         }
         Ok(node)
@@ -464,6 +495,24 @@ impl Node {
             (_, ClientFrame::Status(_)) => {
                 let report = self.status(now);
                 self.send(conn, &ServerFrame::Status(report));
+            }
+            (_, ClientFrame::Admin(req)) => {
+                let reply = match req {
+                    codec::AdminRequest::Remove { node } => self.request_remove(now.mono, node),
+                    codec::AdminRequest::Snapshot => {
+                        self.request_snapshot();
+                        codec::AdminReply {
+                            ok: true,
+                            message: format!(
+                                "node {} takes a snapshot at log index {}",
+                                self.cfg.id,
+                                self.log.applied()
+                            ),
+                            leader: None,
+                        }
+                    }
+                };
+                self.send(conn, &ServerFrame::AdminReply(reply));
             }
             (ConnState::New, ClientFrame::Hello(h)) => {
                 if let Err(e) = names::validate_user(&h.user) {
@@ -705,6 +754,11 @@ impl Node {
         while let Some(entry) = self.log.next_to_apply() {
             if let Some(id) = entry.origin {
                 self.outbox.applied(id);
+            }
+            if let Command::Config(c) = &entry.command {
+                let c = c.clone();
+                self.config_applied(&c);
+                continue;
             }
             let outcome = self.chat.apply_entry(entry);
             self.report(outcome);
@@ -987,6 +1041,7 @@ fn frame_name(f: &ClientFrame) -> &'static str {
         ClientFrame::History(_) => "History",
         ClientFrame::Ping(_) => "Ping",
         ClientFrame::Status(_) => "Status",
+        ClientFrame::Admin(_) => "Admin",
     }
 }
 

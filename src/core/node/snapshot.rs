@@ -55,7 +55,7 @@ impl Node {
             return;
         };
         self.snapshot_requested = false;
-        let bytes = match codec::encode_snapshot(&self.chat) {
+        let bytes = match codec::encode_snapshot(self.log.configs().applied(), &self.chat) {
             Ok(b) => b,
             Err(e) => {
                 // Our own state always encodes, so this is a bug: keep serving from the log.
@@ -228,12 +228,12 @@ impl Node {
             );
             return;
         }
-        self.install_snapshot(from, inc);
+        self.install_snapshot(now, from, inc);
     }
 
-    fn install_snapshot(&mut self, from: NodeId, inc: Incoming) {
-        let mut chat = match codec::decode_snapshot(&inc.bytes) {
-            Ok(chat) => chat,
+    fn install_snapshot(&mut self, now: Instant, from: NodeId, inc: Incoming) {
+        let (config, mut chat) = match codec::decode_snapshot(&inc.bytes) {
+            Ok(image) => image,
             Err(e) => {
                 error!(
                     "node {}: snapshot {} from {from} does not decode: {e}; asking again",
@@ -259,7 +259,8 @@ impl Node {
             self.cfg.history_size as usize,
         );
         self.chat = chat;
-        self.log.reset_to(inc.meta.index, inc.meta.epoch);
+        self.log.reset_to(inc.meta.index, inc.meta.epoch, config);
+        self.sync_members(now);
         // Our clients missed what the snapshot skipped over: they resume on a fresh connection
         // (from the last message they saw), which replays it.
         self.drop_clients("the node caught up from a snapshot; reconnect and resume");
