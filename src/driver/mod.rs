@@ -177,6 +177,8 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> DriverError {
 
 /// Longest a new node tries to get itself added before giving up.
 const JOIN_LIMIT: Duration = Duration::from_secs(60);
+/// Longest one renewed join request (from the event loop) may block.
+const REJOIN_LIMIT: Duration = Duration::from_secs(3);
 
 /// `--join`: unless the node's data says it is a member already, asks the cluster at `via` to
 /// add it and links it to the leader that accepted it.
@@ -185,6 +187,7 @@ fn join_cluster(
     via: SocketAddr,
     mesh: &Mesh,
     node: &mut Node,
+    limit: Duration,
 ) -> Result<(), DriverError> {
     if node.is_member() {
         info!(
@@ -204,7 +207,7 @@ fn join_cluster(
         "node {}: asking {via} to join cluster {}",
         config.id, config.cluster_id
     );
-    let (leader, addr) = join::join(via, &req, JOIN_LIMIT).map_err(|e| DriverError::Join(e.0))?;
+    let (leader, addr) = join::join(via, &req, limit).map_err(|e| DriverError::Join(e.0))?;
     node.handle_join_accepted(now().mono, leader, addr);
     Ok(())
 }
@@ -456,7 +459,7 @@ impl<S: Storage> Driver<S> {
             write_port_file(path, local_addr)?;
         }
         if let Some(via) = config.join {
-            join_cluster(&config, via, &mesh, &mut node)?;
+            join_cluster(&config, via, &mesh, &mut node, JOIN_LIMIT)?;
         }
         Ok(Driver {
             id,
@@ -595,8 +598,15 @@ impl<S: Storage> Driver<S> {
         }
     }
 
-    /// Links follow membership changes; a node removed from the cluster stops, saying why.
+    /// Links follow membership changes; a node removed from the cluster stops, saying why; a
+    /// joining node whose join stalled asks again.
     fn follow_membership(&mut self, now: Now) {
+        if let Some(via) = self.cfg.join.filter(|_| self.node.join_stalled(now.mono)) {
+            // Blocking, but only while the node is no member and serves no one.
+            if let Err(e) = join_cluster(&self.cfg, via, &self.mesh, &mut self.node, REJOIN_LIMIT) {
+                warn!("node {}: {e}", self.id);
+            }
+        }
         if self.node.peers_version() != self.peers_seen {
             self.peers_seen = self.node.peers_version();
             let wanted = self.node.peer_addresses();

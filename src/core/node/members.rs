@@ -177,9 +177,10 @@ impl Node {
 
     /// Joining node: the leader accepted us; link to it and wait for its entries.
     pub fn handle_join_accepted(&mut self, now: Instant, leader: NodeId, addr: String) {
-        if self.is_member() || self.peers.contains_key(&leader) {
+        if self.is_member() {
             return;
         }
+        self.join_accepted_at = Some(now);
         info!(
             "node {}: joining through leader {leader} at {addr}",
             self.cfg.id
@@ -187,6 +188,17 @@ impl Node {
         self.join_leader = Some((leader, addr));
         self.configs_seen = u64::MAX;
         self.sync_members(now);
+    }
+
+    /// Joining node: true when it should ask to join again: never accepted, or accepted but
+    /// still no member long after (the leader that accepted it may have lost its learners in
+    /// a leader change).
+    pub fn join_stalled(&self, now: Instant) -> bool {
+        if !self.cfg.joining || self.is_member() || self.removed.is_some() {
+            return false;
+        }
+        let patience = self.cfg.failure_timeout * 25;
+        self.join_accepted_at.is_none_or(|t| now >= t + patience)
     }
 
     /// Why a membership change (other than adding `joining`) cannot start now, if so.
@@ -208,10 +220,13 @@ impl Node {
         let Some(addr) = self.learners.get(&peer).cloned() else {
             return;
         };
+        // Within one batch of the commit index: under steady load a follower always trails
+        // the leader a little, and it has everything but the last few entries.
+        let slack = self.cfg.max_append_entries as u64;
         let caught_up = self
             .progress
             .get(&peer)
-            .is_some_and(|p| p.match_index >= self.log.committed());
+            .is_some_and(|p| p.match_index + slack >= self.log.committed());
         if !caught_up || self.log.configs().last_index() > self.log.committed() {
             return;
         }

@@ -276,8 +276,9 @@ pub struct Node {
     learners: BTreeMap<NodeId, String>,
     /// Leader: removed nodes still told of their removal (its index, and until when at most).
     leaving: BTreeMap<NodeId, (LogIndex, Instant)>,
-    /// Joining node: the leader that accepted us.
+    /// Joining node: the leader that accepted us, and when.
     join_leader: Option<(NodeId, String)>,
+    join_accepted_at: Option<Instant>,
     /// Why this node is out of the cluster, once it is.
     removed: Option<String>,
 }
@@ -388,6 +389,7 @@ impl Node {
             learners: BTreeMap::new(),
             leaving: BTreeMap::new(),
             join_leader: None,
+            join_accepted_at: None,
             removed: None,
             cfg,
         };

@@ -424,3 +424,59 @@ fn restart_from_the_durable_log_keeps_history_and_frees_old_device_slots() {
     );
     assert_eq!(texts(&frames), vec!["m1", "m2", "m3"]);
 }
+
+#[test]
+fn a_snapshot_compacts_the_log_and_a_restart_recovers_from_it() {
+    let cfg = NodeConfig {
+        snapshot_entries: 10,
+        compact_keep: 2,
+        ..NodeConfig::default()
+    };
+    let mut h = Harness::new(cfg.clone());
+    h.connect(1, "alice");
+    h.join(1, "g");
+    for i in 1..=30 {
+        h.say(1, "g", i, &format!("m{i}"));
+    }
+    h.step();
+    let meta = h.node.snapshot_meta().expect("a snapshot was taken");
+    assert!(meta.index >= 10);
+    let durable = h.store.load().unwrap();
+    assert_eq!(durable.snapshot.as_ref().map(|s| s.meta), Some(meta));
+    let mut h2 = Harness::recover(cfg, durable);
+    h2.step();
+    h2.connect(7, "bob");
+    h2.join(7, "g");
+    h2.step();
+    let texts = texts(&h2.take(7));
+    assert_eq!(texts.last().map(String::as_str), Some("m30"));
+}
+
+#[test]
+fn a_leader_takes_a_newcomer_as_a_learner_and_refuses_what_it_must() {
+    let cfg = NodeConfig {
+        cluster_id: 9,
+        ..NodeConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.step();
+    let req = |id, cluster_id| crate::codec::JoinRequest {
+        cluster_id,
+        node_id: id,
+        peer_addr: format!("127.0.0.1:{}", 7170 + id),
+        client_addr: String::new(),
+    };
+    let t = h.now.mono;
+    let wrong = h.node.handle_join(t, req(2, 8));
+    assert!(!wrong.ok && !wrong.retry, "{wrong:?}");
+    let ok = h.node.handle_join(t, req(2, 9));
+    assert!(ok.ok, "{ok:?}");
+    assert!(h.node.peer_addresses().iter().any(|(id, _)| *id == 2));
+    // One change at a time.
+    let busy = h.node.handle_join(t, req(3, 9));
+    assert!(!busy.ok && busy.retry, "{busy:?}");
+    // The last member cannot go, nor can a stranger.
+    assert!(!h.node.request_remove(t, 1).ok);
+    assert!(!h.node.request_remove(t, 5).ok);
+    assert!(h.node.is_member() && h.node.removed().is_none());
+}
