@@ -22,6 +22,7 @@
 use std::fmt;
 use std::ops::Range;
 
+use super::CodecError;
 use crate::core::log::{Command, Entry, Epoch, HardState, LogIndex, ProposalId};
 
 /// Size in bytes of a WAL record header.
@@ -305,26 +306,20 @@ fn write_record(
 }
 
 fn put<T: serde::Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), DiskError> {
-    bincode::serde::encode_into_std_write(v, out, super::config::<MAX>())
-        .map(|_| ())
-        .map_err(|e| DiskError::Encode(e.to_string()))
+    super::put::<T, MAX>(v, out).map_err(DiskError::from)
 }
 
 fn take<T: serde::de::DeserializeOwned>(kind: u8, payload: &[u8]) -> Result<T, DiskError> {
-    let (v, used) =
-        bincode::serde::decode_from_slice(payload, super::config::<MAX>()).map_err(|e| {
-            DiskError::BadPayload {
-                kind,
-                reason: e.to_string(),
-            }
-        })?;
-    if used != payload.len() {
-        return Err(DiskError::BadPayload {
-            kind,
-            reason: format!("{} trailing bytes", payload.len() - used),
-        });
+    super::take::<T, MAX>(kind, payload).map_err(DiskError::from)
+}
+
+impl From<CodecError> for DiskError {
+    fn from(e: CodecError) -> DiskError {
+        match e {
+            CodecError::BadPayload { kind, reason } => DiskError::BadPayload { kind, reason },
+            other => DiskError::Encode(other.to_string()),
+        }
     }
-    Ok(v)
 }
 
 /// Appends an Entry record (payload: bincode of origin and command).

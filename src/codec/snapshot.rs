@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{config, CodecError};
+use super::{put, take, CodecError};
 use crate::core::chat::ChatState;
 use crate::core::membership::Config;
 
@@ -35,31 +35,23 @@ pub fn encode_snapshot(members: &Config, chat: &ChatState) -> Result<Vec<u8>, Co
         config: members,
         chat,
     };
-    bincode::serde::encode_to_vec(&image, config::<MAX_IMAGE>())
-        .map_err(|e| CodecError::Encode(e.to_string()))
+    let mut out = Vec::new();
+    put::<_, MAX_IMAGE>(&image, &mut out)?;
+    Ok(out)
 }
 
 /// Decodes a snapshot image (the chat state's limits are unset: see
 /// [`ChatState::configure`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(Config, ChatState), CodecError> {
-    let bad = |reason: String| CodecError::BadPayload {
-        kind: IMAGE_KIND,
-        reason,
-    };
-    let (image, used): (Image, usize) =
-        bincode::serde::decode_from_slice(bytes, config::<MAX_IMAGE>())
-            .map_err(|e| bad(format!("snapshot image: {e}")))?;
+    let image: Image = take::<_, MAX_IMAGE>(IMAGE_KIND, bytes)?;
     if image.version != IMAGE_VERSION {
-        return Err(bad(format!(
-            "snapshot image version {} (this build reads {IMAGE_VERSION})",
-            image.version
-        )));
-    }
-    if used != bytes.len() {
-        return Err(bad(format!(
-            "snapshot image: {} trailing bytes",
-            bytes.len() - used
-        )));
+        return Err(CodecError::BadPayload {
+            kind: IMAGE_KIND,
+            reason: format!(
+                "snapshot image version {} (this build reads {IMAGE_VERSION})",
+                image.version
+            ),
+        });
     }
     Ok((image.config, image.chat))
 }

@@ -729,17 +729,30 @@ impl Node {
         self.hold_until(matched, Action::SendPeer { to: from, bytes });
     }
 
-    fn handle_append_reply(&mut self, now: Instant, from: NodeId, r: AppendReply) {
-        if r.epoch > self.hard.epoch {
-            return self.observe_epoch(r.epoch, now);
+    /// Leader: a follower's answer of `epoch` arrived; true when it is for this leadership
+    /// (its progress then counts it as alive). A newer epoch deposes this leader.
+    pub(super) fn answer_from(&mut self, now: Instant, from: NodeId, epoch: Epoch) -> bool {
+        if epoch > self.hard.epoch {
+            self.observe_epoch(epoch, now);
+            return false;
         }
-        if self.role != Role::Leader || r.epoch < self.hard.epoch {
+        if self.role != Role::Leader || epoch < self.hard.epoch {
+            return false;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return false;
+        };
+        pr.last_ack = now;
+        true
+    }
+
+    fn handle_append_reply(&mut self, now: Instant, from: NodeId, r: AppendReply) {
+        if !self.answer_from(now, from, r.epoch) {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        pr.last_ack = now;
         if r.ok {
             pr.matched(r.index);
             self.maybe_commit();

@@ -8,7 +8,7 @@ use std::time::Instant;
 use log::{error, info, warn};
 
 use super::cluster::encode_peer;
-use super::{Node, Role};
+use super::Node;
 use crate::codec::{self, AppendReply, ErrorCode, PeerFrame, SnapshotChunk, SnapshotReply};
 use crate::core::log::LogIndex;
 use crate::core::progress::SnapshotSend;
@@ -149,16 +149,12 @@ impl Node {
 
     /// Leader: a follower reports how much of the snapshot it has.
     pub(super) fn handle_snapshot_reply(&mut self, now: Instant, from: NodeId, r: SnapshotReply) {
-        if r.epoch > self.hard.epoch {
-            return self.observe_epoch(r.epoch, now);
-        }
-        if self.role != Role::Leader || r.epoch < self.hard.epoch {
+        if !self.answer_from(now, from, r.epoch) {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        pr.last_ack = now;
         if let Some(st) = pr.snapshot.as_mut().filter(|st| st.index == r.index) {
             // Replies come in order, so one that goes backwards means the follower lost what
             // it had: resend from there.
