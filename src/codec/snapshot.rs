@@ -8,7 +8,7 @@ use crate::core::chat::ChatState;
 use crate::core::membership::Config;
 
 /// Format of the snapshot image; a node refuses an image of another version.
-const IMAGE_VERSION: u32 = 1;
+const IMAGE_VERSION: u32 = 2;
 /// Bound on what decoding a snapshot may allocate (a corrupt length cannot exhaust memory).
 const MAX_IMAGE: usize = 1 << 36;
 /// Kind reported in errors about snapshot images (not a frame kind).

@@ -481,9 +481,11 @@ impl DaemonConfig {
                     .into(),
             );
         }
-        if self.join.is_some() && self.peer_listen.is_none() {
+        if self.join.is_some() && self.peer_listen.is_none_or(|a| a.ip().is_unspecified()) {
             return err(
-                "--peer-listen is required with --join (the address the members connect to)".into(),
+                "--join needs --peer-listen with a concrete address (the members connect to \
+                 it; 0.0.0.0 is no address they can use)"
+                    .into(),
             );
         }
         if self.heartbeat_ms == 0 {

@@ -48,7 +48,8 @@ pub fn join(
                     return Err(JoinError(format!("{target} refused: {}", reply.message)));
                 }
                 last = format!("{target}: {}", reply.message);
-                if let Some((_, addr)) = reply.leader {
+                if let Some((_, addr)) = reply.leader.filter(|(_, a)| *a != target) {
+                    // Pointed elsewhere: ask there at once.
                     target = addr;
                     continue;
                 }
