@@ -34,6 +34,9 @@ help:
 	@echo "make bench-cluster closed-loop scenario on a 3-node cluster"
 	@echo "make bench-open    open-loop (fixed rate) load scenario"
 	@echo "make bench-idle    many idle connections scenario"
+	@echo "make bench-commit  file vs memory storage on 3 nodes: throughput, CPU, latency (scripts/bench-durable.sh)"
+	@echo "make bench-restart SIGKILL and restart a node holding MESSAGES=1000000 messages: restart time"
+	@echo "make bench-catchup a wiped follower catches up MESSAGES=1000000: time, leader's added latency"
 	@echo "make verify-units  systemd-analyze verify the systemd unit"
 	@echo "make install       install binaries, unit and example config (PREFIX=$(PREFIX) DESTDIR=)"
 	@echo "make uninstall     remove what install put in place (configs are kept)"
@@ -83,6 +86,18 @@ bench-cluster:
 .PHONY: bench-failover
 bench-failover:
 	scripts/failover.sh
+
+# Durable storage (scripts/bench-durable.sh; knobs are its environment variables, e.g.
+# `make bench-restart MESSAGES=50000`, see `scripts/bench-durable.sh --help`).
+.PHONY: bench-commit bench-restart bench-catchup
+bench-commit:
+	scripts/bench-durable.sh commit
+
+bench-restart:
+	scripts/bench-durable.sh restart
+
+bench-catchup:
+	scripts/bench-durable.sh catchup
 
 # Builds only if a binary is missing, so that `sudo make install` after `make build` does not
 # run cargo as root. The unit's paths follow PREFIX. An existing example config is kept.

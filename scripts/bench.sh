@@ -29,6 +29,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# stop_process, start_cluster (shared with scripts/bench-durable.sh)
+. scripts/lib-bench.sh
 
 scenario=${1:-all}
 case "$scenario" in
@@ -96,24 +98,6 @@ daemon_pid=""
 addr=""
 redis_pid=""
 redis_addr=""
-
-# stop_process NAME PID: SIGTERM, then (after 5 s) SIGKILL, of that one process only.
-stop_process() {
-    local name=$1 pid=$2
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "$name $pid did not stop on SIGTERM within 5 s; SIGKILL" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_daemon() {
     stop_process ringchatd "$daemon_pid"
@@ -374,39 +358,7 @@ fi
 # cluster: the closed scenario against 3 nodes, members spread over all of them, CPU summed
 # over the three daemons (replication costs per message, fan-out per delivery).
 if [ "$scenario" = cluster ]; then
-    read -r -a peer_ports < <(python3 -c 'import socket
-ss = [socket.socket() for _ in range(3)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))')
-    addrs=()
-    for i in 1 2 3; do
-        peers=""
-        for j in 1 2 3; do
-            [ "$j" = "$i" ] || peers="$peers,$j=127.0.0.1:${peer_ports[$((j - 1))]}"
-        done
-        dir=$tmp/node$i
-        mkdir -p "$dir/data"
-        (
-            ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-            exec "$daemon" --id "$i" --listen 127.0.0.1:0 --port-file "$dir/port" \
-                --data-dir "$dir/data" --peer-listen "127.0.0.1:${peer_ports[$((i - 1))]}" \
-                --peers "${peers#,}"
-        ) 2>"$dir/daemon.log" &
-        cluster_pids+=($!)
-    done
-    for i in 1 2 3; do
-        for _ in $(seq 100); do # at most 10 s
-            [ -s "$tmp/node$i/port" ] && break
-            sleep 0.1
-        done
-        addrs+=("$(tr -d '[:space:]' <"$tmp/node$i/port")")
-    done
-    servers=$(IFS=,; echo "${addrs[*]}")
-    pids=$(IFS=,; echo "${cluster_pids[*]}")
-    for _ in $(seq 100); do # a leader within 10 s
-        target/release/ringchat -s "$servers" admin status 2>/dev/null | grep -q leader && break
-        sleep 0.1
-    done
+    start_cluster "$tmp" || exit 1
     echo "== 3 nodes: clients on $servers, pids $pids"
     cmd=("$load" closed --rooms "$CLOSED_ROOMS" --members "$CLOSED_MEMBERS" \
         --messages "$CLOSED_MESSAGES" --text-bytes "$TEXT_BYTES" --server "$servers" --pid "$pids")

@@ -428,3 +428,50 @@ fn the_peer_hello_example_of_protocol_md_is_what_encode_produces() {
          3132372e302e302e313a37303730"
     );
 }
+
+/// `cargo test --release --lib -- --ignored --nocapture snapshot_of_a_million_messages`:
+/// how long encoding and decoding the chat state of 1,000,000 messages takes (the event loop
+/// pauses for the encode when a node takes a snapshot).
+#[test]
+#[ignore]
+fn snapshot_of_a_million_messages() {
+    use crate::core::chat::ChatState;
+    use crate::core::log::Command;
+    use crate::core::membership::Config;
+    use crate::core::{ConnId, SessionId};
+    let mut chat = ChatState::new(2, 10);
+    let session = SessionId {
+        node: 1,
+        incarnation: 1,
+        conn: ConnId(1),
+    };
+    chat.apply(&Command::OpenSession {
+        session,
+        user: "loader".into(),
+        client_id: 1,
+    });
+    chat.apply(&Command::Join {
+        session,
+        room: "load".into(),
+        after_seq: None,
+    });
+    for i in 0..1_000_000u64 {
+        chat.apply(&Command::Say {
+            session,
+            room: "load".into(),
+            client_seq: i + 1,
+            text: format!("message {i:>12} of the load test run"),
+            time_ms: 1_700_000_000_000 + i,
+        });
+    }
+    let t = std::time::Instant::now();
+    let bytes = encode_snapshot(&Config::default(), &chat).unwrap();
+    let encode = t.elapsed();
+    let t = std::time::Instant::now();
+    let _ = decode_snapshot(&bytes).unwrap();
+    eprintln!(
+        "1,000,000 messages: image {} bytes, encode {encode:?}, decode {:?}",
+        bytes.len(),
+        t.elapsed()
+    );
+}

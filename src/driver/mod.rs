@@ -392,8 +392,11 @@ impl Driver<FileStorage> {
     /// binds the listener and builds the node. Nothing is served until [`Driver::run`].
     pub fn new(config: DaemonConfig) -> Result<Driver<FileStorage>, DriverError> {
         let lock = DataDirLock::acquire(&config.data_dir)?;
-        let storage = FileStorage::open(&config.data_dir, FileOptions::default())
-            .map_err(DriverError::Storage)?;
+        let options = FileOptions {
+            background_snapshots: true,
+            ..FileOptions::default()
+        };
+        let storage = FileStorage::open(&config.data_dir, options).map_err(DriverError::Storage)?;
         Driver::build(config, lock, storage)
     }
 }

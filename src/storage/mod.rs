@@ -118,22 +118,19 @@ pub trait Storage {
     ) -> Result<(), StorageError>;
     /// Makes everything written so far durable (one fsync for a whole loop turn).
     fn sync(&mut self) -> Result<(), StorageError>;
-    /// Frees what the newest snapshot covers: older snapshots and log entries below it. Called
-    /// only after a `sync` that followed `save_snapshot`.
+    /// Frees what the newest durable snapshot covers: older snapshots and log entries below
+    /// it. Called after every `sync`; cheap when there is nothing new to free.
     fn compact(&mut self) -> Result<(), StorageError>;
     /// What is durable, as found when the node starts.
     fn load(&mut self) -> Result<Recovered, StorageError>;
 }
 
-/// Carries out one [`Persist`] bundle: its writes, one sync, then compaction when a snapshot
-/// was written.
+/// Carries out one [`Persist`] bundle: its writes, one sync, then compaction (which does
+/// something only once per snapshot, when that snapshot is durable).
 pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<(), StorageError> {
     stage(storage, p)?;
     storage.sync()?;
-    if p.snapshot.is_some() {
-        storage.compact()?;
-    }
-    Ok(())
+    storage.compact()
 }
 
 /// The writes of a [`Persist`] bundle without the sync: snapshot, truncate, append, election

@@ -264,6 +264,9 @@ pub struct Node {
     incoming: Option<Incoming>,
     /// An admin asked for a snapshot.
     snapshot_requested: bool,
+    /// Added to the snapshot interval, different on every node, so the nodes do not all pause
+    /// to encode a snapshot at the same index.
+    snapshot_jitter: u64,
     /// Why the last persist failed, while storage is failing: no writes are taken meanwhile.
     storage_error: Option<String>,
     /// Voting members of the configuration in effect, in ring order.
@@ -383,6 +386,7 @@ impl Node {
             pending_snapshot: None,
             incoming: None,
             snapshot_requested: false,
+            snapshot_jitter: 0,
             storage_error: None,
             configs_seen: u64::MAX,
             peers_version: 0,
@@ -393,6 +397,7 @@ impl Node {
             removed: None,
             cfg,
         };
+        node.snapshot_jitter = node.rng.u64(0..=node.cfg.snapshot_entries / 4);
         node.sync_members(now.mono);
         // A node removed earlier must not come back from its old data.
         let current = node.log.configs().current().clone();

@@ -46,8 +46,9 @@ impl Node {
     pub(super) fn maybe_snapshot(&mut self) {
         let applied = self.log.applied();
         let last = self.snapshot_meta().map_or(0, |m| m.index);
-        let due = self.snapshot_requested
-            || (self.cfg.snapshot_entries > 0 && applied >= last + self.cfg.snapshot_entries);
+        let every = self.cfg.snapshot_entries + self.snapshot_jitter;
+        let due =
+            self.snapshot_requested || (self.cfg.snapshot_entries > 0 && applied >= last + every);
         if !due || applied <= last || self.pending_snapshot.is_some() || self.incoming.is_some() {
             return;
         }

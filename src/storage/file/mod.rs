@@ -25,6 +25,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use log::{error, warn};
 
@@ -44,12 +45,16 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub struct FileOptions {
     /// A sync starts a new segment once the active one holds at least this many bytes.
     pub segment_bytes: u64,
+    /// Write the node's own snapshots (not installed ones) on a background thread, so a large
+    /// one does not stall the event loop for its write and fsync; compaction waits for it.
+    pub background_snapshots: bool,
 }
 
 impl Default for FileOptions {
     fn default() -> FileOptions {
         FileOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            background_snapshots: false,
         }
     }
 }
@@ -90,6 +95,10 @@ pub struct FileStorage {
     tail_dirty: bool,
     /// The newest stored snapshot.
     snapshot: Option<SnapshotMeta>,
+    /// A snapshot being written in the background, and the thread writing it.
+    writing: Option<(SnapshotMeta, JoinHandle<Result<(), StorageError>>)>,
+    /// The snapshot index compaction last ran for (it runs once per snapshot).
+    compacted: Option<LogIndex>,
     /// What `open` found, handed out by the first `load` if nothing was written since.
     recovered: Option<Recovered>,
     /// A failure to inject into the next sync.
@@ -211,9 +220,35 @@ impl FileStorage {
             roll_pending,
             tail_dirty: false,
             snapshot: snapshot_meta,
+            writing: None,
+            compacted: None,
             recovered: Some(recovered),
             fault: None,
         })
+    }
+
+    /// Waits for a snapshot written in the background; once it is durable it is the newest.
+    fn finish_writing(&mut self) {
+        let Some((meta, handle)) = self.writing.take() else {
+            return;
+        };
+        match handle.join() {
+            Ok(Ok(())) => self.snapshot_stored(meta),
+            // The log still holds every entry it covers: nothing is lost, only not compacted.
+            Ok(Err(e)) => error!("storage: {e}; the log is kept whole until the next snapshot"),
+            Err(_) => error!("storage: the snapshot writer failed; the log is kept whole"),
+        }
+    }
+
+    /// `meta`'s file is durable: it is the newest snapshot (newer leftovers would shadow it).
+    fn snapshot_stored(&mut self, meta: SnapshotMeta) {
+        if let Err(e) = self.remove_snapshots(|i| i > meta.index) {
+            warn!(
+                "storage: cannot remove snapshots newer than {}: {e}",
+                meta.index
+            );
+        }
+        self.snapshot = Some(meta);
     }
 
     /// Makes the next sync fail as `fault` says (None: no longer).
@@ -418,33 +453,22 @@ impl Storage for FileStorage {
         replaces_log: bool,
     ) -> Result<(), StorageError> {
         self.recovered = None;
+        self.finish_writing();
         let meta = snapshot.meta;
         let path = self.snapshot_path(meta.index);
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(TMP_SUFFIX);
-        let tmp = PathBuf::from(tmp);
         let header = snapshot_file_header(meta.index, meta.epoch, &snapshot.bytes);
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&header)?;
-            f.write_all(&snapshot.bytes)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, &path)?;
-            segment::sync_dir(&self.snap_dir)
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(StorageError::at("save snapshot", &path, e));
+        if self.options.background_snapshots && !replaces_log {
+            // Its own copy of the bytes: the core keeps (and streams) its snapshot meanwhile.
+            let (bytes, dir) = (snapshot.bytes.clone(), self.snap_dir.clone());
+            let handle = std::thread::Builder::new()
+                .name("snapshot-writer".into())
+                .spawn(move || write_snapshot_file(&dir, &path, &header, &bytes))
+                .map_err(|e| StorageError::at("save snapshot", &self.snap_dir, e))?;
+            self.writing = Some((meta, handle));
+            return Ok(());
         }
-        // `open` takes the highest index: one above this snapshot would shadow it.
-        if let Err(e) = self.remove_snapshots(|i| i > meta.index) {
-            warn!(
-                "storage: cannot remove snapshots newer than {}: {e}",
-                path.display()
-            );
-        }
-        self.snapshot = Some(meta);
+        write_snapshot_file(&self.snap_dir, &path, &header, &snapshot.bytes)?;
+        self.snapshot_stored(meta);
         if replaces_log {
             self.base = meta;
             self.pending.reset();
@@ -470,9 +494,13 @@ impl Storage for FileStorage {
     }
 
     fn compact(&mut self) -> Result<(), StorageError> {
-        let Some(snap) = self.snapshot else {
+        if self.writing.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            self.finish_writing();
+        }
+        let Some(snap) = self.snapshot.filter(|s| self.compacted != Some(s.index)) else {
             return Ok(());
         };
+        self.compacted = Some(snap.index);
         self.recovered = None;
         self.remove_snapshots(|i| i < snap.index)
             .map_err(|e| StorageError::at("compact", &self.snap_dir, e))?;
@@ -502,6 +530,7 @@ impl Storage for FileStorage {
         if let Some(r) = self.recovered.take() {
             return Ok(r);
         }
+        self.finish_writing();
         let snapshot = match self.snapshot {
             Some(meta) => Some(recovery::read_snapshot(
                 "load",
@@ -532,4 +561,37 @@ impl Storage for FileStorage {
             replay.entries,
         ))
     }
+}
+
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        // A snapshot being written is finished (its file completes or its temp is left for
+        // the next open to remove); only a killed process leaves it half done.
+        self.finish_writing();
+    }
+}
+
+/// Writes a snapshot file durably: a temporary file, fsync, rename, fsync of the directory.
+fn write_snapshot_file(
+    dir: &Path,
+    path: &Path,
+    header: &[u8],
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(header)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        segment::sync_dir(dir)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StorageError::at("save snapshot", path, e)
+    })
 }

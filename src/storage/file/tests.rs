@@ -59,6 +59,7 @@ fn snap(index: LogIndex, epoch: u64) -> StoredSnapshot {
 
 const SMALL: FileOptions = FileOptions {
     segment_bytes: 1000,
+    background_snapshots: false,
 };
 
 fn open(dir: &Path) -> FileStorage {
@@ -572,7 +573,10 @@ fn a_crash_between_installing_a_snapshot_and_the_sync_is_finished_on_restart() {
 fn the_reset_position_survives_rolls_and_compaction_of_the_reset_segment() {
     let d = TempDir::new().unwrap();
     // Every sync rolls: the reset's segment holds nothing but its head.
-    let tiny = FileOptions { segment_bytes: 1 };
+    let tiny = FileOptions {
+        segment_bytes: 1,
+        ..FileOptions::default()
+    };
     let mut s = FileStorage::open(d.path(), tiny).unwrap();
     s.append(&run(1, 5, 1)).unwrap();
     s.sync().unwrap();
@@ -804,7 +808,16 @@ impl View {
 /// Restarts both stores after a crash, checks they recover the same, and returns the view.
 fn restart(dir: &Path, file: &mut FileStorage, mem: &mut MemStorage, epoch: u64) -> View {
     mem.crash();
-    *file = FileStorage::open(dir, FileOptions { segment_bytes: 400 }).unwrap();
+    // The model stores snapshots durably at once: crash after a background write is done.
+    file.finish_writing();
+    *file = FileStorage::open(
+        dir,
+        FileOptions {
+            segment_bytes: 400,
+            background_snapshots: true,
+        },
+    )
+    .unwrap();
     let rf = file.load().unwrap();
     let rm = mem.load().unwrap();
     assert_eq!(rf, rm, "after a restart");
@@ -820,7 +833,14 @@ fn restart(dir: &Path, file: &mut FileStorage, mem: &mut MemStorage, epoch: u64)
 fn check_against_mem_storage(ops: &[Op]) {
     let d = TempDir::new().unwrap();
     let dir = d.path();
-    let mut file = FileStorage::open(dir, FileOptions { segment_bytes: 400 }).unwrap();
+    let mut file = FileStorage::open(
+        dir,
+        FileOptions {
+            segment_bytes: 400,
+            background_snapshots: true,
+        },
+    )
+    .unwrap();
     let mut mem = MemStorage::new();
     let mut view = View {
         epoch: 1,
