@@ -879,6 +879,10 @@ impl<S: Storage> Driver<S> {
     /// the node send what that released.
     fn persist(&mut self, now: Now) {
         self.node.flush(now);
+        // What may leave already (the core holds back whatever waits on durability) leaves
+        // before the fsync: followers then write the new entries while we do.
+        self.drain_actions(now);
+        self.mesh.flush_dirty(now, &mut self.node);
         if let Some(t) = self.storage_retry_at {
             if now.mono < t {
                 return;
