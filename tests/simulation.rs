@@ -1,21 +1,38 @@
 //! Deterministic simulation of whole clusters (`ringchat::sim`): many random-fault seeds with
-//! every invariant checked after every step, a determinism check, and scenario tests that pin
-//! down one behaviour each. A failure prints the seed and the command that replays it.
+//! every invariant checked after every step (membership changes among the faults: new nodes
+//! joining, members removed), a determinism check, and scenario tests that pin down one
+//! behaviour each. A failure prints the seed and the command that replays it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use ringchat::codec::PeerFrame;
+use ringchat::core::log::Command;
 use ringchat::core::{NodeId, Role};
 use ringchat::sim::faults::CrashPoint;
-use ringchat::sim::{self, ms, SimConfig, World};
+use ringchat::sim::{self, ms, Report, SimConfig, World};
 
-fn run_seeds(seeds: std::ops::Range<u64>, nodes: usize) {
+/// Runs every seed of `seeds` with `cfg(seed)`; panics listing every failing seed.
+fn run_all(seeds: std::ops::Range<u64>, cfg: impl Fn(u64) -> SimConfig) -> Vec<Report> {
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
     for seed in seeds {
-        if let Err(f) = sim::run(SimConfig::new(seed).with_nodes(nodes)) {
-            panic!("{f}");
+        match sim::run(cfg(seed)) {
+            Ok(r) => reports.push(r),
+            Err(f) => failures.push(f.to_string()),
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    reports
+}
+
+fn run_seeds(seeds: std::ops::Range<u64>, nodes: usize) {
+    run_all(seeds, |seed| SimConfig::new(seed).with_nodes(nodes));
 }
 
 #[test]
@@ -48,10 +65,35 @@ fn random_faults_five_nodes_seeds_60_to_119() {
     run_seeds(60..120, 5);
 }
 
+/// Many membership changes among the other faults: clusters of 3 and of 5 grow and shrink
+/// (within 3 to 5 members) while nodes crash, lose their disks and get cut off.
+#[test]
+#[ignore = "known liveness gap: a member that missed the entry adding a node never links to it \
+            (run with --ignored; see the issue notes)"]
+fn membership_changes_under_random_faults() {
+    let reports = run_all(1000..1040, |seed| {
+        let mut cfg = SimConfig::new(seed).with_nodes(if seed % 2 == 0 { 3 } else { 5 });
+        cfg.membership = 40;
+        cfg
+    });
+    let joins: u64 = reports.iter().map(|r| r.joins).sum();
+    let removals: u64 = reports.iter().map(|r| r.removals).sum();
+    let both = reports
+        .iter()
+        .filter(|r| r.joins > 0 && r.removals > 0)
+        .count();
+    println!("{joins} joins, {removals} removals, {both} runs with both");
+    assert!(
+        joins >= 20 && removals >= 20 && both >= 8,
+        "too few membership changes: {joins} joins, {removals} removals, {both} runs with both"
+    );
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     for (seed, nodes) in [(7, 3), (1234, 3), (99, 5)] {
-        let cfg = SimConfig::new(seed).with_nodes(nodes);
+        let mut cfg = SimConfig::new(seed).with_nodes(nodes);
+        cfg.membership = 40;
         let a = sim::run(cfg.clone()).unwrap_or_else(|f| panic!("{f}"));
         let b = sim::run(cfg).unwrap_or_else(|f| panic!("{f}"));
         assert_eq!(a, b, "seed {seed} ran differently twice");
@@ -527,4 +569,226 @@ fn a_one_way_partition_towards_the_leader_does_not_stall_elections() {
     }
     let led = ok(w.run_until_cond(ms(3000), |w| w.leader().is_some_and(|l| l != old)));
     assert!(led, "no leader during the one-way partition (seed 52)");
+}
+
+// ----- membership -----
+
+/// Runs until every running node has applied a configuration of exactly `members`.
+fn configured(w: &mut World, members: &[NodeId], within: u64) -> bool {
+    let members = members.to_vec();
+    ok(w.run_until_cond(ms(within), |w| {
+        w.members().iter().all(|&id| {
+            w.node(id)
+                .is_some_and(|n| n.configs().applied().ids() == members)
+        })
+    }))
+}
+
+#[test]
+fn a_node_joins_and_a_removed_node_stops_for_good() {
+    let mut w = quiet(61, 3);
+    let leader = w.leader().unwrap();
+    let victim = followers(&w, leader)[0];
+    let c = talker_on(&mut w, "alice", victim);
+    w.client_mut(c).set_auto_say(true);
+    ok(w.run_for(ms(200)));
+
+    let new = w.add_joining_node();
+    assert_eq!(new, 4, "a new id above every id used");
+    assert!(
+        configured(&mut w, &[1, 2, 3, 4], 3000),
+        "node 4 did not become a member"
+    );
+    assert!(w.node(4).unwrap().is_member());
+
+    assert!(w.request_removal(victim), "the removal was refused");
+    let stopped = ok(w.run_until_cond(ms(3000), |w| w.is_gone(victim)));
+    assert!(stopped, "the removed node did not stop");
+    assert!(!w.members().contains(&victim));
+    let rest: Vec<NodeId> = [1, 2, 3, 4].into_iter().filter(|&m| m != victim).collect();
+    assert!(configured(&mut w, &rest, 3000));
+    // Its client was told to go and resumed on another node; nothing lost, nothing twice.
+    let moved = ok(w.run_until_cond(ms(5000), |w| {
+        w.client(c).settled() && w.client(c).open_on() != Some(victim)
+    }));
+    assert!(moved, "the client of the removed node did not move");
+    let before = w.client(c).stats.acked;
+    ok(w.run_for(ms(500)));
+    assert!(
+        w.client(c).stats.acked > before,
+        "no progress after the removal"
+    );
+    ok(w.settle(ms(5000)));
+    // A removed node is never restarted, and its id never comes back.
+    w.restart(victim);
+    assert!(w.node(victim).is_none() && w.is_gone(victim));
+    assert_eq!(w.add_joining_node(), 5);
+}
+
+#[test]
+fn the_leader_can_remove_itself() {
+    let mut w = quiet(62, 3);
+    let old = w.leader().unwrap();
+    let c = w.add_talker("bob", &["lobby"], None, true);
+    let joined = w.add_joining_node();
+    assert!(configured(&mut w, &[1, 2, 3, joined], 3000));
+    ok(w.run_for(ms(200)));
+    assert_eq!(w.leader(), Some(old));
+    assert!(w.request_removal(old));
+    let stopped = ok(w.run_until_cond(ms(3000), |w| w.is_gone(old)));
+    assert!(stopped, "the leader that removed itself did not stop");
+    let led = ok(w.run_until_cond(ms(3000), |w| w.leader().is_some()));
+    assert!(led, "no leader after the old one left");
+    assert_ne!(w.leader(), Some(old));
+    let before = w.client(c).stats.acked;
+    ok(w.run_for(ms(1000)));
+    assert!(
+        w.client(c).stats.acked > before,
+        "no progress after the leader left"
+    );
+    ok(w.settle(ms(5000)));
+}
+
+#[test]
+fn a_removal_waits_for_the_change_before_it() {
+    // One change at a time: while node 4 is joining (a learner, or its configuration entry
+    // not committed), the leader refuses to remove anyone.
+    let mut w = quiet(63, 3);
+    let leader = w.leader().unwrap();
+    let victim = followers(&w, leader)[0];
+    // Node 4's entries are held back, so it stays a learner.
+    w.add_drop_filter(Box::new(|_, to, f| {
+        to == 4 && matches!(f, PeerFrame::Append(_) | PeerFrame::Snapshot(_))
+    }));
+    let new = w.add_joining_node();
+    let learner = ok(w.run_until_cond(ms(2000), |w| {
+        w.node(leader)
+            .is_some_and(|n| n.peer_addresses().iter().any(|(id, _)| *id == new))
+    }));
+    assert!(learner, "the leader did not take node 4 as a learner");
+    assert!(
+        !w.request_removal(victim),
+        "removed while another change was under way"
+    );
+    w.clear_drop_filters();
+    assert!(configured(&mut w, &[1, 2, 3, new], 3000));
+    assert!(w.request_removal(victim), "refused once the join was done");
+    ok(w.settle(ms(5000)));
+}
+
+#[test]
+fn a_join_accepted_by_a_leader_that_then_fails_is_asked_again() {
+    // The leader that accepted node 4 crashes before adding it; the new leader knows nothing
+    // of it; the join stalls and node 4 asks again.
+    let mut w = quiet(64, 3);
+    let old = w.leader().unwrap();
+    w.add_drop_filter(Box::new(|_, to, f| {
+        to == 4 && matches!(f, PeerFrame::Append(_) | PeerFrame::Snapshot(_))
+    }));
+    let new = w.add_joining_node();
+    let learner = ok(w.run_until_cond(ms(2000), |w| {
+        w.node(old)
+            .is_some_and(|n| n.peer_addresses().iter().any(|(id, _)| *id == new))
+    }));
+    assert!(learner);
+    w.crash(old, CrashPoint::Idle);
+    w.clear_drop_filters();
+    let led = ok(w.run_until_cond(ms(3000), |w| w.leader().is_some()));
+    assert!(led);
+    w.restart(old);
+    assert!(
+        configured(&mut w, &[1, 2, 3, new], 10_000),
+        "node 4 did not ask again"
+    );
+    ok(w.settle(ms(5000)));
+}
+
+#[test]
+fn committed_configurations_are_in_every_log_once() {
+    // Every committed configuration entry changes one member from the one before.
+    let mut w = quiet(65, 3);
+    let a = w.add_joining_node();
+    assert!(configured(&mut w, &[1, 2, 3, a], 3000));
+    let b = w.add_joining_node();
+    assert!(configured(&mut w, &[1, 2, 3, a, b], 3000));
+    let leader = w.leader().unwrap();
+    let victim = followers(&w, leader)[0];
+    assert!(w.request_removal(victim));
+    let stopped = ok(w.run_until_cond(ms(3000), |w| w.is_gone(victim)));
+    assert!(stopped);
+    ok(w.settle(ms(5000)));
+    let n = w.node(leader).unwrap();
+    let configs: Vec<Vec<NodeId>> = (1..=n.stats().last_index)
+        .filter_map(|i| n.entry(i))
+        .filter_map(|e| match &e.command {
+            Command::Config(c) => Some(c.ids()),
+            _ => None,
+        })
+        .collect();
+    let rest: Vec<NodeId> = [1, 2, 3, a, b]
+        .into_iter()
+        .filter(|&m| m != victim)
+        .collect();
+    assert_eq!(
+        configs,
+        vec![vec![1, 2, 3], vec![1, 2, 3, a], vec![1, 2, 3, a, b], rest]
+    );
+    assert_eq!(w.checker().retired_count(), 1);
+}
+
+/// Runs until `id`'s applied configuration is exactly `members`.
+fn applied_config(w: &mut World, id: NodeId, members: &[NodeId], within: u64) -> bool {
+    let members = members.to_vec();
+    ok(w.run_until_cond(ms(within), |w| {
+        w.node(id)
+            .is_some_and(|n| n.configs().applied().ids() == members)
+    }))
+}
+
+#[test]
+fn a_node_that_missed_two_changes_cannot_make_a_second_leader() {
+    // S misses two joins (3 -> 4 -> 5 members), then only S and the old leader L can talk:
+    // S's configuration says 2 of 3 is a majority, but L's says 2 of 5 is not. The other
+    // three elect a leader; S and L must not elect one of the same epoch.
+    let mut w = quiet(71, 3);
+    let leader = w.leader().unwrap();
+    let stale = followers(&w, leader)[0];
+    let cut = w.cut(&[stale]);
+    let a = w.add_joining_node();
+    assert!(applied_config(&mut w, leader, &[1, 2, 3, a], 3000));
+    let b = w.add_joining_node();
+    assert!(applied_config(&mut w, leader, &[1, 2, 3, a, b], 3000));
+    // S gets no entries (it stays two changes behind), but takes part in elections.
+    w.add_drop_filter(Box::new(move |_, to, f| {
+        to == stale && matches!(f, PeerFrame::Append(_) | PeerFrame::Snapshot(_))
+    }));
+    w.uncut(cut);
+    let _ = w.cut(&[stale, leader]);
+    ok(w.run_for(ms(3000)));
+}
+
+#[test]
+#[ignore = "known liveness gap: a member that missed the entry adding a node never links to it \
+            (run with --ignored; see the issue notes)"]
+fn a_member_that_missed_a_join_catches_up_with_a_leader_that_joined_after_it() {
+    // S is cut off while node 4 joins; then node 4 leads. S's configuration does not know
+    // node 4, yet S must catch up (and take part in elections again) once the cut heals.
+    let mut w = quiet(72, 3);
+    let leader = w.leader().unwrap();
+    let stale = followers(&w, leader)[0];
+    let cut = w.cut(&[stale]);
+    let new = w.add_joining_node();
+    assert!(applied_config(&mut w, leader, &[1, 2, 3, new], 3000));
+    // Equal logs: the election picks the highest id, the new node.
+    w.crash(leader, CrashPoint::Idle);
+    w.restart(leader);
+    let led = ok(w.run_until_cond(ms(3000), |w| w.leader() == Some(new)));
+    assert!(led, "node {new} did not become the leader");
+    w.uncut(cut);
+    let caught_up = ok(w.run_until_cond(ms(5000), |w| {
+        w.node(stale)
+            .is_some_and(|n| n.configs().applied().has(new))
+    }));
+    assert!(caught_up, "node {stale} never caught up with leader {new}");
+    ok(w.settle(ms(5000)));
 }

@@ -43,6 +43,9 @@ struct Args {
     /// Talking clients per seed.
     #[arg(long, default_value_t = 5)]
     talkers: usize,
+    /// Percentage of random faults that are membership changes (joins, removals).
+    #[arg(long, default_value_t = SimConfig::new(0).membership)]
+    membership: u8,
     /// Run every seed twice and compare the trace hashes (determinism check).
     #[arg(long)]
     twice: bool,
@@ -58,6 +61,7 @@ fn config(args: &Args, seed: u64) -> SimConfig {
     let mut cfg = SimConfig::new(seed).with_nodes(args.nodes);
     cfg.safety = ms(args.safety_ms);
     cfg.talkers = args.talkers;
+    cfg.membership = args.membership;
     cfg.latency = (ms(args.latency_ms) / 16, ms(args.latency_ms));
     cfg.verbose = args.verbose;
     cfg
@@ -145,6 +149,15 @@ fn main() -> ExitCode {
         sum(|r| r.refused),
         sum(|r| r.steps),
         worst_liveness
+    );
+    let _ = writeln!(
+        out,
+        "  membership: {} nodes joined, {} removed ({} removal requests refused, {} removed \
+         nodes never learned it and were stopped by the admin)",
+        sum(|r| r.joins),
+        sum(|r| r.removals),
+        sum(|r| r.removes_refused),
+        sum(|r| r.zombies)
     );
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
     for r in &ok {

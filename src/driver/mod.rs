@@ -189,7 +189,7 @@ fn join_cluster(
     node: &mut Node,
     limit: Duration,
 ) -> Result<(), DriverError> {
-    if node.is_member() {
+    if node.configs().applied().has(config.id) {
         info!(
             "node {}: already a member (from its data); --join {via} ignored",
             config.id

@@ -5,17 +5,22 @@
 //! 3. agreement: committed log entries are identical on every node at every index; every node's
 //!    chat state, every delivery and every ack agree on (room, seq) -> (author, text), and no
 //!    message is committed twice (every text the clients send is unique);
-//! 4. session limit: no user ever has more than the allowed devices in a chat state.
+//! 4. session limit: no user ever has more than the allowed devices in a chat state;
+//! 5. membership: committed configurations change one member at a time and a removed id
+//!    never comes back (each keeps every earlier retirement, and lists no retired member);
+//!    no leader that is itself a member lists a removed node; a leader never holds more than
+//!    one configuration entry beyond what is committed (one change at a time).
 //!
-//! The per-client checks (gap-free, duplicate-free views) are in `client.rs`; liveness in
-//! `world.rs`. Checks are incremental: each node's log and chat state are checked once per
+//! The per-client checks (gap-free, duplicate-free views) are in `client.rs`; liveness (and
+//! the members' agreement on the configuration at the end) in `world.rs`. Checks are incremental: each node's log and chat state are checked once per
 //! entry / message, so checking after every step stays cheap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::client::Observed;
-use crate::core::log::{Entry, Epoch, LogIndex};
-use crate::core::{Node, NodeId, Role};
+use crate::core::log::{Command, Entry, Epoch, LogIndex};
+use crate::core::membership::Config;
+use crate::core::{Node, NodeId, NodeStats, Role};
 
 /// What the checker remembers of the run.
 #[derive(Debug, Default)]
@@ -35,6 +40,19 @@ pub struct Checker {
     room_checked: BTreeMap<(NodeId, String), u64>,
     /// Acknowledged messages: (room, seq) -> (author, text).
     acked: BTreeMap<(String, u64), (String, String)>,
+    /// Committed configuration entries seen, by index.
+    configs: BTreeMap<LogIndex, Config>,
+    /// Ids retired by a committed configuration, with the highest epoch that had a leader
+    /// when the retirement was first seen committed: it was committed in that epoch or
+    /// before, so every leader of a later epoch holds it.
+    retired: BTreeMap<NodeId, Epoch>,
+    /// Ids that were voting members of a committed configuration.
+    ever_members: BTreeSet<NodeId>,
+    /// Per leader: (run, epoch, configuration version) last checked for pending changes.
+    leader_configs: BTreeMap<NodeId, (u64, Epoch, u64)>,
+    /// Per node: (run, applied index, configuration version) its applied configuration was
+    /// last looked at.
+    applied_seen: BTreeMap<NodeId, (u64, LogIndex, u64)>,
 }
 
 impl Checker {
@@ -66,6 +84,137 @@ impl Checker {
     /// Acknowledged messages.
     pub fn acked(&self) -> &BTreeMap<(String, u64), (String, String)> {
         &self.acked
+    }
+
+    /// Whether `id` was retired by a committed configuration (removed for good).
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        self.retired.contains_key(&id)
+    }
+
+    /// Ids retired by a committed configuration (removed for good).
+    pub fn retired(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.retired.keys().copied()
+    }
+
+    /// How many ids were retired by a committed configuration.
+    pub fn retired_count(&self) -> usize {
+        self.retired.len()
+    }
+
+    fn note_retired(&mut self, config: &Config) {
+        let epoch = self.max_epoch();
+        for &id in &config.retired {
+            self.retired.entry(id).or_insert(epoch);
+        }
+    }
+
+    /// Ids that were voting members of a committed configuration.
+    pub fn ever_members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.ever_members.iter().copied()
+    }
+
+    /// The newest committed configuration entry seen, if any.
+    pub fn cluster(&self) -> Option<&Config> {
+        self.configs.last_key_value().map(|(_, c)| c)
+    }
+
+    /// A committed configuration entry: it must follow the one before it (and precede the one
+    /// after it, if that was seen first) by one change that keeps every retirement.
+    fn record_config(&mut self, index: LogIndex, config: &Config) -> Result<(), String> {
+        let before = self.configs.range(..index).next_back();
+        let after = self.configs.range(index + 1..).next();
+        for (earlier, later, at) in [
+            (before.map(|(i, c)| (*i, c)), Some((index, config)), index),
+            (Some((index, config)), after.map(|(i, c)| (*i, c)), index),
+        ] {
+            let (Some((i, a)), Some((j, b))) = (earlier, later) else {
+                continue;
+            };
+            if let Some(back) = b.members.keys().find(|m| a.retired.contains(m)) {
+                return Err(format!(
+                    "membership: node {back}, retired by the configuration at {i}, is a member \
+                     again in the one committed at {j} ({b:?})"
+                ));
+            }
+            if !a.retired.is_subset(&b.retired) {
+                return Err(format!(
+                    "membership: the configuration committed at {j} forgets retirements of the \
+                     one at {i} ({a:?} then {b:?}, seen at {at})"
+                ));
+            }
+            let changed = a
+                .members
+                .keys()
+                .filter(|m| !b.members.contains_key(m))
+                .chain(b.members.keys().filter(|m| !a.members.contains_key(m)))
+                .count();
+            // Only when every entry in between was seen (some are compacted unseen).
+            let adjacent = self.configs.range(i + 1..j).next().is_none()
+                && self.committed.range(i + 1..j).count() as u64 == j - i - 1;
+            if adjacent && changed > 1 {
+                return Err(format!(
+                    "membership: committed configurations at {i} and {j} differ by {changed} \
+                     members ({:?} then {:?})",
+                    a.ids(),
+                    b.ids()
+                ));
+            }
+        }
+        self.configs.insert(index, config.clone());
+        self.note_retired(config);
+        self.ever_members.extend(config.members.keys().copied());
+        Ok(())
+    }
+
+    /// The membership checks of one live node.
+    fn check_membership(&mut self, id: NodeId, node: &Node, st: &NodeStats) -> Result<(), String> {
+        let configs = node.configs();
+        // What a node applied is committed (looked at when it may have changed).
+        let seen = (node.incarnation(), st.applied, configs.version());
+        if self.applied_seen.insert(id, seen) != Some(seen) {
+            self.note_retired(configs.applied());
+            self.ever_members
+                .extend(configs.applied().members.keys().copied());
+        }
+        if st.role != Role::Leader {
+            return Ok(());
+        }
+        let current = configs.current();
+        // A leader holds every entry committed before its epoch, so every such removal (a
+        // leader of an older epoch, cut off, may not have heard of it yet).
+        let back = current
+            .members
+            .keys()
+            .find(|m| self.retired.get(m).is_some_and(|&e| e < st.epoch));
+        if let Some(back) = back {
+            return Err(format!(
+                "membership: leader {id} of epoch {} has node {back}, whose removal was \
+                 committed by epoch {}, as a member ({current:?})",
+                st.epoch, self.retired[back]
+            ));
+        }
+        let key = (node.incarnation(), st.epoch, configs.version());
+        if self.leader_configs.insert(id, key) == Some(key) {
+            return Ok(());
+        }
+        // Its configuration entries beyond what is committed anywhere: at most one.
+        let from = self.committed_len().max(st.committed) + 1;
+        let pending: Vec<LogIndex> = (from..=st.last_index)
+            .filter(|&i| {
+                node.entry(i)
+                    .is_some_and(|e| matches!(e.command, Command::Config(_)))
+            })
+            .collect();
+        if pending.len() > 1 {
+            return Err(format!(
+                "membership: leader {id} of epoch {} has {} uncommitted configuration entries \
+                 (at {pending:?}, committed up to {})",
+                st.epoch,
+                pending.len(),
+                from - 1
+            ));
+        }
+        Ok(())
     }
 
     /// A node restarted: its log and chat state are rebuilt, so they are compared again.
@@ -170,11 +319,15 @@ impl Checker {
                 }
                 Some(_) => {}
                 None => {
+                    if let Command::Config(c) = &e.command {
+                        self.record_config(index, c)?;
+                    }
                     self.committed.insert(index, e.clone());
                 }
             }
         }
         self.log_checked.insert(id, st.committed);
+        self.check_membership(id, node, &st)?;
 
         let chat = node.chat();
         for user in users {

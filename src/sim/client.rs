@@ -102,7 +102,7 @@ pub struct Observed {
 pub struct ClientEnv<'a> {
     /// Virtual now.
     pub now: Micros,
-    /// The cluster's node ids, sorted.
+    /// The nodes a client may connect to (members and nodes joining, not removed ones), sorted.
     pub members: &'a [NodeId],
     /// The next connection id to hand out (world-wide).
     pub next_conn: &'a mut u64,

@@ -37,6 +37,10 @@ pub enum Fault {
     DiskFail(NodeId),
     /// A client's connection breaks.
     ClientReset(usize),
+    /// A new node (with an id never used before) starts and asks to join the cluster.
+    Join,
+    /// An admin asks a live node to remove this member (it may be refused).
+    Remove(NodeId),
 }
 
 impl Fault {
@@ -52,6 +56,8 @@ impl Fault {
             Fault::DiskFail(_) => "disk-fail",
             Fault::Wipe(_) => "wipe",
             Fault::ClientReset(_) => "client-reset",
+            Fault::Join => "join",
+            Fault::Remove(_) => "remove",
         }
     }
 }
@@ -88,6 +94,27 @@ pub struct FaultPlan {
     pub down_for: (Micros, Micros),
     /// Delay before a reset link reconnects.
     pub reconnect_after: (Micros, Micros),
+    /// Percentage of draws that are membership changes (a join or a removal).
+    pub membership: u8,
+    /// Smallest and largest cluster the membership changes keep to.
+    pub sizes: (usize, usize),
+}
+
+/// What drawing a fault needs to know of the cluster now.
+#[derive(Clone, Copy, Debug)]
+pub struct Scene<'a> {
+    /// The nodes faults may strike: members and nodes joining (never removed ones).
+    pub nodes: &'a [NodeId],
+    /// Those crashed, paused or about to crash.
+    pub down: &'a [NodeId],
+    /// Voting members of the newest committed configuration.
+    pub members: &'a [NodeId],
+    /// Nodes started to join that are no members yet.
+    pub joining: usize,
+    /// A removal the leader accepted is not committed yet.
+    pub changing: bool,
+    /// Clients.
+    pub clients: usize,
 }
 
 impl Default for FaultPlan {
@@ -98,21 +125,30 @@ impl Default for FaultPlan {
             pause_for: (ms(50), ms(700)),
             down_for: (ms(50), ms(900)),
             reconnect_after: (ms(5), ms(60)),
+            membership: 8,
+            sizes: (3, 5),
         }
     }
 }
 
 impl FaultPlan {
-    /// Draws a fault. `down` are the nodes crashed or paused now; at most a minority is taken
-    /// down at once, except now and then, so that the cluster also gets to make progress.
-    pub fn draw(
-        &self,
-        rng: &mut fastrand::Rng,
-        members: &[NodeId],
-        down: &[NodeId],
-        clients: usize,
-    ) -> Option<(Fault, Micros)> {
+    /// Draws a fault. At most a minority is taken down at once, except now and then, so that
+    /// the cluster also gets to make progress. Membership changes keep the cluster within
+    /// `sizes` (nodes joining count) and start only while no other change is under way.
+    pub fn draw(&self, rng: &mut fastrand::Rng, scene: &Scene<'_>) -> Option<(Fault, Micros)> {
+        if rng.u8(..100) < self.membership {
+            return self.draw_membership(rng, scene);
+        }
+        let Scene {
+            nodes: members,
+            down,
+            clients,
+            ..
+        } = *scene;
         let n = members.len();
+        if n == 0 {
+            return None;
+        }
         let pick = |rng: &mut fastrand::Rng| members[rng.usize(..n)];
         let pair = |rng: &mut fastrand::Rng| {
             let a = members[rng.usize(..n)];
@@ -120,7 +156,8 @@ impl FaultPlan {
             (a, others[rng.usize(..others.len())])
         };
         let span = |rng: &mut fastrand::Rng, (lo, hi): (Micros, Micros)| rng.u64(lo..=hi);
-        let may_take_down = down.len() < (n - 1) / 2 || rng.u8(..20) == 0;
+        let voters = scene.members.len().max(1);
+        let may_take_down = down.len() < (voters - 1) / 2 || rng.u8(..20) == 0;
         let roll = rng.u8(..100);
         if n < 2 && roll < 54 {
             return None; // no links to break
@@ -182,5 +219,26 @@ impl FaultPlan {
             }
         };
         Some(fault)
+    }
+
+    fn draw_membership(
+        &self,
+        rng: &mut fastrand::Rng,
+        scene: &Scene<'_>,
+    ) -> Option<(Fault, Micros)> {
+        let (min, max) = self.sizes;
+        let size = scene.members.len();
+        let may_join = size + scene.joining < max;
+        let may_remove = !scene.changing && scene.joining == 0 && size > min;
+        let join = match (may_join, may_remove) {
+            (false, false) => return None,
+            (true, true) => rng.bool(),
+            (j, _) => j,
+        };
+        if join {
+            return Some((Fault::Join, 0));
+        }
+        let victim = scene.members[rng.usize(..size)];
+        Some((Fault::Remove(victim), 0))
     }
 }

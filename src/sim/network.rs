@@ -30,6 +30,9 @@ struct Link {
     generation: u64,
     /// Active symmetric partitions that cut this pair.
     cut: u32,
+    /// A connection closed by one end (FIN): its generation and direction, whose frames
+    /// already sent still arrive.
+    draining: Option<(u64, usize)>,
     /// [low -> high, high -> low].
     dirs: [Direction; 2],
 }
@@ -80,6 +83,15 @@ impl Network {
         Network { links, latency }
     }
 
+    /// A node joins the network: a link (down) to each of `others`.
+    pub fn add_node(&mut self, id: NodeId, others: &[NodeId]) {
+        for &o in others {
+            if o != id {
+                self.links.entry(key(id, o).0).or_default();
+            }
+        }
+    }
+
     /// Every pair, in a fixed order.
     pub fn pairs(&self) -> Vec<(NodeId, NodeId)> {
         self.links.keys().copied().collect()
@@ -100,8 +112,15 @@ impl Network {
 
     /// Whether a frame of `generation` from `from` may still be delivered to `to`.
     pub fn current(&self, from: NodeId, to: NodeId, generation: u64) -> bool {
-        self.link(from, to)
-            .is_some_and(|l| l.connected && l.generation == generation)
+        let d = key(from, to).1;
+        self.link(from, to).is_some_and(|l| {
+            (l.connected && l.generation == generation) || l.draining == Some((generation, d))
+        })
+    }
+
+    /// The pair's connection generation (it changes whenever the connection comes or goes).
+    pub fn generation(&self, a: NodeId, b: NodeId) -> Option<u64> {
+        self.link(a, b).map(|l| l.generation)
     }
 
     /// Whether a partition keeps the pair from connecting.
@@ -165,6 +184,24 @@ impl Network {
         true
     }
 
+    /// `closer` closes the connection (it no longer wants it): what it sent still arrives,
+    /// after which the other end sees the close; nothing more goes either way. Returns the
+    /// generation after the close and when the other end sees it, or None if it was down.
+    pub fn close(&mut self, closer: NodeId, other: NodeId, now: Micros) -> Option<(u64, Micros)> {
+        let (k, d) = key(closer, other);
+        let link = self.links.get_mut(&k)?;
+        for dir in &mut link.dirs {
+            dir.held.clear();
+        }
+        if !link.connected {
+            return None;
+        }
+        link.draining = Some((link.generation, d));
+        link.connected = false;
+        link.generation += 1;
+        Some((link.generation, link.dirs[d].last_at.max(now)))
+    }
+
     /// Resets the connection: everything in flight or held is lost. True if it was up.
     pub fn reset(&mut self, a: NodeId, b: NodeId) -> bool {
         let Some(link) = self.link_mut(a, b) else {
@@ -173,6 +210,7 @@ impl Network {
         for d in &mut link.dirs {
             d.held.clear();
         }
+        link.draining = None;
         if !link.connected {
             return false;
         }
@@ -343,5 +381,34 @@ mod tests {
         n.start_dropping(1, 2);
         assert_eq!(n.send(1, 2, &bytes(), 0, &mut rng), Sent::Dropped);
         assert!(n.faulty(1, 2));
+    }
+
+    #[test]
+    fn nodes_come_and_a_closed_connection_delivers_what_was_sent() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut n = Network::new(&[1, 2], (10, 10));
+        n.add_node(3, &[1, 2]);
+        assert_eq!(n.pairs(), vec![(1, 2), (1, 3), (2, 3)]);
+        assert!(n.connect(3, 1));
+        let Sent::Deliver { generation, .. } = n.send(3, 1, &bytes(), 0, &mut rng) else {
+            panic!("not sent");
+        };
+        let back = n.send(1, 3, &bytes(), 0, &mut rng);
+        let (after, at) = n.close(3, 1, 0).expect("it was up");
+        assert_eq!(at, 10, "the other end sees the close after the last frame");
+        assert!(
+            n.current(3, 1, generation),
+            "what the closer sent still arrives"
+        );
+        assert!(matches!(back, Sent::Deliver { generation: g, .. } if !n.current(1, 3, g)));
+        assert_eq!(n.send(3, 1, &bytes(), 0, &mut rng), Sent::Dropped);
+        assert_eq!(n.generation(1, 3), Some(after));
+        assert!(n.close(3, 1, 0).is_none(), "closed already");
+        assert!(n.connect(1, 3));
+        assert!(n.reset(1, 3));
+        assert!(
+            !n.current(3, 1, generation),
+            "a reset loses everything in flight"
+        );
     }
 }

@@ -416,9 +416,13 @@ impl Node {
     /// Sends the token to the next live node on the ring (a real token only once our
     /// participation is durable), or completes it here when no one else is reachable.
     fn pass_token(&mut self, now: Instant, token: Token) {
-        let next = next_hop(&self.members, self.cfg.id, token.initiator, |p| {
-            self.alive(p, now)
-        });
+        // A node outside its own configuration (joining before the entry adding it arrived,
+        // or being removed) takes no part, but passes the token on from its place on the ring.
+        let mut ring = self.members.clone();
+        if let Err(at) = ring.binary_search(&self.cfg.id) {
+            ring.insert(at, self.cfg.id);
+        }
+        let next = next_hop(&ring, self.cfg.id, token.initiator, |p| self.alive(p, now));
         match next {
             Some(to) => {
                 let bytes = encode_peer(&PeerFrame::Token(token));
@@ -552,6 +556,22 @@ impl Node {
             warn!(
                 "node {}: named leader of epoch {} without taking part; ignored",
                 self.cfg.id, e.epoch
+            );
+            return;
+        }
+        // The initiator counted the participants in its own configuration, which may be
+        // older than ours (it missed changes): like a Raft candidate counting votes, lead
+        // only with a majority of our configuration (we hold the newest log among them).
+        let ours = e
+            .participants
+            .iter()
+            .filter(|p| self.members.contains(p))
+            .count();
+        if ours < majority(self.members.len()) {
+            info!(
+                "node {}: named leader of epoch {} by {:?}, not a majority of members {:?}; \
+                 declined",
+                self.cfg.id, e.epoch, e.participants, self.members
             );
             return;
         }

@@ -10,7 +10,7 @@ use log::{info, warn};
 use super::{Node, Peer, Role};
 use crate::codec::{AdminReply, JoinReply, JoinRequest};
 use crate::core::log::Command;
-use crate::core::membership::Config;
+use crate::core::membership::{Config, ConfigHistory};
 use crate::core::progress::Progress;
 use crate::core::NodeId;
 
@@ -22,6 +22,12 @@ impl Node {
     /// True when this node votes in the configuration in effect.
     pub fn is_member(&self) -> bool {
         self.log.configs().current().has(self.cfg.id)
+    }
+
+    /// The configurations its log holds: the one in effect, the one at the applied index
+    /// (read-only, for status views and invariant checks).
+    pub fn configs(&self) -> &ConfigHistory {
+        self.log.configs()
     }
 
     /// Why this node stopped being part of the cluster, once it has (the driver stops it).
@@ -75,6 +81,13 @@ impl Node {
         }
         wanted.retain(|(id, _)| *id != self.cfg.id);
         self.set_peers(now, wanted);
+        // A snapshot installed from the leader may hold a committed configuration that
+        // retires this node (it then applies no entry that would tell it).
+        let applied = self.log.configs().applied();
+        if applied.retired.contains(&self.cfg.id) {
+            let applied = applied.clone();
+            self.config_applied(&applied);
+        }
     }
 
     /// Makes `wanted` the peer set: new peers start unknown (progress if leading), gone ones
@@ -177,7 +190,7 @@ impl Node {
 
     /// Joining node: the leader accepted us; link to it and wait for its entries.
     pub fn handle_join_accepted(&mut self, now: Instant, leader: NodeId, addr: String) {
-        if self.is_member() {
+        if self.joined() {
             return;
         }
         self.join_accepted_at = Some(now);
@@ -191,18 +204,28 @@ impl Node {
     }
 
     /// Joining node: true when it should ask to join again: never accepted, or accepted but
-    /// still no member long after (the leader that accepted it may have lost its learners in
-    /// a leader change).
+    /// still no member by a committed configuration long after (the leader that accepted it
+    /// may have lost its learners in a leader change, or the entry adding it may be lost).
     pub fn join_stalled(&self, now: Instant) -> bool {
-        if !self.cfg.joining || self.is_member() || self.removed.is_some() {
+        if !self.cfg.joining || self.joined() || self.removed.is_some() {
             return false;
         }
         let patience = self.cfg.failure_timeout * 25;
         self.join_accepted_at.is_none_or(|t| now >= t + patience)
     }
 
+    /// Joining node: a committed configuration has it. Only that ends a join: an entry adding
+    /// it that is merely appended here may still be discarded by the next leader, and then no
+    /// member lists this node any more, so it would never hear of it if it stopped asking.
+    fn joined(&self) -> bool {
+        self.log.configs().applied().has(self.cfg.id)
+    }
+
     /// Why a membership change (other than adding `joining`) cannot start now, if so.
     fn change_in_progress(&self, joining: NodeId) -> Option<String> {
+        if let Some(why) = self.not_settled_as_leader() {
+            return Some(why);
+        }
         let last = self.log.configs().last_index();
         if last > self.log.committed() {
             return Some(format!(
@@ -213,6 +236,20 @@ impl Node {
             .keys()
             .find(|&&l| l != joining)
             .map(|l| format!("node {l} is joining; one change at a time, retry"))
+    }
+
+    /// Leader: why it may not append a configuration yet: until an entry of its own epoch is
+    /// committed (its Noop), a configuration entry of an earlier leader that this log lacks
+    /// may still be in other logs and win a later election; a change made meanwhile from this
+    /// log's configuration would be a second change at once (Raft's single-server change bug,
+    /// Ongaro 2015, fixed the same way).
+    fn not_settled_as_leader(&self) -> Option<String> {
+        (self.log.epoch_at(self.log.committed()) != Some(self.hard.epoch)).then(|| {
+            format!(
+                "leader {} has not committed an entry of epoch {} yet; retry",
+                self.cfg.id, self.hard.epoch
+            )
+        })
     }
 
     /// Leader: a learner that has caught up with the commit index becomes a member.
@@ -227,7 +264,10 @@ impl Node {
             .progress
             .get(&peer)
             .is_some_and(|p| p.match_index + slack >= self.log.committed());
-        if !caught_up || self.log.configs().last_index() > self.log.committed() {
+        if !caught_up
+            || self.log.configs().last_index() > self.log.committed()
+            || self.not_settled_as_leader().is_some()
+        {
             return;
         }
         match self.log.configs().current().with(peer, &addr) {

@@ -4,17 +4,21 @@
 use crate::core::log::HardState;
 use crate::core::NodeId;
 use crate::sim::clock::{ms, Micros};
-use crate::sim::faults::{CrashPoint, Fault, Heal};
+use crate::sim::faults::{CrashPoint, Fault, Heal, Scene};
 use crate::storage::{MemStorage, Storage};
 
 use super::{Event, Input, World, TAG_FAULT};
 
 impl World {
     pub(super) fn down_nodes(&self) -> Vec<NodeId> {
-        self.nodes
+        self.targets
             .iter()
-            .filter(|(_, n)| n.node.is_none() || n.paused || n.crash_pending.is_some())
-            .map(|(&id, _)| id)
+            .copied()
+            .filter(|id| {
+                self.nodes
+                    .get(id)
+                    .is_some_and(|n| n.node.is_none() || n.paused || n.crash_pending.is_some())
+            })
             .collect()
     }
 
@@ -23,9 +27,16 @@ impl World {
             return;
         }
         let down = self.down_nodes();
-        let drawn = self
-            .plan
-            .draw(&mut self.rng, &self.members, &down, self.clients.len());
+        let voters = self.voters();
+        let scene = Scene {
+            nodes: &self.targets,
+            down: &down,
+            members: &voters,
+            joining: self.joining(),
+            changing: self.removing.is_some(),
+            clients: self.clients.len(),
+        };
+        let drawn = self.plan.draw(&mut self.rng, &scene);
         if let Some((fault, dur)) = drawn {
             self.apply_fault(fault, dur);
         }
@@ -38,11 +49,14 @@ impl World {
     /// (wiped and not caught up, durably so): the design keeps acknowledged writes only while
     /// a majority keeps its disks. True if it was wiped.
     pub fn wipe(&mut self, id: NodeId) -> bool {
-        let n = self.members.len();
+        let n = self.voters().len();
         if self.node(id).is_none() || n - 1 < n / 2 + 1 {
             return false; // in a cluster of 1 or 2, the others are no majority
         }
         for (&other, n) in &mut self.nodes {
+            if n.gone {
+                continue;
+            }
             let Ok(r) = n.storage.load() else {
                 return false;
             };
@@ -54,6 +68,7 @@ impl World {
         self.crash_now(id, CrashPoint::Idle);
         if let Some(n) = self.nodes.get_mut(&id) {
             n.storage = MemStorage::new();
+            n.wiped = true;
         }
         self.note(format!("node {id}: WIPED"));
         true
@@ -103,6 +118,12 @@ impl World {
                 }
             }
             Fault::ClientReset(i) => self.reset_client(i),
+            Fault::Join => {
+                self.add_joining_node();
+            }
+            Fault::Remove(id) => {
+                self.request_removal(id);
+            }
         }
     }
 
@@ -157,6 +178,7 @@ impl World {
             self.events.remove(&k);
         }
         self.filters.clear();
+        self.stop_retired();
         for id in self.members.clone() {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.crash_pending = None;

@@ -68,7 +68,7 @@ impl World {
     ) {
         let mut env = ClientEnv {
             now: self.clock.micros(),
-            members: &self.members,
+            members: &self.targets,
             next_conn: &mut self.next_conn,
             out: Vec::new(),
             observed: Vec::new(),

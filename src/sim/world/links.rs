@@ -47,9 +47,15 @@ impl World {
             .is_some_and(|n| n.node.is_some() && !n.paused)
     }
 
+    /// Brings the connection between `a` and `b` up if both run and each lists the other as a
+    /// peer (the mesh refuses a Hello from a node it does not list, and dials only those it
+    /// lists).
     pub(super) fn link_up(&mut self, a: NodeId, b: NodeId) {
         if !self.alive_and_running(a) || !self.alive_and_running(b) {
             return; // retried when the node restarts or resumes
+        }
+        if !self.lists(a, b) || !self.lists(b, a) {
+            return; // retried when the peer sets change
         }
         if !self.net.connect(a, b) {
             return;
@@ -73,6 +79,18 @@ impl World {
             let (lo, hi) = self.plan.reconnect_after;
             let at = self.clock.micros() + self.rng.u64(lo..=hi);
             self.schedule(at, Event::LinkUp(a, b));
+        }
+    }
+
+    /// `closer` closes its connection to `other` (it no longer lists it, or it stops): what
+    /// it sent still arrives, then `other` sees the close.
+    pub(super) fn close_link(&mut self, closer: NodeId, other: NodeId) {
+        let now = self.clock.micros();
+        if let Some((generation, at)) = self.net.close(closer, other, now) {
+            self.note(format!("link {closer} -> {other} closed by {closer}"));
+            self.node_input(closer, Input::PeerDown(other));
+            let input = Input::PeerClosed(closer, generation);
+            self.schedule(at, Event::Input { node: other, input });
         }
     }
 

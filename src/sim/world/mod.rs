@@ -6,9 +6,10 @@
 mod chaos;
 mod clients;
 mod links;
+mod membership;
 mod nodes;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use log::debug;
 
@@ -18,12 +19,15 @@ use super::clock::{ms, Clock, Micros, TraceHash};
 use super::faults::{CrashPoint, FaultPlan, Heal};
 use super::network::Network;
 use super::{Failure, Report, SimConfig};
-use crate::codec::PeerFrame;
+use crate::codec::{JoinReply, JoinRequest, PeerFrame};
 use crate::core::{ConnId, Node, NodeConfig, NodeId, Role, SharedBytes};
 use crate::storage::{MemStorage, Recovered, Storage};
 
 /// Rooms the talkers use.
 pub const ROOMS: [&str; 2] = ["lobby", "dev"];
+
+/// The simulated cluster's id.
+const CLUSTER_ID: u64 = 0x51a;
 
 /// An input waiting for a node (queued while it is paused).
 #[derive(Debug)]
@@ -35,6 +39,8 @@ enum Input {
     },
     PeerUp(NodeId),
     PeerDown(NodeId),
+    /// The peer closed the connection of this generation (after its last frames arrived).
+    PeerClosed(NodeId, u64),
     Accept(ConnId),
     Frame(ConnId, Vec<u8>),
     Closed(ConnId),
@@ -54,6 +60,24 @@ enum Event {
     NextFault,
     /// A fault ends.
     Heal(Heal),
+    /// A joining node's timer: it asks (again) when its join stalled.
+    JoinTick(NodeId),
+    /// A join request reaches a member.
+    JoinAsk {
+        joiner: NodeId,
+        attempt: u64,
+        to: NodeId,
+        hops: u8,
+        req: JoinRequest,
+    },
+    /// The answer reaches the joining node.
+    JoinAnswer {
+        joiner: NodeId,
+        attempt: u64,
+        from: NodeId,
+        hops: u8,
+        reply: JoinReply,
+    },
 }
 
 /// The node side of a client connection.
@@ -89,6 +113,63 @@ struct SimNode {
     last_view: Option<(Role, u64, Option<NodeId>)>,
     /// Consecutive timer firings at one instant (a busy loop shows up here).
     spin: (Micros, u32),
+    /// The peers the driver links it to (the core's peer set), and the version they are of.
+    peers: BTreeSet<NodeId>,
+    peers_seen: u64,
+    /// Started with `--join` (asks to be added until a committed configuration has it).
+    join: Option<Joining>,
+    /// Stopped for good (removed): never restarted, its id never reused.
+    gone: bool,
+    /// Its disk was wiped since it last ran: the admin decides how it comes back.
+    wiped: bool,
+}
+
+/// The join requests of a node started to join (the driver's `--join`).
+#[derive(Debug, Default)]
+struct Joining {
+    /// The request waiting for an answer: its number, and when the node sent it.
+    asking: Option<(u64, Micros)>,
+    /// Requests sent so far (numbers them).
+    attempts: u64,
+}
+
+impl SimNode {
+    fn new(cfg: NodeConfig, storage: MemStorage) -> SimNode {
+        SimNode {
+            join: cfg.joining.then(Joining::default),
+            cfg,
+            node: None,
+            storage,
+            paused: false,
+            backlog: VecDeque::new(),
+            crash_pending: None,
+            restarts: 0,
+            last_view: None,
+            spin: (0, 0),
+            peers: BTreeSet::new(),
+            peers_seen: u64::MAX,
+            gone: false,
+            wiped: false,
+        }
+    }
+}
+
+/// The peer address of a node (what its configuration entries hold).
+pub fn peer_addr(id: NodeId) -> String {
+    format!("node{id}:7170")
+}
+
+/// The client address of a node (what peers learn in the handshake).
+pub fn client_addr(id: NodeId) -> String {
+    format!("node{id}:7070")
+}
+
+/// The node whose client address is `addr`.
+fn node_of_client_addr(addr: &str) -> Option<NodeId> {
+    addr.strip_prefix("node")?
+        .strip_suffix(":7070")?
+        .parse()
+        .ok()
 }
 
 /// A filter that drops matching peer frames (scenario tests); returns true to drop.
@@ -105,6 +186,20 @@ pub struct WorldStats {
     pub filtered: u64,
     /// Node crashes.
     pub crashes: u64,
+    /// Join requests sent by new nodes.
+    pub join_requests: u64,
+    /// Join requests a leader accepted.
+    pub join_accepted: u64,
+    /// Join requests refused for good (the new node gives up and stops, as the driver does).
+    pub join_refused: u64,
+    /// Removal requests the leader accepted.
+    pub removes_accepted: u64,
+    /// Removal requests refused (no leader, a change under way, ...).
+    pub removes_refused: u64,
+    /// Removed nodes that learned it and stopped by themselves.
+    pub removed_stopped: u64,
+    /// Removed nodes that never learned it and were stopped when everything healed.
+    pub zombies_stopped: u64,
 }
 
 /// The whole simulated system.
@@ -123,6 +218,15 @@ pub struct World {
     clients: Vec<SimClient>,
     users: Vec<String>,
     checker: Checker,
+    /// Nodes clients and faults may pick: members and nodes joining, neither removed nor
+    /// retired by a committed configuration.
+    targets: Vec<NodeId>,
+    /// Retired ids `targets` accounts for.
+    retired_seen: usize,
+    /// The next node id (never reused).
+    next_id: NodeId,
+    /// A removal the leader accepted, not committed yet, and when it was accepted.
+    removing: Option<(NodeId, Micros)>,
     trace: TraceHash,
     steps: u64,
     stats: WorldStats,
@@ -139,6 +243,7 @@ const TAG_TIMER: u64 = 4;
 const TAG_FAULT: u64 = 5;
 const TAG_CLIENT: u64 = 6;
 const TAG_LINK: u64 = 7;
+const TAG_JOIN: u64 = 8;
 
 impl World {
     /// A cluster of `cfg.nodes` fresh nodes (all links down, coming up within a few ms) and
@@ -152,7 +257,8 @@ impl World {
             let node_cfg = NodeConfig {
                 id,
                 members: members.clone(),
-                cluster_id: 0x51a,
+                addresses: members.iter().map(|&m| (m, peer_addr(m))).collect(),
+                cluster_id: CLUSTER_ID,
                 heartbeat_interval: cfg.heartbeat,
                 failure_timeout: cfg.failure_timeout,
                 session_timeout: cfg.session_timeout,
@@ -162,22 +268,14 @@ impl World {
                 seed: rng.u64(..),
                 ..NodeConfig::default()
             };
-            nodes.insert(
-                id,
-                SimNode {
-                    cfg: node_cfg,
-                    node: None,
-                    storage: MemStorage::new(),
-                    paused: false,
-                    backlog: VecDeque::new(),
-                    crash_pending: None,
-                    restarts: 0,
-                    last_view: None,
-                    spin: (0, 0),
-                },
-            );
+            nodes.insert(id, SimNode::new(node_cfg, MemStorage::new()));
         }
         let net = Network::new(&members, cfg.latency);
+        let mut plan = FaultPlan {
+            membership: cfg.membership,
+            ..FaultPlan::default()
+        };
+        plan.sizes = (plan.sizes.0.min(cfg.nodes), plan.sizes.1.max(cfg.nodes));
         let mut w = World {
             rng,
             net_rng,
@@ -192,15 +290,20 @@ impl World {
             clients: Vec::new(),
             users: Vec::new(),
             checker: Checker::new(),
+            targets: Vec::new(),
+            retired_seen: 0,
+            next_id: cfg.nodes as NodeId + 1,
+            removing: None,
             trace: TraceHash::default(),
             steps: 0,
             stats: WorldStats::default(),
             filters: Vec::new(),
             faults_on: cfg.faults,
-            plan: FaultPlan::default(),
+            plan,
             violation: None,
             cfg,
         };
+        w.targets = w.members.clone();
         for id in w.members.clone() {
             w.start_node(id);
         }
@@ -288,9 +391,15 @@ impl World {
         &self.cfg
     }
 
-    /// The node ids.
+    /// The nodes not stopped for good: the first ones and those started to join, in id
+    /// order (removed nodes leave the list once they stop).
     pub fn members(&self) -> &[NodeId] {
         &self.members
+    }
+
+    /// Whether the node was removed and stopped for good.
+    pub fn is_gone(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.gone)
     }
 
     /// A live node's core.
@@ -479,6 +588,7 @@ impl World {
                 }
             }
         }
+        self.follow_retirements();
         Ok(())
     }
 
@@ -500,45 +610,97 @@ impl World {
             Event::LinkUp(a, b) => self.link_up(a, b),
             Event::NextFault => self.inject_fault(),
             Event::Heal(h) => self.heal(h),
+            Event::JoinTick(id) => self.join_tick(id),
+            Event::JoinAsk {
+                joiner,
+                attempt,
+                to,
+                hops,
+                req,
+            } => self.join_ask(joiner, attempt, to, hops, req),
+            Event::JoinAnswer {
+                joiner,
+                attempt,
+                from,
+                hops,
+                reply,
+            } => self.join_answer(joiner, attempt, from, hops, reply),
         }
     }
 
-    /// Why the system has not converged yet (None once it has): one leader everyone follows,
-    /// every log committed and applied to the end, every talker resumed with nothing unacked
-    /// and every message of its rooms delivered.
+    /// Why the system has not converged yet (None once it has): one leader every member of
+    /// its configuration follows, every node that is not stopped for good a member, every
+    /// member up and linked to every other, agreeing on the configuration, every log committed
+    /// and applied to the end, no session left on a node that is no member, every talker
+    /// resumed with nothing unacked and every message of its rooms delivered.
     pub fn not_converged(&self) -> Option<String> {
-        for (&id, n) in &self.nodes {
-            if n.node.is_none() || n.paused {
-                return Some(format!("node {id} is down"));
-            }
-        }
-        for (a, b) in self.net.pairs() {
-            if !self.net.connected(a, b) || self.net.faulty(a, b) {
-                return Some(format!("link {a} <-> {b} is not up"));
-            }
-        }
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(_, n)| {
-                n.node
-                    .as_ref()
-                    .is_some_and(|x| x.stats().role == Role::Leader)
+                !n.paused
+                    && n.node
+                        .as_ref()
+                        .is_some_and(|x| x.stats().role == Role::Leader)
             })
             .map(|(&id, _)| id)
             .collect();
         let [leader] = leaders[..] else {
             return Some(format!("leaders: {leaders:?}"));
         };
-        let ls = self.node(leader)?.stats();
+        let lnode = self.node(leader)?;
+        let config = lnode.configs().current();
+        let set = config.ids();
+        for (&id, n) in &self.nodes {
+            if n.gone {
+                continue;
+            }
+            if !set.contains(&id) {
+                return Some(format!(
+                    "node {id} is no member of leader {leader}'s configuration {set:?} \
+                     (joining: {}, retired: {})",
+                    n.join.is_some(),
+                    config.retired.contains(&id)
+                ));
+            }
+            if n.node.is_none() || n.paused {
+                return Some(format!("node {id} is down"));
+            }
+        }
+        for &id in &set {
+            if self.nodes.get(&id).is_none_or(|n| n.gone) {
+                return Some(format!("member {id} of {set:?} stopped for good"));
+            }
+        }
+        for (a, b) in self.net.pairs() {
+            if !set.contains(&a) || !set.contains(&b) {
+                continue;
+            }
+            if !self.net.connected(a, b) || self.net.faulty(a, b) {
+                let lists = |x: NodeId, y: NodeId| {
+                    if self.lists(x, y) {
+                        format!("{x} lists {y}")
+                    } else {
+                        format!("{x} does not list {y}")
+                    }
+                };
+                return Some(format!(
+                    "link {a} <-> {b} is not up ({}, {})",
+                    lists(a, b),
+                    lists(b, a)
+                ));
+            }
+        }
+        let ls = lnode.stats();
         if ls.committed != ls.last_index {
             return Some(format!(
                 "leader {leader} committed {} of {}",
                 ls.committed, ls.last_index
             ));
         }
-        for (&id, n) in &self.nodes {
-            let s = n.node.as_ref()?.stats();
+        for &id in &set {
+            let node = self.node(id)?;
+            let s = node.stats();
             if s.leader != Some(leader) || s.epoch != ls.epoch {
                 return Some(format!(
                     "node {id} follows {:?} in epoch {} (leader {leader}, epoch {})",
@@ -551,8 +713,23 @@ impl World {
                     s.applied, ls.last_index, s.last_index
                 ));
             }
+            if node.configs().current() != config {
+                return Some(format!(
+                    "node {id} has configuration {:?}, leader {leader} {:?}",
+                    node.configs().current(),
+                    config
+                ));
+            }
         }
-        let chat = self.node(leader)?.chat();
+        let chat = lnode.chat();
+        for &id in self.nodes.keys() {
+            let ghosts = chat.sessions_on(id).len();
+            if ghosts > 0 && !set.contains(&id) {
+                return Some(format!(
+                    "{ghosts} sessions on node {id}, which is no member, are still open"
+                ));
+            }
+        }
         for c in &self.clients {
             if c.kind != ClientKind::Talker {
                 continue;
@@ -577,6 +754,48 @@ impl World {
         None
     }
 
+    /// One line per node: role, epoch, leader, log, configuration, peers and links (for
+    /// failure reports).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (&id, n) in &self.nodes {
+            let state = match (&n.node, n.gone, n.paused) {
+                (_, true, _) => "gone".to_owned(),
+                (None, ..) => "down".to_owned(),
+                (Some(node), _, paused) => {
+                    let s = node.stats();
+                    let c = node.configs();
+                    format!(
+                        "{}{} of epoch {}, leader {:?}, log {} committed {} applied {}, \
+                         members {:?} (applied {:?}, retired {:?}), member {}",
+                        if paused { "paused " } else { "" },
+                        s.role.name(),
+                        s.epoch,
+                        s.leader,
+                        s.last_index,
+                        s.committed,
+                        s.applied,
+                        c.current().ids(),
+                        c.applied().ids(),
+                        c.current().retired,
+                        node.is_member()
+                    )
+                }
+            };
+            let links: Vec<NodeId> = n
+                .peers
+                .iter()
+                .copied()
+                .filter(|&p| self.net.connected(id, p))
+                .collect();
+            out.push_str(&format!(
+                "\n    node {id}: {state}; peers {:?}, linked {links:?}",
+                n.peers
+            ));
+        }
+        out
+    }
+
     /// Heals everything (see [`World::heal_all`]), runs until the system converges within
     /// `bound`, then runs the end-of-run checks. Returns how long convergence took.
     pub fn settle(&mut self, bound: Micros) -> Result<Micros, Failure> {
@@ -585,16 +804,18 @@ impl World {
         if !self.run_until_cond(bound, |w| w.not_converged().is_none())? {
             let why = self.not_converged().unwrap_or_default();
             return Err(self.failure(format!(
-                "liveness: not converged {} ms after healing: {why}",
-                bound / 1000
+                "liveness: not converged {} ms after healing: {why}{}",
+                bound / 1000,
+                self.describe()
             )));
         }
         self.final_checks()?;
         Ok(self.now() - start)
     }
 
-    /// End-of-run checks once converged: every acknowledged message is on every node, and
-    /// every node's chat state is the same (whether it applied the log or installed a snapshot).
+    /// End-of-run checks once converged: every acknowledged message is on every running node
+    /// (nodes removed for good are not running), and every node's chat state is the same
+    /// (whether it applied the log or installed a snapshot).
     pub fn final_checks(&self) -> Result<(), Failure> {
         let mut first: Option<(NodeId, &Node)> = None;
         for (&id, n) in &self.nodes {
@@ -624,6 +845,8 @@ impl World {
         let received = self.clients.iter().map(|c| c.stats.received).sum();
         let reconnects = self.clients.iter().map(|c| c.stats.reconnects).sum();
         let refused = self.clients.iter().map(|c| c.stats.refused).sum();
+        let first = self.cfg.nodes as NodeId;
+        let joins = self.checker.ever_members().filter(|&id| id > first).count() as u64;
         let mut trace = self.trace;
         trace.mix(self.steps);
         trace.mix(acked);
@@ -642,6 +865,10 @@ impl World {
             received,
             reconnects,
             refused,
+            joins,
+            removals: self.checker.retired_count() as u64,
+            removes_refused: self.stats.removes_refused,
+            zombies: self.stats.zombies_stopped,
             liveness_ms,
             trace_hash: trace.value(),
         }

@@ -6,7 +6,9 @@ use crate::core::{Action, ConnId, Node, NodeId};
 use crate::sim::faults::CrashPoint;
 use crate::storage::{self, Storage};
 
-use super::{Input, NodeSide, SimNode, World, TAG_LINK, TAG_PEER, TAG_TIMER, TAG_TO_NODE};
+use super::{
+    client_addr, Input, NodeSide, SimNode, World, TAG_LINK, TAG_PEER, TAG_TIMER, TAG_TO_NODE,
+};
 
 impl World {
     pub(super) fn start_node(&mut self, id: NodeId) {
@@ -25,8 +27,11 @@ impl World {
         n.paused = false;
         n.backlog.clear();
         n.last_view = None;
+        n.peers.clear();
+        n.peers_seen = u64::MAX;
         self.checker.node_restarted(id);
         self.turn(id);
+        self.joiner_started(id);
     }
 
     pub(super) fn node_input(&mut self, id: NodeId, input: Input) {
@@ -79,8 +84,14 @@ impl World {
                     }
                 }
             }
-            Input::PeerUp(p) => node.handle_peer_connected(now, p, &format!("node{p}:7070")),
+            Input::PeerUp(p) => node.handle_peer_connected(now, p, &client_addr(p)),
             Input::PeerDown(p) => node.handle_peer_disconnected(now, p),
+            Input::PeerClosed(p, generation) => {
+                // Unless the pair connected again since.
+                if self.net.generation(p, id) == Some(generation) {
+                    node.handle_peer_disconnected(now, p);
+                }
+            }
             Input::Accept(conn) => {
                 if let Some(ci) = self.conns.get_mut(&conn) {
                     if ci.node_side == NodeSide::Pending {
@@ -209,6 +220,7 @@ impl World {
             }
         }
         self.watch_role(id);
+        self.follow_membership(id);
     }
 
     pub(super) fn watch_role(&mut self, id: NodeId) {
@@ -308,6 +320,7 @@ impl World {
         n.backlog.clear();
         n.crash_pending = None;
         n.last_view = None;
+        n.peers.clear();
         self.stats.crashes += 1;
         self.note(format!("node {id}: CRASHED ({point:?})"));
         let conns: Vec<ConnId> = self
@@ -326,16 +339,22 @@ impl World {
         }
     }
 
-    /// Restarts a crashed node from what its storage synced.
+    /// Restarts a crashed node from what its storage synced (not one removed: a node gone
+    /// for good, or retired by a committed configuration, is never started again).
     pub fn restart(&mut self, id: NodeId) {
+        let retired = self.checker.is_retired(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if n.node.is_some() {
+        if n.node.is_some() || n.gone || retired {
             return;
         }
         n.restarts += 1;
+        let wiped = std::mem::take(&mut n.wiped);
         self.note(format!("node {id}: RESTART"));
+        if wiped {
+            self.rejoin_after_wipe(id);
+        }
         self.start_node(id);
         self.reconnect_links_of(id);
     }
