@@ -333,6 +333,8 @@ impl Node {
         };
         self.learners.remove(&node);
         let index = self.append_config(config);
+        // Its clients' sessions end with it (NodeDown covers only nodes still members).
+        self.propose(Command::NodeDown { node });
         if node != self.cfg.id {
             let grace = now + self.cfg.heartbeat_interval * LEAVING_GRACE_HEARTBEATS;
             self.leaving.insert(node, (index, grace));
@@ -365,8 +367,31 @@ impl Node {
         AdminReply::refused(why, addr)
     }
 
-    /// Leader: stops informing removed nodes that know they are out (or after a grace).
+    /// Leader: stops informing removed nodes that know they are out (or after a grace), and
+    /// gives up on learners silent for the session timeout (a newcomer that died must not
+    /// block every later change; if it lives it asks again).
     pub(super) fn release_leaving(&mut self, now: Instant) {
+        let silent: Vec<NodeId> = self
+            .learners
+            .keys()
+            .filter(|id| {
+                self.progress
+                    .get(id)
+                    .is_some_and(|p| now >= p.last_ack + self.cfg.session_timeout)
+            })
+            .copied()
+            .collect();
+        for id in &silent {
+            warn!(
+                "node {}: learner {id} silent for {:?}; its join is dropped",
+                self.cfg.id, self.cfg.session_timeout
+            );
+            self.learners.remove(id);
+        }
+        if !silent.is_empty() {
+            self.configs_seen = u64::MAX;
+            self.sync_members(now);
+        }
         let commit = self.log.committed();
         let done: Vec<NodeId> = self
             .leaving
