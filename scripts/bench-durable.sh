@@ -97,19 +97,8 @@ if [ -z "${NO_BUILD:-}" ] && [ -z "${BIN_DIR:-}" ]; then
     echo "== cargo build --release --bins" >&2
     cargo build --release --bins
 fi
-for bin in "$daemon" "$load" "$client"; do
-    [ -x "$bin" ] || {
-        echo "missing $bin (build failed?)" >&2
-        exit 2
-    }
-done
-
-if [ -n "${BENCH_DIR:-}" ]; then
-    mkdir -p "$BENCH_DIR"
-    tmp=$(mktemp -d "$BENCH_DIR/ringchat-bench-durable.XXXXXX")
-else
-    tmp=$(mktemp -d "${TMPDIR:-/tmp}/ringchat-bench-durable.XXXXXX")
-fi
+require_bins "$daemon" "$load" "$client"
+tmp=$(make_tmp ringchat-bench-durable)
 
 storage_flags=()
 [ -z "$SNAPSHOT_ENTRIES" ] || storage_flags+=(--snapshot-entries "$SNAPSHOT_ENTRIES")

@@ -80,19 +80,8 @@ if [ -z "${NO_BUILD:-}" ]; then
     echo "== cargo build --release --bins" >&2
     cargo build --release --bins
 fi
-for bin in "$daemon" "$load"; do
-    [ -x "$bin" ] || {
-        echo "missing $bin (build failed?)" >&2
-        exit 2
-    }
-done
-
-if [ -n "${BENCH_DIR:-}" ]; then
-    mkdir -p "$BENCH_DIR"
-    tmp=$(mktemp -d "$BENCH_DIR/ringchat-bench.XXXXXX")
-else
-    tmp=$(mktemp -d "${TMPDIR:-/tmp}/ringchat-bench.XXXXXX")
-fi
+require_bins "$daemon" "$load"
+tmp=$(make_tmp ringchat-bench)
 
 daemon_pid=""
 addr=""

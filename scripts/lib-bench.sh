@@ -5,6 +5,9 @@
 # processes it started itself (its cleanup trap calls stop_process on every PID in
 # cluster_pids). Everything listens on 127.0.0.1 only.
 #
+#   require_bins BIN...           exits 2 naming the first BIN that is not an executable
+#   make_tmp NAME                 prints a fresh directory NAME.XXXXXX under $BENCH_DIR (if
+#                                 set, created as needed) or $TMPDIR or /tmp
 #   stop_process NAME PID         SIGTERM, then SIGKILL after 5 s, of that one process only
 #   free_ports N                  prints N distinct free loopback ports, space separated
 #   cluster_start_node DIR ID [FLAGS...]
@@ -17,6 +20,25 @@
 #                                 cluster_addrs (array), servers and pids (comma separated)
 
 # stop_process NAME PID: SIGTERM, then (after 5 s) SIGKILL, of that one process only.
+require_bins() {
+    local bin
+    for bin in "$@"; do
+        [ -x "$bin" ] || {
+            echo "missing $bin (build failed?)" >&2
+            exit 2
+        }
+    done
+}
+
+make_tmp() {
+    if [ -n "${BENCH_DIR:-}" ]; then
+        mkdir -p "$BENCH_DIR"
+        mktemp -d "$BENCH_DIR/$1.XXXXXX"
+    else
+        mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX"
+    fi
+}
+
 stop_process() {
     local name=$1 pid=$2
     [ -n "$pid" ] || return 0
