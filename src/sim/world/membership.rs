@@ -200,21 +200,9 @@ impl World {
 
     /// The configuration of a node started with `--join`.
     pub(super) fn joiner_config(&self, id: NodeId, seed: u64) -> NodeConfig {
-        let cfg = &self.cfg;
         NodeConfig {
-            id,
-            members: Vec::new(),
-            addresses: [(id, peer_addr(id))].into_iter().collect(),
             joining: true,
-            cluster_id: CLUSTER_ID,
-            heartbeat_interval: cfg.heartbeat,
-            failure_timeout: cfg.failure_timeout,
-            session_timeout: cfg.session_timeout,
-            snapshot_entries: cfg.snapshot_entries,
-            compact_keep: cfg.compact_keep,
-            snapshot_chunk: cfg.snapshot_chunk,
-            seed,
-            ..NodeConfig::default()
+            ..super::node_config(&self.cfg, id, &[], seed)
         }
     }
 

@@ -254,20 +254,7 @@ impl World {
         let members: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
         let mut nodes = BTreeMap::new();
         for &id in &members {
-            let node_cfg = NodeConfig {
-                id,
-                members: members.clone(),
-                addresses: members.iter().map(|&m| (m, peer_addr(m))).collect(),
-                cluster_id: CLUSTER_ID,
-                heartbeat_interval: cfg.heartbeat,
-                failure_timeout: cfg.failure_timeout,
-                session_timeout: cfg.session_timeout,
-                snapshot_entries: cfg.snapshot_entries,
-                compact_keep: cfg.compact_keep,
-                snapshot_chunk: cfg.snapshot_chunk,
-                seed: rng.u64(..),
-                ..NodeConfig::default()
-            };
+            let node_cfg = node_config(&cfg, id, &members, rng.u64(..));
             nodes.insert(id, SimNode::new(node_cfg, MemStorage::new()));
         }
         let net = Network::new(&members, cfg.latency);
@@ -872,5 +859,33 @@ impl World {
             liveness_ms,
             trace_hash: trace.value(),
         }
+    }
+}
+
+/// A simulated node's configuration: `members` from flags (none for a joining node), the
+/// simulated peer addresses of them and of the node, the run's timing and snapshot settings.
+pub(super) fn node_config(
+    cfg: &SimConfig,
+    id: NodeId,
+    members: &[NodeId],
+    seed: u64,
+) -> NodeConfig {
+    NodeConfig {
+        id,
+        members: members.to_vec(),
+        addresses: members
+            .iter()
+            .chain([&id])
+            .map(|&m| (m, peer_addr(m)))
+            .collect(),
+        cluster_id: CLUSTER_ID,
+        heartbeat_interval: cfg.heartbeat,
+        failure_timeout: cfg.failure_timeout,
+        session_timeout: cfg.session_timeout,
+        snapshot_entries: cfg.snapshot_entries,
+        compact_keep: cfg.compact_keep,
+        snapshot_chunk: cfg.snapshot_chunk,
+        seed,
+        ..NodeConfig::default()
     }
 }
