@@ -475,3 +475,22 @@ fn snapshot_of_a_million_messages() {
         t.elapsed()
     );
 }
+
+#[test]
+fn snapshot_chunk_data_is_a_length_then_the_bytes() {
+    let f = PeerFrame::Snapshot(SnapshotChunk {
+        epoch: 1,
+        index: 2,
+        index_epoch: 1,
+        offset: 0,
+        total: 3,
+        data: vec![0xaa, 0xbb, 0xcc],
+    });
+    let bytes = encode(&f).unwrap();
+    let tail = &bytes[bytes.len() - 11..];
+    assert_eq!(tail, [3, 0, 0, 0, 0, 0, 0, 0, 0xaa, 0xbb, 0xcc]);
+    assert_eq!(
+        decode::<PeerFrame>(&bytes).unwrap().map(|(g, _)| g),
+        Some(f)
+    );
+}
