@@ -278,8 +278,8 @@ fn a_damaged_record_before_the_end_is_corruption_naming_file_and_offset() {
     }
 }
 
-#[test]
-fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
+/// Entries 1 to 20, synced one by one into small segments; the directory and its segments.
+fn twenty_entries_in_small_segments() -> (TempDir, Vec<PathBuf>) {
     let d = TempDir::new().unwrap();
     let mut s = open_small(d.path());
     for i in 1..=20 {
@@ -288,6 +288,12 @@ fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
     }
     drop(s);
     let segs = segment_files(d.path());
+    (d, segs)
+}
+
+#[test]
+fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
+    let (d, segs) = twenty_entries_in_small_segments();
     assert!(segs.len() >= 3, "{segs:?}");
     let first = &segs[0];
     let recs = records(first);
@@ -318,14 +324,7 @@ fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
 
 #[test]
 fn a_missing_middle_segment_refuses_to_open() {
-    let d = TempDir::new().unwrap();
-    let mut s = open_small(d.path());
-    for i in 1..=20 {
-        s.append(&[e(i, 1)]).unwrap();
-        s.sync().unwrap();
-    }
-    drop(s);
-    let segs = segment_files(d.path());
+    let (d, segs) = twenty_entries_in_small_segments();
     fs::remove_file(&segs[1]).unwrap();
     let msg = err_text(FileStorage::open(d.path(), SMALL));
     assert!(msg.contains("00000000000000000002.seg"), "{msg}");
