@@ -9,6 +9,10 @@ use crate::core::SharedBytes;
 
 /// Most slices handed to one `write_vectored` call.
 pub const MAX_IOV: usize = 64;
+/// Most emptied queue buffers [`SpareQueues`] keeps.
+const MAX_SPARE: usize = 1024;
+/// Largest buffer (in chunks) worth keeping: a burst's big buffer is given back to the allocator.
+const MAX_SPARE_CHUNKS: usize = 256;
 
 /// Outcome of [`OutQueue::flush`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +50,17 @@ impl OutQueue {
         self.chunks.push_back(bytes);
     }
 
+    /// [`OutQueue::push`], taking an idle queue's buffer from `spare` rather than growing a new
+    /// one.
+    pub fn push_reusing(&mut self, bytes: SharedBytes, spare: &mut SpareQueues) {
+        if self.chunks.capacity() == 0 {
+            if let Some(buf) = spare.bufs.pop() {
+                self.chunks = buf;
+            }
+        }
+        self.push(bytes);
+    }
+
     /// Bytes still to write.
     pub fn queued(&self) -> usize {
         self.queued
@@ -70,6 +85,29 @@ impl OutQueue {
     /// or the writer would block. `Interrupted` is retried; any other error is returned and the
     /// connection should be dropped. An emptied queue gives its memory back.
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
+        let flushed = self.write_all(w)?;
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
+        Ok(flushed)
+    }
+
+    /// [`OutQueue::flush`], but an emptied queue's buffer goes to `spare` for the next
+    /// [`OutQueue::push_reusing`]: a busy connection empties and refills its queue every loop
+    /// turn, and growing a fresh buffer each time costs several allocations.
+    pub fn flush_recycling<W: Write>(
+        &mut self,
+        w: &mut W,
+        spare: &mut SpareQueues,
+    ) -> io::Result<Flushed> {
+        let flushed = self.write_all(w)?;
+        if self.chunks.is_empty() {
+            spare.keep(std::mem::take(&mut self.chunks));
+        }
+        Ok(flushed)
+    }
+
+    fn write_all<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
         while !self.chunks.is_empty() {
             let n = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -115,8 +153,6 @@ impl OutQueue {
             }
         }
         if self.chunks.is_empty() {
-            // Idle connections hold no buffers.
-            self.chunks = VecDeque::new();
             self.offset = 0;
             self.queued = 0;
         }
@@ -125,6 +161,34 @@ impl OutQueue {
     /// Drops everything queued and frees the memory.
     pub fn clear(&mut self) {
         *self = OutQueue::new();
+    }
+}
+
+/// Buffers of emptied output queues, for reuse by the next queue that fills (so idle
+/// connections hold none, yet busy ones do not reallocate every turn).
+#[derive(Debug, Default)]
+pub struct SpareQueues {
+    bufs: Vec<VecDeque<SharedBytes>>,
+}
+
+impl SpareQueues {
+    /// Keeps `buf` (emptied) unless enough are kept or it is too big to be worth keeping.
+    fn keep(&mut self, mut buf: VecDeque<SharedBytes>) {
+        let cap = buf.capacity();
+        if cap > 0 && cap <= MAX_SPARE_CHUNKS && self.bufs.len() < MAX_SPARE {
+            buf.clear();
+            self.bufs.push(buf);
+        }
+    }
+
+    /// Buffers kept.
+    pub fn len(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// True when none are kept.
+    pub fn is_empty(&self) -> bool {
+        self.bufs.is_empty()
     }
 }
 
@@ -306,6 +370,51 @@ mod tests {
             "idle queue frees memory"
         );
         assert!(q.at_frame_boundary());
+    }
+
+    #[test]
+    fn an_emptied_buffer_is_kept_for_the_next_queue_that_fills() {
+        let mut spare = SpareQueues::default();
+        let (mut a, mut b) = (OutQueue::new(), OutQueue::new());
+        for _ in 0..20 {
+            a.push_reusing(chunk(1, 4), &mut spare);
+        }
+        let grown = a.capacity();
+        assert!(grown >= 20);
+        let mut w = Fake::new(40, usize::MAX);
+        assert_eq!(
+            a.flush_recycling(&mut w, &mut spare).unwrap(),
+            Flushed::Blocked
+        );
+        assert!(spare.is_empty(), "a queue with bytes left keeps its buffer");
+        w.budget = usize::MAX;
+        assert_eq!(
+            a.flush_recycling(&mut w, &mut spare).unwrap(),
+            Flushed::Drained
+        );
+        assert_eq!(
+            (a.capacity(), spare.len()),
+            (0, 1),
+            "idle queue holds no memory"
+        );
+        b.push_reusing(chunk(2, 4), &mut spare);
+        assert_eq!((b.capacity(), spare.len()), (grown, 0), "reused, not grown");
+        assert_eq!(w.out.len(), 80);
+    }
+
+    #[test]
+    fn a_buffer_grown_by_a_burst_is_not_kept() {
+        let mut spare = SpareQueues::default();
+        let mut q = OutQueue::new();
+        for _ in 0..=MAX_SPARE_CHUNKS {
+            q.push_reusing(chunk(1, 1), &mut spare);
+        }
+        let mut w = Fake::new(usize::MAX, usize::MAX);
+        assert_eq!(
+            q.flush_recycling(&mut w, &mut spare).unwrap(),
+            Flushed::Drained
+        );
+        assert_eq!((q.capacity(), spare.len()), (0, 0));
     }
 
     #[test]

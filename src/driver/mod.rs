@@ -54,7 +54,7 @@ use slab::Slab;
 use crate::codec::{self, ErrorCode, ErrorFrame, Redirect, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now};
 use crate::storage::{self, FileOptions, FileStorage, Storage, StorageError, Volatile};
-use conn::{InBuf, OutQueue};
+use conn::{InBuf, OutQueue, SpareQueues};
 use peers::Mesh;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -316,6 +316,8 @@ pub struct Driver<S: Storage = FileStorage> {
     generation: u64,
     /// Read buffer shared by every connection.
     scratch: Box<[u8]>,
+    /// Emptied output queue buffers, reused by the next connection with output.
+    spare: SpareQueues,
     node: Node,
     /// Links to the other cluster members.
     mesh: Mesh,
@@ -478,6 +480,7 @@ impl<S: Storage> Driver<S> {
             conns: Slab::new(),
             generation: 0,
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
+            spare: SpareQueues::default(),
             node,
             mesh,
             storage,
@@ -915,7 +918,7 @@ impl<S: Storage> Driver<S> {
                         continue; // gone already; the node learns it from handle_disconnect
                     };
                     let c = &mut self.conns[key];
-                    c.out.push(bytes);
+                    c.out.push_reusing(bytes, &mut self.spare);
                     if !c.dirty {
                         c.dirty = true;
                         self.dirty.push(conn);
@@ -943,7 +946,7 @@ impl<S: Storage> Driver<S> {
         };
         let c = &mut self.conns[key];
         c.dirty = false;
-        if let Err(e) = c.out.flush(&mut c.stream) {
+        if let Err(e) = c.out.flush_recycling(&mut c.stream, &mut self.spare) {
             let why = format!("write failed: {e}");
             return self.drop_conn(now, key, false, &why);
         }
