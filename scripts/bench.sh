@@ -22,6 +22,9 @@
 #   IDLE_CONNECTIONS=10000 IDLE_MAX_CONNECTIONS=12000
 #   COMPARE_ROUNDS=3 (runs per target)   COMPARE_OPEN=1 (compare open loop too, at
 #   COMPARE_OPEN_RATE=500 msgs/s for COMPARE_OPEN_DURATION=10 s; rooms/members as CLOSED_*)
+#   STORAGE=memory (the daemons' --storage: memory, like redis-server with persistence off, gives
+#   the fan-out figures the targets are stated in; STORAGE=file adds an fdatasync per loop turn,
+#   compared side by side by `make bench-commit`)
 #   TEXT_BYTES=32   JSON=1 (one JSON object per scenario; compare: per run, then a summary)
 #   NO_BUILD=1 (skip cargo build)
 #   BENCH_DIR=/some/dir (where data directories go; default: mktemp under $TMPDIR or /tmp)
@@ -36,7 +39,7 @@ scenario=${1:-all}
 case "$scenario" in
 closed | open | idle | all | compare | cluster) ;;
 -h | --help)
-    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -71,6 +74,7 @@ COMPARE_OPEN=${COMPARE_OPEN:-}
 COMPARE_OPEN_RATE=${COMPARE_OPEN_RATE:-500}
 COMPARE_OPEN_DURATION=${COMPARE_OPEN_DURATION:-10}
 TEXT_BYTES=${TEXT_BYTES:-32}
+STORAGE=${STORAGE:-memory}
 export RUST_LOG=${RUST_LOG:-warn}
 
 daemon=target/release/ringchatd
@@ -121,7 +125,8 @@ start_daemon() {
     # The subshell raises its fd limit to the hard limit, then becomes ringchatd (same PID).
     (
         ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-        exec "$daemon" --listen 127.0.0.1:0 --port-file "$dir/port" --data-dir "$dir/data" "$@"
+        exec "$daemon" --listen 127.0.0.1:0 --port-file "$dir/port" --data-dir "$dir/data" \
+            --storage "$STORAGE" "$@"
     ) 2>"$dir/daemon.log" &
     daemon_pid=$!
     local content=""
@@ -150,7 +155,7 @@ start_daemon() {
         cat "$dir/daemon.log" >&2
         return 1
     fi
-    echo "== ringchatd pid $daemon_pid on $addr, data in $dir/data ($(stat -f -c %T "$dir/data") filesystem)"
+    echo "== ringchatd pid $daemon_pid on $addr, storage $STORAGE, data in $dir/data ($(stat -f -c %T "$dir/data") filesystem)"
 }
 
 # start_redis: a fresh redis-server in $tmp/redis on a free loopback port, no persistence;
@@ -347,8 +352,8 @@ fi
 # cluster: the closed scenario against 3 nodes, members spread over all of them, CPU summed
 # over the three daemons (replication costs per message, fan-out per delivery).
 if [ "$scenario" = cluster ]; then
-    start_cluster "$tmp" || exit 1
-    echo "== 3 nodes: clients on $servers, pids $pids"
+    start_cluster "$tmp" --storage "$STORAGE" || exit 1
+    echo "== 3 nodes (storage $STORAGE): clients on $servers, pids $pids"
     cmd=("$load" closed --rooms "$CLOSED_ROOMS" --members "$CLOSED_MEMBERS" \
         --messages "$CLOSED_MESSAGES" --text-bytes "$TEXT_BYTES" --server "$servers" --pid "$pids")
     [ -z "${JSON:-}" ] || cmd+=(--json)
