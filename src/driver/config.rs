@@ -123,9 +123,15 @@ pub struct DaemonArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Take a snapshot of the chat state (and drop the log before it) every N applied
-    /// entries; 0 takes them only on request (ringchat admin snapshot). [default: 100000]
+    /// entries; 0: no limit by count. [default: 100000]
     #[arg(long, value_name = "N")]
     pub snapshot_entries: Option<u64>,
+
+    /// Also take a snapshot once the entries applied since the last one hold about this many
+    /// bytes; 0: no limit by size. With both limits 0, snapshots are taken only on request
+    /// (ringchat admin snapshot). [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub snapshot_bytes: Option<u64>,
 
     /// Where the log is kept: "file" (the write-ahead log in --data-dir, fsynced before any
     /// acknowledgement) or "memory" (nothing survives the process: benchmarks and throwaway
@@ -235,6 +241,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See `--snapshot-entries`.
     pub snapshot_entries: Option<u64>,
+    /// See `--snapshot-bytes`.
+    pub snapshot_bytes: Option<u64>,
     /// See `--storage`.
     pub storage: Option<StorageKind>,
     /// See `--history-size`.
@@ -289,6 +297,8 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// Applied entries between snapshots (`--snapshot-entries`).
     pub snapshot_entries: u64,
+    /// Applied bytes between snapshots (`--snapshot-bytes`).
+    pub snapshot_bytes: u64,
     /// Where the log is kept (`--storage`).
     pub storage: StorageKind,
     /// A member's peer address to join through (`--join`).
@@ -324,6 +334,7 @@ impl Default for DaemonConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_bytes: NodeConfig::default().snapshot_bytes,
             storage: StorageKind::File,
             join: None,
             history_size: DEFAULT_HISTORY_SIZE,
@@ -392,6 +403,10 @@ impl DaemonConfig {
                 .snapshot_entries
                 .or(file.snapshot_entries)
                 .unwrap_or(d.snapshot_entries),
+            snapshot_bytes: args
+                .snapshot_bytes
+                .or(file.snapshot_bytes)
+                .unwrap_or(d.snapshot_bytes),
             storage: args.storage.or(file.storage).unwrap_or(d.storage),
             join,
             history_size: args
@@ -531,6 +546,7 @@ impl DaemonConfig {
             history_size: self.history_size,
             max_text: self.max_text,
             snapshot_entries: self.snapshot_entries,
+            snapshot_bytes: self.snapshot_bytes,
             // A tenth of the interval (at most the default): enough for followers a little
             // behind to get entries, little enough to bound memory.
             compact_keep: (self.snapshot_entries / 10).min(NodeConfig::default().compact_keep),
@@ -685,6 +701,7 @@ mod tests {
             "--heartbeat-ms",
             "--failure-timeout-ms",
             "--snapshot-entries",
+            "--snapshot-bytes",
             "--storage",
             "--join",
             "write-ahead log",
@@ -709,6 +726,8 @@ mod tests {
                 "10",
                 "--failure-timeout-ms",
                 "100",
+                "--snapshot-bytes",
+                "1000000",
             ]),
             FileConfig::default(),
         )
@@ -726,6 +745,7 @@ mod tests {
         assert_eq!(n.cluster_id, 42);
         assert_eq!(n.heartbeat_interval, Duration::from_millis(10));
         assert_eq!(n.failure_timeout, Duration::from_millis(100));
+        assert_eq!(n.snapshot_bytes, 1_000_000);
 
         // Without --peers: a cluster of one, with the documented defaults.
         let c = DaemonConfig::merge(args(&[]), FileConfig::default()).unwrap();
@@ -735,6 +755,7 @@ mod tests {
         assert_eq!(n.cluster_id, 1);
         assert_eq!(n.heartbeat_interval, Duration::from_millis(30));
         assert_eq!(n.failure_timeout, Duration::from_millis(200));
+        assert_eq!((n.snapshot_entries, n.snapshot_bytes), (100_000, 64 << 20));
     }
 
     #[test]

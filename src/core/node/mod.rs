@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info};
 
 use super::chat::{ChatState, Outcome, RoomExit, StoredMessage};
-use super::log::{Command, Entry, HardState, Log, LogIndex, PersistMark};
+use super::log::{approx_size, Command, Entry, HardState, Log, LogIndex, PersistMark};
 use super::membership::Config;
 use super::names;
 use super::outbox::Outbox;
@@ -64,9 +64,11 @@ pub struct NodeConfig {
     pub replication_window: u64,
     /// Seed of the node's random generator (election jitter).
     pub seed: u64,
-    /// Take a snapshot once this many entries were applied since the last one (0: only on
-    /// request).
+    /// Take a snapshot once this many entries were applied since the last one (0: no limit).
     pub snapshot_entries: u64,
+    /// Take a snapshot once entries of about this many bytes were applied since the last one
+    /// (0: no limit): bounds the log to replay and hold in memory when messages are long.
+    pub snapshot_bytes: u64,
     /// Entries kept in memory behind a snapshot, so a follower slightly behind gets entries
     /// rather than the whole snapshot.
     pub compact_keep: u64,
@@ -97,6 +99,7 @@ impl Default for NodeConfig {
             replication_window: 8192,
             seed: 1,
             snapshot_entries: 100_000,
+            snapshot_bytes: 64 << 20,
             compact_keep: 10_000,
             snapshot_chunk: 256 * 1024,
             snapshot_window: 4,
@@ -264,9 +267,11 @@ pub struct Node {
     incoming: Option<Incoming>,
     /// An admin asked for a snapshot.
     snapshot_requested: bool,
-    /// Added to the snapshot interval, different on every node, so the nodes do not all pause
-    /// to encode a snapshot at the same index.
-    snapshot_jitter: u64,
+    /// Added to the snapshot interval, in thousandths of it, different on every node, so the
+    /// nodes do not all pause to encode a snapshot at the same index.
+    snapshot_jitter_permille: u64,
+    /// Approximate bytes of the entries applied since the last snapshot.
+    applied_bytes: u64,
     /// Why the last persist failed, while storage is failing: no writes are taken meanwhile.
     storage_error: Option<String>,
     /// Voting members of the configuration in effect, in ring order.
@@ -386,7 +391,8 @@ impl Node {
             pending_snapshot: None,
             incoming: None,
             snapshot_requested: false,
-            snapshot_jitter: 0,
+            snapshot_jitter_permille: 0,
+            applied_bytes: 0,
             storage_error: None,
             configs_seen: u64::MAX,
             peers_version: 0,
@@ -397,7 +403,7 @@ impl Node {
             removed: None,
             cfg,
         };
-        node.snapshot_jitter = node.rng.u64(0..=node.cfg.snapshot_entries / 4);
+        node.snapshot_jitter_permille = node.rng.u64(0..=250);
         node.sync_members(now.mono);
         // A node removed earlier must not come back from its old data.
         let current = node.log.configs().current().clone();
@@ -762,6 +768,7 @@ impl Node {
             if let Some(id) = entry.origin {
                 self.outbox.applied(id);
             }
+            self.applied_bytes += approx_size(&entry.command) as u64;
             if let Command::Config(c) = &entry.command {
                 let c = c.clone();
                 self.config_applied(&c);

@@ -46,9 +46,12 @@ impl Node {
     pub(super) fn maybe_snapshot(&mut self) {
         let applied = self.log.applied();
         let last = self.snapshot_meta().map_or(0, |m| m.index);
-        let every = self.cfg.snapshot_entries + self.snapshot_jitter;
-        let due =
-            self.snapshot_requested || (self.cfg.snapshot_entries > 0 && applied >= last + every);
+        let jittered =
+            |every: u64| every + every.saturating_mul(self.snapshot_jitter_permille) / 1000;
+        let (entries, bytes) = (self.cfg.snapshot_entries, self.cfg.snapshot_bytes);
+        let due = self.snapshot_requested
+            || (entries > 0 && applied >= last + jittered(entries))
+            || (bytes > 0 && self.applied_bytes >= jittered(bytes));
         if !due || applied <= last || self.pending_snapshot.is_some() || self.incoming.is_some() {
             return;
         }
@@ -56,6 +59,7 @@ impl Node {
             return;
         };
         self.snapshot_requested = false;
+        self.applied_bytes = 0;
         let bytes = match codec::encode_snapshot(self.log.configs().applied(), &self.chat) {
             Ok(b) => b,
             Err(e) => {
@@ -251,6 +255,7 @@ impl Node {
             inc.meta.epoch,
             inc.bytes.len()
         );
+        self.applied_bytes = 0;
         chat.configure(
             self.cfg.devices_per_user as usize,
             self.cfg.history_size as usize,

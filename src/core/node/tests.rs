@@ -453,6 +453,39 @@ fn a_snapshot_compacts_the_log_and_a_restart_recovers_from_it() {
 }
 
 #[test]
+fn long_messages_trigger_a_snapshot_by_size_before_the_entry_count() {
+    let cfg = NodeConfig {
+        snapshot_entries: 1_000,
+        snapshot_bytes: 20_000,
+        compact_keep: 2,
+        ..NodeConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.connect(1, "alice");
+    h.join(1, "g");
+    h.step();
+    let long = "x".repeat(4000);
+    for i in 1..=4 {
+        h.say(1, "g", i, &long);
+    }
+    h.step();
+    assert_eq!(h.node.snapshot_meta(), None, "16 kB applied: not due yet");
+    for i in 5..=8 {
+        h.say(1, "g", i, &long);
+    }
+    h.step();
+    let first = h
+        .node
+        .snapshot_meta()
+        .expect("32 kB applied: a snapshot was taken");
+    assert!(first.index < 20, "taken by size, not count: {first:?}");
+    // The count starts again from the snapshot.
+    h.say(1, "g", 9, &long);
+    h.step();
+    assert_eq!(h.node.snapshot_meta(), Some(first));
+}
+
+#[test]
 fn a_leader_takes_a_newcomer_as_a_learner_and_refuses_what_it_must() {
     let cfg = NodeConfig {
         cluster_id: 9,
