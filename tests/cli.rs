@@ -123,6 +123,23 @@ fn errors_go_to_stderr_with_a_non_zero_exit() {
 }
 
 #[test]
+fn admin_leave_takes_one_address_and_the_last_member_cannot_leave() {
+    let d = Daemon::start(&[]);
+    let two = format!("{},{}", d.addr, d.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_ringchat"))
+        .args(["-s", &two, "admin", "leave"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one server"));
+
+    let out = ringchat(&d, &["admin", "leave"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+}
+
+#[test]
 fn interactive_mode_shows_history_sends_lines_and_runs_commands() {
     let d = Daemon::start(&[]);
     assert!(ringchat(&d, &["lee", "lobby", "--send", "before"])

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ringchat::client::{admin, code_name, Client, ClientConfig, ClientError, Event};
-use ringchat::codec::AdminRequest;
+use ringchat::codec::{AdminReply, AdminRequest};
 use ringchat::codec::{ChatMessage, NoticeEvent};
 
 /// Exit status: the server refused (invalid text, device limit, not in room, ...).
@@ -16,6 +16,8 @@ const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 /// Exit status: no server reachable, connection lost, or a timeout.
 const EXIT_CONNECTION: u8 = 3;
+/// How long an admin request waits for each node's answer.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The nodes of the local cluster started by `make run` (scripts/cluster.sh).
 const DEFAULT_SERVERS: &str = "127.0.0.1:7070,127.0.0.1:7071,127.0.0.1:7072";
@@ -141,6 +143,10 @@ enum AdminCommand {
         /// The node id.
         node: u32,
     },
+    /// Make the node at the one server address given (-s ADDR) leave the cluster for good:
+    /// `admin remove` with that node's id, which it is asked for first. Exit status as for
+    /// `admin remove`.
+    Leave,
     /// Make the node(s) of the server list take a snapshot now and compact their logs.
     Snapshot,
 }
@@ -160,6 +166,17 @@ fn main() -> ExitCode {
             AdminCommand::Remove { node } => {
                 admin_request(&servers, &AdminRequest::Remove { node: *node })
             }
+            AdminCommand::Leave => match servers.as_slice() {
+                [addr] => admin_answer(admin::leave(addr, ADMIN_TIMEOUT)),
+                _ => {
+                    eprintln!(
+                        "ringchat: admin leave takes exactly one server (-s ADDR): the node \
+                         that leaves; {} given",
+                        servers.len()
+                    );
+                    ExitCode::from(EXIT_USAGE)
+                }
+            },
             AdminCommand::Snapshot => {
                 let codes: Vec<ExitCode> = servers
                     .iter()
@@ -235,18 +252,23 @@ fn servers(arg: &[String]) -> Vec<String> {
 
 /// `admin remove` / `admin snapshot`: one request, its answer printed.
 fn admin_request(servers: &[String], req: &AdminRequest) -> ExitCode {
-    match admin::request(servers, req, Duration::from_secs(5)) {
+    admin_answer(admin::request(servers, req, ADMIN_TIMEOUT))
+}
+
+/// Prints an admin answer; exit status 0 done, 1 refused, 3 no answer.
+fn admin_answer(answer: Result<AdminReply, String>) -> ExitCode {
+    match answer {
         Ok(r) if r.ok => {
             println!("{}", r.message);
             ExitCode::SUCCESS
         }
         Ok(r) => {
             eprintln!("ringchat: refused: {}", r.message);
-            ExitCode::from(1)
+            ExitCode::from(EXIT_REFUSED)
         }
         Err(e) => {
             eprintln!("ringchat: no node answered: {e}");
-            ExitCode::from(3)
+            ExitCode::from(EXIT_CONNECTION)
         }
     }
 }

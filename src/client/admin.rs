@@ -51,6 +51,15 @@ pub fn request(
     Err(errors.join("; "))
 }
 
+/// Makes the node at `addr` leave the cluster for good: asks it for its id, then has it (or
+/// the leader it names) remove that id, as [`request`] with [`AdminRequest::Remove`].
+pub fn leave(addr: &str, timeout: Duration) -> Result<AdminReply, String> {
+    let node = query_status(addr, timeout)
+        .map_err(|e| format!("{addr}: {e}"))?
+        .node_id;
+    request(&[addr.to_owned()], &AdminRequest::Remove { node }, timeout)
+}
+
 /// Sends one request frame before any Hello and returns the answer (Status, AdminReply; an
 /// Error frame is an Err).
 fn exchange(addr: &str, frame: &ClientFrame, timeout: Duration) -> Result<ServerFrame, String> {
