@@ -496,12 +496,25 @@ impl DaemonConfig {
                     .into(),
             );
         }
-        if self.join.is_some() && self.peer_listen.is_none_or(|a| a.ip().is_unspecified()) {
-            return err(
-                "--join needs --peer-listen with a concrete address (the members connect to \
-                 it; 0.0.0.0 is no address they can use)"
-                    .into(),
-            );
+        if self.join.is_some() && self.peer_listen.is_none() {
+            return err("--join needs --peer-listen (the address the members connect to)".into());
+        }
+        // The address goes into the cluster configuration as the one the others dial.
+        if let Some(listen) = self.peer_listen {
+            if listen.ip().is_unspecified() {
+                return err(format!(
+                    "--peer-listen {listen} is a wildcard address, which the other nodes \
+                     cannot dial: use this host's address on the cluster network"
+                ));
+            }
+            let remote = self.peers.iter().find(|(_, a)| !a.ip().is_loopback());
+            if let (true, Some((id, addr))) = (listen.ip().is_loopback(), remote) {
+                return err(format!(
+                    "--peer-listen {listen} is a loopback address, but node {id} is at \
+                     {addr}: it could not reach this node; use this host's address on the \
+                     cluster network"
+                ));
+            }
         }
         if self.heartbeat_ms == 0 {
             return err("--heartbeat-ms must be 1 or more".into());
@@ -816,6 +829,19 @@ mod tests {
             ),
             (&[pl, "127.0.0.1:1", "--peers", "2=nowhere"][..], "--peers"),
             (&[pl, "nonsense"][..], "--peer-listen"),
+            (&[pl, "0.0.0.0:7170"][..], "wildcard"),
+            (
+                &[pl, "[::]:7170", "--peers", "2=127.0.0.1:7171"][..],
+                "wildcard",
+            ),
+            (
+                &[pl, "127.0.0.1:7170", "--peers", "2=10.0.0.2:7170"][..],
+                "loopback",
+            ),
+            (
+                &["--join", "127.0.0.1:7170"][..],
+                "--join needs --peer-listen",
+            ),
             (&["--heartbeat-ms", "0"][..], "--heartbeat-ms"),
             (&["--failure-timeout-ms", "50"][..], "--failure-timeout-ms"),
             (
