@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use ringchat::codec::{self, ClientFrame, ServerFrame, StatusReport, StatusRequest};
 
+use super::free_ports;
 use super::proxy::Proxy;
 
 /// How a test cluster is started.
@@ -105,16 +106,6 @@ pub struct Cluster {
     links: BTreeMap<(u32, u32), Proxy>,
     cluster_id: u64,
     dir: Option<tempfile::TempDir>,
-}
-
-/// `n` distinct free 127.0.0.1 ports: bound together (so they differ), then released.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
 }
 
 /// Asks the node at `addr` for its status (`ClientFrame::Status`, answered before any Hello),

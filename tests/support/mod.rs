@@ -6,10 +6,42 @@ pub mod cluster;
 pub mod history;
 pub mod proxy;
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+/// Lowest port [`free_ports`] hands out.
+const FIXED_PORTS_FROM: u32 = 10_000;
+
+/// `n` distinct ports free on 127.0.0.1, below the kernel's ephemeral range: a `127.0.0.1:0`
+/// bind or an outgoing connection of a test running in parallel never takes one between this
+/// check and the daemon's own bind (a port picked by binding port 0 and releasing it can be).
+/// Each process scans from its own starting point, so parallel test binaries seldom meet.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Linux's default range starts at 32768; a machine configured lower gets a smaller span.
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(FIXED_PORTS_FROM).max(1_000);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIXED_PORTS_FROM + (start + i) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+            if ports.len() == n {
+                return ports;
+            }
+        }
+    }
+    panic!("fewer than {n} free ports from {FIXED_PORTS_FROM} to {ephemeral}");
+}
 
 /// A `ringchatd` child process listening on a free 127.0.0.1 port.
 pub struct Daemon {
