@@ -24,18 +24,29 @@ use crate::core::progress::Progress;
 use crate::core::{Action, NodeId, Now};
 
 impl Node {
-    /// A peer connection is up (the driver did the handshake).
+    /// A peer connection is up (the driver did the handshake). A node of the cluster this one
+    /// does not list becomes a guest peer while the link lasts.
     pub fn handle_peer_connected(&mut self, now: Now, peer: NodeId, client_addr: &str) {
-        let Some(p) = self.peers.get_mut(&peer) else {
+        if peer == self.cfg.id {
             return;
-        };
+        }
+        let p = self.peers.entry(peer).or_default();
         p.connected = true;
         client_addr.clone_into(&mut p.client_addr);
         p.last_heard = Some(now.mono);
         p.hears_us = true;
-        info!("node {}: peer {peer} connected", self.cfg.id);
-        if self.progress.contains_key(&peer) {
-            // The peer may have restarted and lost what it had: learn its log afresh.
+        if p.listed {
+            info!("node {}: peer {peer} connected", self.cfg.id);
+        } else {
+            info!(
+                "node {}: node {peer}, which this node does not list, connected as a guest",
+                self.cfg.id
+            );
+        }
+        if self.role == Role::Leader {
+            // The peer may have restarted and lost what it had: learn its log afresh. A guest
+            // is replicated to as well (a removed node learns it is out; a node of an entry
+            // this log lacks drops it), but its acknowledgements count for nothing.
             let fresh = Progress::new(self.log.last_index(), now.mono);
             self.progress.insert(peer, fresh);
             self.commit_sent.remove(&peer);
@@ -57,6 +68,7 @@ impl Node {
             return;
         }
         p.connected = false;
+        let guest = !p.listed;
         info!("node {}: peer {peer} disconnected", self.cfg.id);
         if let Some(pr) = self.progress.get_mut(&peer) {
             pr.reset();
@@ -65,6 +77,11 @@ impl Node {
             // The quick path for a crashed leader (its sockets close at once); a hung one is
             // found by the heartbeat timeout instead.
             self.lose_leader(now.mono, "the connection to the leader closed");
+        }
+        if guest {
+            self.peers.remove(&peer);
+            self.progress.remove(&peer);
+            self.commit_sent.remove(&peer);
         }
     }
 
@@ -244,7 +261,12 @@ impl Node {
             Amnesia::No => return,
             Amnesia::CatchingUpTo(index) => self.log.applied() >= index,
             Amnesia::Unknown => {
-                let fresh = self.peers.values().filter(|p| p.epoch == Some(0)).count();
+                // Members only: new nodes joining (or guests) report epoch 0 too.
+                let fresh = self
+                    .peers
+                    .iter()
+                    .filter(|(id, p)| self.members.contains(id) && p.epoch == Some(0))
+                    .count();
                 let heard_newer = self.peers.values().any(|p| p.epoch.is_some_and(|e| e > 0));
                 let n = self.members.len();
                 self.is_member() && !heard_newer && fresh + majority(n) > n

@@ -193,9 +193,15 @@ pub struct NodeStats {
     pub pending: usize,
 }
 
-/// What this node knows of one peer.
+/// What this node knows of one peer: a node it lists (a member of a configuration its log
+/// holds, a learner, a removed node it informs, the leader it joins through), or a *guest*,
+/// one of the cluster it does not list, kept only while linked. A guest's frames are handled
+/// like anyone's (a leader this node's log does not know yet must be followed, as in Raft),
+/// but it counts in no majority and gets no token: those follow the configuration.
 #[derive(Clone, Debug, Default)]
 struct Peer {
+    /// This node lists it (false: a guest).
+    listed: bool,
     connected: bool,
     last_heard: Option<Instant>,
     load: u32,
@@ -700,7 +706,10 @@ impl Node {
     pub fn redirect_target(&self, now: Now) -> Option<&str> {
         self.peers
             .iter()
-            .filter(|(&id, p)| p.connected && !p.client_addr.is_empty() && self.alive(id, now.mono))
+            .filter(|(&id, p)| {
+                // Not a guest: it may be a removed node that has not learned it yet.
+                p.listed && p.connected && !p.client_addr.is_empty() && self.alive(id, now.mono)
+            })
             .min_by_key(|(&id, p)| (p.load, id))
             .filter(|(_, p)| (p.load as usize) < self.conns.len())
             .map(|(_, p)| p.client_addr.as_str())

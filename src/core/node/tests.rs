@@ -3,7 +3,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::*;
-use crate::codec::{decode, ClientFrame, Hello, Join, Leave, Say, ServerFrame};
+use crate::codec::{decode, ClientFrame, Hello, Join, Leave, PeerFrame, Say, ServerFrame};
 use crate::storage::{self, MemStorage, Recovered, Storage};
 
 /// Drives one node like the driver does: persist everything each step, collect frames per conn.
@@ -479,4 +479,211 @@ fn a_leader_takes_a_newcomer_as_a_learner_and_refuses_what_it_must() {
     assert!(!h.node.request_remove(t, 1).ok);
     assert!(!h.node.request_remove(t, 5).ok);
     assert!(h.node.is_member() && h.node.removed().is_none());
+}
+
+// ----- a node among peers: guests (nodes of the cluster it does not list) -----
+
+/// Drives one node of a cluster like the driver does (persist, then send) and keeps the peer
+/// frames it sends.
+struct Member {
+    node: Node,
+    now: Now,
+    store: MemStorage,
+    sent: Vec<(NodeId, PeerFrame)>,
+}
+
+fn config_entry(index: LogIndex, epoch: u64, ids: &[NodeId]) -> Entry {
+    let members = ids.iter().map(|&i| (i, format!("127.0.0.1:{}", 7170 + i)));
+    Entry {
+        index,
+        epoch,
+        origin: None,
+        command: Command::Config(Config::of(members)),
+    }
+}
+
+impl Member {
+    /// Node `id`, not amnesiac, whose log holds the configuration of `members` (epoch 1).
+    fn new(id: NodeId, members: &[NodeId]) -> Member {
+        let cfg = NodeConfig {
+            id,
+            members: members.to_vec(),
+            ..NodeConfig::default()
+        };
+        let recovered = Recovered {
+            hard_state: HardState {
+                epoch: 1,
+                participated: 1,
+                ..HardState::default()
+            },
+            snapshot: None,
+            entries: vec![config_entry(1, 1, members)],
+        };
+        let now = Now {
+            mono: Instant::now(),
+            unix_ms: 1_700_000_000_000,
+        };
+        let mut m = Member {
+            node: Node::new(cfg, recovered, now).expect("no snapshot to decode"),
+            now,
+            store: MemStorage::new(),
+            sent: Vec::new(),
+        };
+        m.step();
+        m
+    }
+
+    /// One driver turn: persist everything, then collect the peer frames sent.
+    fn step(&mut self) {
+        for _ in 0..10 {
+            self.node.flush(self.now);
+            let Some(p) = self.node.to_persist() else {
+                break;
+            };
+            let token = p.token;
+            storage::write(&mut self.store, &p).unwrap();
+            self.node.handle_persisted(self.now, token);
+        }
+        self.node.flush(self.now);
+        while let Some(a) = self.node.poll_action() {
+            if let Action::SendPeer { to, bytes } = a {
+                if let Some((f, _)) = decode::<PeerFrame>(&bytes).unwrap() {
+                    self.sent.push((to, f));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, peer: NodeId) {
+        self.node.handle_peer_connected(self.now, peer, "");
+        self.step();
+    }
+
+    fn frame(&mut self, from: NodeId, frame: PeerFrame) {
+        self.node.handle_peer_frame(self.now, from, frame);
+        self.step();
+    }
+
+    fn ack_from(&mut self, from: NodeId, index: LogIndex) {
+        let reply = crate::codec::AppendReply {
+            epoch: self.node.epoch(),
+            ok: true,
+            index,
+        };
+        self.frame(from, PeerFrame::AppendReply(reply));
+    }
+
+    /// Time passes; due timers run.
+    fn advance(&mut self, d: Duration) {
+        self.now.mono += d;
+        self.node.handle_timeout(self.now);
+        self.step();
+    }
+
+    fn listed(&self, peer: NodeId) -> bool {
+        self.node.peer_addresses().iter().any(|(id, _)| *id == peer)
+    }
+
+    fn linked(&self, peer: NodeId) -> bool {
+        let status = self.node.status(self.now);
+        status.peers.iter().any(|p| p.id == peer && p.connected)
+    }
+
+    /// Makes this node the leader of epoch 1, elected with `participants`.
+    fn lead(&mut self, participants: Vec<NodeId>) {
+        let by = participants[1];
+        let elected = crate::codec::Elected {
+            epoch: 1,
+            leader: self.node.id(),
+            participants,
+        };
+        self.frame(by, PeerFrame::Elected(elected));
+        assert_eq!(self.node.stats().role, Role::Leader);
+    }
+}
+
+#[test]
+fn a_member_that_missed_a_join_follows_the_new_node_as_its_leader_and_catches_up() {
+    // Node 1 lists 1, 2, 3; node 4 joined (and leads) while node 1 was cut off.
+    let mut m = Member::new(1, &[1, 2, 3]);
+    m.connect(4);
+    assert!(m.linked(4), "a guest is a peer while linked");
+    assert!(!m.listed(4), "a guest is not dialed");
+    let append = crate::codec::Append {
+        epoch: 2,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit: 3,
+        entries: vec![
+            Entry {
+                index: 2,
+                epoch: 2,
+                origin: None,
+                command: Command::Noop,
+            },
+            config_entry(3, 2, &[1, 2, 3, 4]),
+        ],
+    };
+    m.frame(4, PeerFrame::Append(append));
+    let s = m.node.stats();
+    assert_eq!(
+        (s.leader, s.epoch, s.committed, s.applied),
+        (Some(4), 2, 3, 3)
+    );
+    assert!(m.node.configs().applied().has(4));
+    assert!(
+        m.listed(4),
+        "once the entry is in its log, node 4 is a peer like any other"
+    );
+    let acked = m
+        .sent
+        .iter()
+        .any(|(to, f)| *to == 4 && matches!(f, PeerFrame::AppendReply(r) if r.ok && r.index == 3));
+    assert!(acked, "no acknowledgement to the leader: {:?}", m.sent);
+}
+
+#[test]
+fn a_guest_is_forgotten_when_its_link_drops() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    m.connect(9);
+    assert!(m.linked(9));
+    m.node.handle_peer_disconnected(m.now, 9);
+    let status = m.node.status(m.now);
+    assert!(status.peers.iter().all(|p| p.id != 9), "{:?}", status.peers);
+    // A listed peer stays known while down.
+    m.connect(2);
+    m.node.handle_peer_disconnected(m.now, 2);
+    assert!(m.listed(2) && !m.linked(2));
+}
+
+#[test]
+fn guests_count_in_no_majority_for_commits_or_for_the_leader_staying_up() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    for p in [2, 3, 4, 5] {
+        m.connect(p);
+    }
+    m.lead(vec![1, 2]);
+    let last = m.node.stats().last_index;
+    let replicated = m
+        .sent
+        .iter()
+        .any(|(to, f)| *to == 4 && matches!(f, PeerFrame::Append(_)));
+    assert!(
+        replicated,
+        "a guest is replicated to (a removed node learns it is out)"
+    );
+    // Two guests store everything: no majority of members 1, 2, 3 does.
+    m.ack_from(4, last);
+    m.ack_from(5, last);
+    assert!(m.node.stats().committed < last);
+    m.ack_from(2, last);
+    assert_eq!(m.node.stats().committed, last);
+    // Only the guests keep answering: the leader steps down all the same.
+    let hb = m.node.config().heartbeat_interval;
+    for _ in 0..10 {
+        m.advance(hb);
+        m.ack_from(4, last);
+        m.ack_from(5, last);
+    }
+    assert_eq!(m.node.stats().role, Role::Follower);
 }
