@@ -301,9 +301,10 @@ impl Node {
         }
     }
 
-    /// A peer counts as alive while linked and heard from within the failure timeout.
     /// A peer counts as alive while linked, heard from within the failure timeout, and (by its
-    /// last heartbeat) hearing us: a token sent to a node that does not hear us is lost.
+    /// last heartbeat) hearing us and a member of its own configuration: a token sent to a
+    /// node that does not hear us is lost, and one that is no member would only pass it on
+    /// from a ring it may not know.
     pub(super) fn alive(&self, peer: NodeId, now: Instant) -> bool {
         self.peers
             .get(&peer)
@@ -399,7 +400,16 @@ impl Node {
         if reachable < majority(self.members.len()) {
             return;
         }
-        let epoch = self.hard.epoch.max(self.hard.participated) + 1;
+        // Above every epoch a peer reported too: a node that took part in a later election
+        // (one that failed) passes tokens of earlier epochs on without taking part, and an
+        // initiator that never learned of it would propose the same epoch for ever.
+        let heard = self
+            .peers
+            .values()
+            .filter_map(|p| p.epoch)
+            .max()
+            .unwrap_or(0);
+        let epoch = self.hard.epoch.max(self.hard.participated).max(heard) + 1;
         self.election = Some(Campaign { epoch, pre: true });
         debug!("node {}: pre-election for epoch {epoch}", self.cfg.id);
         self.send_token(t, epoch, true);
@@ -438,12 +448,7 @@ impl Node {
     /// Sends the token to the next live node on the ring (a real token only once our
     /// participation is durable), or completes it here when no one else is reachable.
     fn pass_token(&mut self, now: Instant, token: Token) {
-        // A node outside its own configuration (joining before the entry adding it arrived,
-        // or being removed) takes no part, but passes the token on from its place on the ring.
-        let mut ring = self.members.clone();
-        if let Err(at) = ring.binary_search(&self.cfg.id) {
-            ring.insert(at, self.cfg.id);
-        }
+        let ring = self.token_ring(now, token.initiator);
         let next = next_hop(&ring, self.cfg.id, token.initiator, |p| self.alive(p, now));
         match next {
             Some(to) => {
@@ -456,6 +461,33 @@ impl Node {
                 self.cfg.id, token.epoch
             ),
         }
+    }
+
+    /// The ring a token goes round from here: the members of this node's configuration, and
+    /// also this node (outside its configuration while joining or being removed, it still
+    /// passes tokens on from its place), the initiator, and every live guest (a node of a
+    /// configuration this log lacks, that says it is a member of its own). A node that missed
+    /// the entry adding a node would otherwise skip it, and the token would end at the
+    /// initiator without the members this node does not know; with the initiator on every
+    /// ring, each hop moves on towards it, so the walk ends there. Who gets the token changes
+    /// only who takes part: the winner still leads only with a majority of its own
+    /// configuration.
+    fn token_ring(&self, now: Instant, initiator: NodeId) -> Vec<NodeId> {
+        let guests = self
+            .peers
+            .iter()
+            .filter(|&(&id, p)| !p.listed && self.alive(id, now))
+            .map(|(&id, _)| id);
+        let mut ring: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .chain([self.cfg.id, initiator])
+            .chain(guests)
+            .collect();
+        ring.sort_unstable();
+        ring.dedup();
+        ring
     }
 
     /// Why this node would not take part in an election for `epoch` (None: it would).
@@ -909,7 +941,10 @@ impl Node {
             epoch: self.hard.epoch,
             leader: self.leader,
             load: self.conns.len() as u32,
-            hears_you: self.heard_recently(p, now),
+            // A node outside its own configuration (new, wiped, removed) takes no part in
+            // elections and may not know the ring (a wiped one knows no member at all), so a
+            // token passed through it could skip the members it lacks: it asks to be skipped.
+            hears_you: self.heard_recently(p, now) && self.is_member(),
         };
         self.send_peer(peer, &PeerFrame::Heartbeat(hb));
     }

@@ -404,10 +404,11 @@ impl Node {
             cfg,
         };
         node.snapshot_jitter = node.rng.u64(0..=node.cfg.snapshot_entries / 4);
+        // A node removed earlier must not come back from its old data: a snapshot that retires
+        // it stops it here (in sync_members). A configuration entry after the snapshot may not
+        // be committed (the next leader may have dropped it), so it only makes the node no
+        // member; the leader, which links to it as a guest, tells it once the entry commits.
         node.sync_members(now.mono);
-        // A node removed earlier must not come back from its old data.
-        let current = node.log.configs().current().clone();
-        node.config_applied(&current);
         info!(
             "node {}: starting (incarnation {}, epoch {}, log index {}, {} members)",
             node.cfg.id,

@@ -564,6 +564,16 @@ impl Member {
         self.step();
     }
 
+    fn heartbeat_from(&mut self, from: NodeId, hears_you: bool) {
+        let hb = crate::codec::Heartbeat {
+            epoch: 1,
+            leader: None,
+            load: 0,
+            hears_you,
+        };
+        self.frame(from, PeerFrame::Heartbeat(hb));
+    }
+
     fn ack_from(&mut self, from: NodeId, index: LogIndex) {
         let reply = crate::codec::AppendReply {
             epoch: self.node.epoch(),
@@ -686,4 +696,107 @@ fn guests_count_in_no_majority_for_commits_or_for_the_leader_staying_up() {
         m.ack_from(5, last);
     }
     assert_eq!(m.node.stats().role, Role::Follower);
+}
+
+#[test]
+fn a_token_goes_to_a_live_guest_a_member_of_its_own_configuration_and_skips_a_non_member() {
+    // Node 2 missed node 5's join: it lists 1 and 4 only, and node 4 is down. The token must
+    // not skip node 5, which sits between 2 and 1 on the ring of the newer configuration.
+    for (guest_is_member, to) in [(true, 5), (false, 1)] {
+        let mut m = Member::new(2, &[1, 2, 4]);
+        m.connect(1);
+        m.connect(5);
+        let hb = m.node.config().heartbeat_interval;
+        let token = (0..100).find_map(|_| {
+            m.heartbeat_from(1, true);
+            m.heartbeat_from(5, guest_is_member);
+            m.advance(hb);
+            m.sent
+                .iter()
+                .find(|(_, f)| matches!(f, PeerFrame::Token(_)))
+                .map(|(to, _)| *to)
+        });
+        assert_eq!(
+            token,
+            Some(to),
+            "guest says it is a member: {guest_is_member}"
+        );
+    }
+}
+
+#[test]
+fn a_node_outside_its_own_configuration_asks_to_be_skipped_by_tokens() {
+    // Heartbeats say hears_you only from a member: a node outside its configuration takes no
+    // part, and its ring may lack members, so tokens must go around it.
+    for (id, member) in [(3, true), (4, false)] {
+        let mut m = Member::new(id, &[1, 2, 3]);
+        m.connect(1);
+        m.heartbeat_from(1, true);
+        m.sent.clear();
+        m.advance(m.node.config().heartbeat_interval);
+        let hears = m.sent.iter().find_map(|(to, f)| match f {
+            PeerFrame::Heartbeat(h) if *to == 1 => Some(h.hears_you),
+            _ => None,
+        });
+        assert_eq!(hears, Some(member), "node {id}");
+    }
+}
+
+#[test]
+fn an_election_is_for_an_epoch_above_every_one_a_peer_reported() {
+    // Node 1 took part in elections up to epoch 5 that node 2 never heard of: it would pass
+    // node 2's tokens for earlier epochs on without taking part, for ever.
+    let mut m = Member::new(2, &[1, 2, 3]);
+    m.connect(1);
+    m.connect(3);
+    let hb = m.node.config().heartbeat_interval;
+    let epoch = (0..100).find_map(|_| {
+        for (from, epoch) in [(1, 5), (3, 1)] {
+            let h = crate::codec::Heartbeat {
+                epoch,
+                leader: None,
+                load: 0,
+                hears_you: true,
+            };
+            m.frame(from, PeerFrame::Heartbeat(h));
+        }
+        m.advance(hb);
+        m.sent.iter().find_map(|(_, f)| match f {
+            PeerFrame::Token(t) => Some(t.epoch),
+            _ => None,
+        })
+    });
+    assert_eq!(epoch, Some(6));
+}
+
+#[test]
+fn a_restarted_node_whose_log_removes_it_without_a_commit_it_knows_of_does_not_stop() {
+    // The next leader may have dropped that entry: the node waits, no member, to be told.
+    let removal = Config::of([(1, String::new()), (2, String::new()), (3, String::new())])
+        .without(1)
+        .unwrap();
+    let recovered = Recovered {
+        hard_state: HardState {
+            epoch: 1,
+            participated: 1,
+            ..HardState::default()
+        },
+        snapshot: None,
+        entries: vec![
+            config_entry(1, 1, &[1, 2, 3]),
+            Entry {
+                index: 2,
+                epoch: 1,
+                origin: None,
+                command: Command::Config(removal),
+            },
+        ],
+    };
+    let cfg = NodeConfig {
+        members: vec![2, 3],
+        ..NodeConfig::default()
+    };
+    let h = Harness::recover(cfg, recovered);
+    assert!(h.node.removed().is_none());
+    assert!(!h.node.is_member());
 }
