@@ -248,6 +248,9 @@ pub struct Node {
     election_due: Option<Instant>,
     /// The election (or pre-election) this node started and waits on.
     election: Option<Campaign>,
+    /// The last token this node passed on (epoch, initiator, pre) and when, to know it when
+    /// it comes back after a detour past an initiator some node could not reach.
+    token_passed: Option<(u64, NodeId, bool, Instant)>,
     heartbeat_due: Instant,
     held: Vec<Held>,
     /// Highest commit index sent to each peer.
@@ -379,6 +382,7 @@ impl Node {
             leader_confirmed: false,
             election_due: None,
             election: None,
+            token_passed: None,
             heartbeat_due: now.mono,
             held: Vec::new(),
             commit_sent: BTreeMap::new(),

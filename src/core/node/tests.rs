@@ -505,9 +505,13 @@ fn config_entry(index: LogIndex, epoch: u64, ids: &[NodeId]) -> Entry {
 impl Member {
     /// Node `id`, not amnesiac, whose log holds the configuration of `members` (epoch 1).
     fn new(id: NodeId, members: &[NodeId]) -> Member {
+        Member::with_log(id, vec![config_entry(1, 1, members)])
+    }
+
+    /// Node `id`, not amnesiac, in epoch 1, whose log holds `entries`.
+    fn with_log(id: NodeId, entries: Vec<Entry>) -> Member {
         let cfg = NodeConfig {
             id,
-            members: members.to_vec(),
             ..NodeConfig::default()
         };
         let recovered = Recovered {
@@ -517,7 +521,7 @@ impl Member {
                 ..HardState::default()
             },
             snapshot: None,
-            entries: vec![config_entry(1, 1, members)],
+            entries,
         };
         let now = Now {
             mono: Instant::now(),
@@ -725,11 +729,19 @@ fn a_token_goes_to_a_live_guest_a_member_of_its_own_configuration_and_skips_a_no
 }
 
 #[test]
-fn a_node_outside_its_own_configuration_asks_to_be_skipped_by_tokens() {
-    // Heartbeats say hears_you only from a member: a node outside its configuration takes no
-    // part, and its ring may lack members, so tokens must go around it.
-    for (id, member) in [(3, true), (4, false)] {
+fn a_node_that_has_not_caught_up_since_it_lost_its_state_asks_to_be_skipped_by_tokens() {
+    // Heartbeats say hears_you only from a node that has its state: one that lost it takes
+    // no part, and its ring may know no member at all, so tokens must go around it.
+    for (id, wiped) in [(3, false), (4, true)] {
         let mut m = Member::new(id, &[1, 2, 3]);
+        if wiped {
+            let cfg = NodeConfig {
+                id,
+                members: vec![1, 2, 3],
+                ..NodeConfig::default()
+            };
+            m.node = Node::new(cfg, Recovered::default(), m.now).unwrap();
+        }
         m.connect(1);
         m.heartbeat_from(1, true);
         m.sent.clear();
@@ -738,7 +750,7 @@ fn a_node_outside_its_own_configuration_asks_to_be_skipped_by_tokens() {
             PeerFrame::Heartbeat(h) if *to == 1 => Some(h.hears_you),
             _ => None,
         });
-        assert_eq!(hears, Some(member), "node {id}");
+        assert_eq!(hears, Some(!wiped), "node {id}");
     }
 }
 
@@ -799,4 +811,145 @@ fn a_restarted_node_whose_log_removes_it_without_a_commit_it_knows_of_does_not_s
     let h = Harness::recover(cfg, recovered);
     assert!(h.node.removed().is_none());
     assert!(!h.node.is_member());
+}
+
+fn token(
+    epoch: u64,
+    pre: bool,
+    initiator: NodeId,
+    participants: Vec<NodeId>,
+) -> crate::codec::Token {
+    crate::codec::Token {
+        epoch,
+        pre,
+        initiator,
+        best: crate::codec::Candidate {
+            last_epoch: 0,
+            last_index: 0,
+            id: initiator,
+        },
+        participants,
+    }
+}
+
+fn tokens_sent(m: &Member) -> Vec<(NodeId, crate::codec::Token)> {
+    m.sent
+        .iter()
+        .filter_map(|(to, f)| match f {
+            PeerFrame::Token(t) => Some((*to, t.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Links `m` to `peers` and lets each say it hears `m`.
+fn linked_to(m: &mut Member, peers: &[NodeId]) {
+    for &p in peers {
+        m.connect(p);
+        m.heartbeat_from(p, true);
+    }
+    m.sent.clear();
+}
+
+#[test]
+fn a_node_whose_log_lacks_the_entry_adding_it_takes_part_but_is_never_named() {
+    // Node 4's addition is committed elsewhere, but its log stops before it: the others may
+    // need it to make a majority of their configuration. It would lead a configuration
+    // without itself, so its log does not compete; a member's does.
+    for (id, members, named) in [(4, [1, 2, 3], false), (3, [1, 2, 3], true)] {
+        let mut m = Member::new(id, &members);
+        linked_to(&mut m, &[1, 2]);
+        m.frame(2, PeerFrame::Token(token(2, false, 1, vec![1, 2])));
+        let sent = tokens_sent(&m);
+        let [(to, t)] = &sent[..] else {
+            panic!("node {id} sent {sent:?}");
+        };
+        assert_eq!((*to, &t.participants[..]), (1, &[1, 2, id][..]));
+        assert_eq!(t.best.id == id, named, "node {id}: best {:?}", t.best);
+    }
+}
+
+#[test]
+fn a_token_goes_on_past_an_initiator_this_node_cannot_reach_and_comes_back_home() {
+    // Node 4 holds {1, 2, 3, 4}; node 5, the initiator, joined in a configuration node 4
+    // lacks, and the two are not linked: the token goes on to node 1, which knows it.
+    let mut four = Member::new(4, &[1, 2, 3, 4]);
+    linked_to(&mut four, &[1, 3]);
+    four.frame(3, PeerFrame::Token(token(7, true, 5, vec![5, 1, 3])));
+    let sent = tokens_sent(&four);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, 1);
+    // Node 1 passed it on moments ago: now it sends it home, without taking part again.
+    let mut one = Member::new(1, &[1, 2, 3, 5]);
+    linked_to(&mut one, &[3, 4, 5]);
+    one.frame(5, PeerFrame::Token(token(7, true, 5, vec![5])));
+    assert_eq!(tokens_sent(&one)[0].0, 3);
+    one.sent.clear();
+    one.frame(4, PeerFrame::Token(sent[0].1.clone()));
+    let back = tokens_sent(&one);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(
+        (back[0].0, &back[0].1.participants[..]),
+        (5, &[5, 1, 3, 4][..])
+    );
+}
+
+#[test]
+fn a_leader_drops_what_a_node_its_configuration_retires_forwards() {
+    // Node 2 was removed but has not learned it: a session it opened now would outlive the
+    // NodeDown of its removal.
+    let removal = Config::of([1, 2, 3].map(|i| (i, format!("127.0.0.1:{}", 7170 + i))))
+        .without(2)
+        .unwrap();
+    let entries = vec![
+        config_entry(1, 1, &[1, 2, 3]),
+        Entry {
+            index: 2,
+            epoch: 1,
+            origin: None,
+            command: Command::Config(removal),
+        },
+    ];
+    let mut m = Member::with_log(1, entries);
+    m.connect(2);
+    m.connect(3);
+    m.lead(vec![1, 3]);
+    let proposal = |node: NodeId| crate::codec::Forward {
+        epoch: 1,
+        proposals: vec![crate::core::log::Proposal {
+            id: crate::core::log::ProposalId {
+                node,
+                incarnation: 1,
+                seq: 1,
+            },
+            command: Command::NodeBoot { node },
+        }],
+    };
+    let last = m.node.stats().last_index;
+    m.frame(2, PeerFrame::Forward(proposal(2)));
+    assert_eq!(m.node.stats().last_index, last);
+    m.frame(3, PeerFrame::Forward(proposal(3)));
+    assert_eq!(m.node.stats().last_index, last + 1);
+}
+
+#[test]
+fn after_a_leader_that_never_showed_it_leads_the_election_order_is_drawn() {
+    // The ring order would give the next election to the same node every time; after a
+    // leader that led (it sent an Append) the successor of the lost leader still goes first.
+    let mut m = Member::new(3, &[1, 2, 3, 4, 5]);
+    let hb = m.node.config().heartbeat_interval;
+    let mut ranks = std::collections::BTreeSet::new();
+    for confirmed in [true, false] {
+        for _ in 0..200 {
+            m.node.leader = Some(1);
+            m.node.leader_confirmed = confirmed;
+            let rank = (m.node.election_delay().as_micros() / hb.as_micros()) as u32;
+            if confirmed {
+                assert_eq!(rank, 1, "node 3 is the second after node 1");
+            } else {
+                ranks.insert(rank);
+            }
+        }
+    }
+    assert_eq!(ranks.len(), 5, "{ranks:?}");
 }
