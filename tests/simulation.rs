@@ -68,8 +68,6 @@ fn random_faults_five_nodes_seeds_60_to_119() {
 /// Many membership changes among the other faults: clusters of 3 and of 5 grow and shrink
 /// (within 3 to 5 members) while nodes crash, lose their disks and get cut off.
 #[test]
-#[ignore = "known liveness gap: a member that missed the entry adding a node never links to it \
-            (run with --ignored; see the issue notes)"]
 fn membership_changes_under_random_faults() {
     let reports = run_all(1000..1040, |seed| {
         let mut cfg = SimConfig::new(seed).with_nodes(if seed % 2 == 0 { 3 } else { 5 });
@@ -768,8 +766,6 @@ fn a_node_that_missed_two_changes_cannot_make_a_second_leader() {
 }
 
 #[test]
-#[ignore = "known liveness gap: a member that missed the entry adding a node never links to it \
-            (run with --ignored; see the issue notes)"]
 fn a_member_that_missed_a_join_catches_up_with_a_leader_that_joined_after_it() {
     // S is cut off while node 4 joins; then node 4 leads. S's configuration does not know
     // node 4, yet S must catch up (and take part in elections again) once the cut heals.

@@ -2,7 +2,7 @@
 //! the same order give the same rooms, histories and sessions on every node. It knows nothing of
 //! connections or bytes; the node turns each [`Outcome`] into frames for its own clients.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -497,6 +497,11 @@ impl ChatState {
             .collect();
         v.sort();
         v
+    }
+
+    /// The nodes holding live sessions.
+    pub fn session_nodes(&self) -> BTreeSet<super::NodeId> {
+        self.sessions.keys().map(|s| s.node).collect()
     }
 
     /// Number of live sessions.

@@ -1,17 +1,24 @@
 //! The peer mesh: one TCP link to every other cluster member, carrying [`PeerFrame`]s.
 //!
-//! - Of every pair of members the LOWER id dials the higher; the higher one only accepts (on
-//!   `--peer-listen`). A dial is a non-blocking connect registered for WRITABLE; on the event
-//!   `take_error()` and `peer_addr()` tell whether it completed. Failed dials and lost links
-//!   are retried with exponential backoff (20 ms doubling to 1 s, jitter in [d/2, d] from a
-//!   generator seeded with the node id); a link that comes up resets the backoff.
+//! - Of every pair of nodes that list each other, the LOWER id dials the higher; the higher one
+//!   accepts (on `--peer-listen`), and dials the lower one itself only as a fallback, when no
+//!   link to it came up for [`FALLBACK_DIAL_AFTER`]: the lower one may not list it (it missed
+//!   the configuration entry adding it) and would never dial. A dial is a non-blocking connect
+//!   registered for WRITABLE; on the event `take_error()` and `peer_addr()` tell whether it
+//!   completed. Failed dials and lost links are retried with exponential backoff (20 ms
+//!   doubling to 1 s, jitter in [d/2, d] from a generator seeded with the node id; the
+//!   fallback dial adds it to its own delay); a link that comes up resets the backoff.
 //! - Handshake: each side first sends `Hello{cluster_id, node_id, epoch}`. The receiver checks
-//!   the cluster id, that the id is a configured member other than itself and, on a link it
-//!   dialed, that it is the node it meant to reach. Only then does the core hear
-//!   `handle_peer_connected`. A refused or silent link is dropped with a warning naming the
-//!   reason (silent: after [`HANDSHAKE_TIMEOUT`]).
-//! - A new link to a peer that is already linked replaces the old one: the core hears the
-//!   old one's disconnect first.
+//!   the cluster id, that the id is not its own and, on a link it dialed, that it is the node
+//!   it meant to reach. Only then does the core hear `handle_peer_connected`. A node of the
+//!   cluster that this one does not list is linked as a *guest*: never dialed, forgotten when
+//!   its link drops (the core decides what a guest's frames may do). A refused or silent link
+//!   is dropped with a warning naming the reason (silent: after [`HANDSHAKE_TIMEOUT`]).
+//! - One link per pair: a new link to a peer that is already linked replaces the old one (the
+//!   core hears the old one's disconnect first), unless the old one was dialed by the lower id
+//!   and the new one was not: when both ends dial at once, both keep the lower id's link.
+//! - A peer the core stops listing keeps its established link, as a guest; only a dial in
+//!   progress to it is dropped.
 //! - Links read until `WouldBlock` (with a per-turn budget, then a re-read next turn), decode
 //!   with the shared codec, and queue output in an [`OutQueue`] bounded by
 //!   [`MAX_PEER_OUTPUT`]; a link over the bound is dropped (the core restarts replication
@@ -46,6 +53,9 @@ pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(20);
 pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Longest a dial may take to connect, and a new link to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A node dials a peer with a lower id (which normally dials it) once no link to it came up
+/// for this long: the peer may not list it, and then only this node's dial links them.
+pub const FALLBACK_DIAL_AFTER: Duration = Duration::from_secs(2);
 /// Bytes queued for one peer beyond which its link is dropped.
 pub const MAX_PEER_OUTPUT: usize = 256 * 1024 * 1024;
 /// Inbound links still in their handshake beyond which new ones are refused.
@@ -95,11 +105,14 @@ impl Link {
     }
 }
 
-/// What this node knows about reaching one other member.
+/// What this node knows about reaching one other node: a peer the core lists, or a guest.
 #[derive(Debug)]
 struct Slot {
+    /// Where to dial it (for a guest: where its link came from, never dialed).
     addr: SocketAddr,
-    /// Our id is lower: we dial it.
+    /// The core lists it as a peer; false for a guest, linked only while its link lasts.
+    listed: bool,
+    /// Our id is lower: we dial it at once; otherwise only as a fallback.
     we_dial: bool,
     /// Key of the established link.
     up: Option<usize>,
@@ -110,6 +123,42 @@ struct Slot {
     backoff: Duration,
     /// Failed dials since the last link was up (quiets repeated warnings).
     failures: u32,
+}
+
+impl Slot {
+    /// A peer the core lists, at `addr`: the lower id dials at once, the higher one after
+    /// [`FALLBACK_DIAL_AFTER`] if no link came up by then.
+    fn listed(own: NodeId, peer: NodeId, addr: SocketAddr, now: Instant) -> Slot {
+        let we_dial = own < peer;
+        Slot {
+            addr,
+            listed: true,
+            we_dial,
+            up: None,
+            dialing: None,
+            next_dial: Some(if we_dial {
+                now
+            } else {
+                now + FALLBACK_DIAL_AFTER
+            }),
+            backoff: DIAL_BACKOFF_MIN,
+            failures: 0,
+        }
+    }
+
+    /// A node the core does not list that linked to us from `addr`.
+    fn guest(own: NodeId, peer: NodeId, addr: SocketAddr, now: Instant) -> Slot {
+        Slot {
+            listed: false,
+            next_dial: None,
+            ..Slot::listed(own, peer, addr, now)
+        }
+    }
+
+    /// True when a dial to it is planned or may be: listed, no link up, none in progress.
+    fn wants_dial(&self) -> bool {
+        self.listed && self.up.is_none() && self.dialing.is_none()
+    }
 }
 
 /// The links of one node to the other members. See the module docs.
@@ -136,12 +185,13 @@ pub struct Mesh {
     refusals: u64,
 }
 
-/// Why a Hello is refused, if it is.
+/// Why a Hello is refused, if it is. Any other node of the cluster passes, listed or not (a
+/// node this one does not list becomes a guest): a member that missed the configuration entry
+/// adding a node must still hear from it when it leads.
 pub fn check_hello(
     hello: &PeerHello,
     own_id: NodeId,
     cluster_id: u64,
-    members: &[NodeId],
     dialed: Option<NodeId>,
 ) -> Result<NodeId, String> {
     if hello.cluster_id != cluster_id {
@@ -153,12 +203,6 @@ pub fn check_hello(
     if hello.node_id == own_id {
         return Err(format!("it claims this node's own id {own_id}"));
     }
-    if !members.contains(&hello.node_id) {
-        return Err(format!(
-            "unknown node id {} (the other members are {members:?})",
-            hello.node_id
-        ));
-    }
     if let Some(want) = dialed.filter(|&w| w != hello.node_id) {
         return Err(format!(
             "expected node {want} at this address, but node {} answered",
@@ -166,6 +210,15 @@ pub fn check_hello(
         ));
     }
     Ok(hello.node_id)
+}
+
+/// Of two links between this node (`own`) and `peer`, whether the `old` one stays and the
+/// `new` one goes, given which of them this node dialed. When both ends dial at once, both
+/// keep the link the lower id dialed (and the pair settles on one link). Otherwise the new link
+/// wins: its dialer found no link, so the old one is dead or dying.
+pub fn old_link_stays(own: NodeId, peer: NodeId, old_dialed: bool, new_dialed: bool) -> bool {
+    let by_lower = |we_dialed: bool| we_dialed == (own < peer);
+    by_lower(old_dialed) && !by_lower(new_dialed)
 }
 
 /// Counts a failure: the first one (since the last success) logs at `level`, repeats at debug.
@@ -226,19 +279,7 @@ impl Mesh {
         let slots = cfg
             .peers
             .iter()
-            .map(|(&peer, &addr)| {
-                let we_dial = cfg.id < peer;
-                let slot = Slot {
-                    addr,
-                    we_dial,
-                    up: None,
-                    dialing: None,
-                    next_dial: we_dial.then_some(now),
-                    backoff: DIAL_BACKOFF_MIN,
-                    failures: 0,
-                };
-                (peer, slot)
-            })
+            .map(|(&peer, &addr)| (peer, Slot::listed(cfg.id, peer, addr, now)))
             .collect();
         Ok(Mesh {
             id: cfg.id,
@@ -268,50 +309,69 @@ impl Mesh {
     }
 
     /// Makes the links follow the node's peer set (membership changes): new peers get a slot
-    /// (dialed by the lower id) at the address the configuration gives, removed ones lose
-    /// theirs and their link. A peer already known keeps its address: `--peers` says how this
-    /// host reaches it (through a proxy or NAT, say), which the configuration cannot know.
+    /// at the address the configuration gives (dialed at once by the lower id, as a fallback
+    /// by the higher), a guest the node now lists becomes a peer, and a peer it no longer
+    /// lists loses its slot, or becomes a guest while its link is up (it may still list this
+    /// node: a removed node that has to learn it, a leader this node's log does not know). A
+    /// peer already known keeps its address: `--peers` says how this host reaches it (through
+    /// a proxy or NAT, say), which the configuration cannot know.
     pub fn sync_peers(&mut self, now: Now, wanted: &[(NodeId, String)], node: &mut Node) {
         let gone: Vec<NodeId> = self
             .slots
-            .keys()
-            .filter(|id| !wanted.iter().any(|(w, _)| w == *id))
-            .copied()
+            .iter()
+            .filter(|(id, s)| s.listed && !wanted.iter().any(|(w, _)| w == *id))
+            .map(|(&id, _)| id)
             .collect();
         for id in gone {
-            if let Some(slot) = self.slots.remove(&id) {
-                for key in slot.up.into_iter().chain(slot.dialing) {
-                    self.drop_link(now, key, node, Level::Info, "no longer a peer");
-                }
-                info!("node {}: node {id} is no longer a peer", self.id);
-            }
+            self.unlist(now, id, node);
         }
         for (id, addr) in wanted {
             let parsed = addr.parse::<SocketAddr>();
-            match (self.slots.get(id), parsed) {
-                (Some(_), _) => {}
-                (None, Ok(a)) => {
-                    let we_dial = self.id < *id;
-                    info!("node {}: node {id} (peers at {a}) is now a peer", self.id);
-                    self.slots.insert(
-                        *id,
-                        Slot {
-                            addr: a,
-                            we_dial,
-                            up: None,
-                            dialing: None,
-                            next_dial: we_dial.then_some(now.mono),
-                            backoff: DIAL_BACKOFF_MIN,
-                            failures: 0,
-                        },
-                    );
+            match (self.slots.get_mut(id), parsed) {
+                (Some(slot), _) if slot.listed => {}
+                (Some(slot), Ok(a)) => {
+                    info!("node {}: guest {id} (peers at {a}) is now a peer", self.id);
+                    let listed = Slot::listed(self.id, *id, a, now.mono);
+                    slot.addr = a;
+                    slot.listed = true;
+                    slot.next_dial = listed.next_dial;
                 }
-                (None, Err(_)) if addr.is_empty() => {}
-                (None, Err(e)) => warn!(
+                (None, Ok(a)) => {
+                    info!("node {}: node {id} (peers at {a}) is now a peer", self.id);
+                    self.slots
+                        .insert(*id, Slot::listed(self.id, *id, a, now.mono));
+                }
+                // Without an address it cannot be dialed: a guest stays one meanwhile.
+                (_, Err(_)) if addr.is_empty() => {}
+                (_, Err(e)) => warn!(
                     "node {}: node {id} has an unusable peer address {addr:?}: {e}",
                     self.id
                 ),
             }
+        }
+    }
+
+    /// The core no longer lists `id`: a dial in progress is dropped; an established link
+    /// stays, as a guest's, and goes with the slot when it drops.
+    fn unlist(&mut self, now: Now, id: NodeId, node: &mut Node) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.listed = false;
+        slot.next_dial = None;
+        let dialing = slot.dialing.take();
+        let up = slot.up.is_some();
+        if let Some(key) = dialing {
+            self.drop_link(now, key, node, Level::Info, "no longer a peer");
+        }
+        if up {
+            info!(
+                "node {}: node {id} is no longer a peer; its link stays while it lasts (guest)",
+                self.id
+            );
+        } else {
+            self.slots.remove(&id);
+            info!("node {}: node {id} is no longer a peer", self.id);
         }
     }
 
@@ -320,7 +380,7 @@ impl Mesh {
         self.local_addr
     }
 
-    /// Members with an established link.
+    /// Nodes with an established link (guests included).
     pub fn linked(&self) -> Vec<NodeId> {
         self.slots
             .iter()
@@ -349,7 +409,7 @@ impl Mesh {
         let dials = self
             .slots
             .values()
-            .filter(|s| s.we_dial && s.up.is_none() && s.dialing.is_none())
+            .filter(|s| s.wants_dial())
             .filter_map(|s| s.next_dial);
         let timeouts = self.links.iter().filter_map(|(_, l)| l.deadline);
         dials.chain(timeouts).chain(self.accept_retry_at).min()
@@ -378,8 +438,7 @@ impl Mesh {
         let due: Vec<NodeId> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.we_dial && s.up.is_none() && s.dialing.is_none())
-            .filter(|(_, s)| s.next_dial.is_some_and(|d| d <= t))
+            .filter(|(_, s)| s.wants_dial() && s.next_dial.is_some_and(|d| d <= t))
             .map(|(&id, _)| id)
             .collect();
         for peer in due {
@@ -644,15 +703,21 @@ impl Mesh {
         self.schedule_dial(now.mono, peer);
     }
 
-    /// Plans the next dial to `peer` after the current backoff, and doubles the backoff.
+    /// Plans the next dial to `peer` after the current backoff (the higher id of the pair
+    /// first gives the lower one [`FALLBACK_DIAL_AFTER`] to dial), and doubles the backoff.
     fn schedule_dial(&mut self, now: Instant, peer: NodeId) {
         let Some(slot) = self.slots.get_mut(&peer) else {
             return;
         };
-        if !slot.we_dial || slot.up.is_some() || slot.dialing.is_some() {
+        if !slot.wants_dial() {
             return;
         }
-        slot.next_dial = Some(now + jittered(&mut self.rng, slot.backoff));
+        let wait = if slot.we_dial {
+            Duration::ZERO
+        } else {
+            FALLBACK_DIAL_AFTER
+        };
+        slot.next_dial = Some(now + wait + jittered(&mut self.rng, slot.backoff));
         slot.backoff = (slot.backoff * 2).min(DIAL_BACKOFF_MAX);
     }
 
@@ -752,11 +817,11 @@ impl Mesh {
         true
     }
 
-    /// Checks a Hello and, if good, makes the link THE link to that member.
+    /// Checks a Hello and, if good, makes the link THE link to that node (a guest's if the
+    /// core does not list it), unless a link the pair prefers is up already.
     fn promote(&mut self, now: Now, key: usize, hello: &PeerHello, node: &mut Node) -> bool {
-        let members: Vec<NodeId> = self.slots.keys().copied().collect();
         let link = &self.links[key];
-        let peer = match check_hello(hello, self.id, self.cluster_id, &members, link.dialed) {
+        let peer = match check_hello(hello, self.id, self.cluster_id, link.dialed) {
             Ok(p) => p,
             Err(why) => {
                 let why = format!("handshake refused: {why}");
@@ -764,30 +829,60 @@ impl Mesh {
                 return false;
             }
         };
-        let old = self.slots[&peer].up;
+        let from = link.addr;
+        let slot = self
+            .slots
+            .entry(peer)
+            .or_insert_with(|| Slot::guest(self.id, peer, from, now.mono));
+        let (old, dialing) = (slot.up, slot.dialing.filter(|&d| d != key));
+        if old.is_some_and(|o| self.keeps(o, key, peer)) {
+            let why = "the link dialed by the lower id is up already";
+            self.drop_link(now, key, node, Level::Debug, why);
+            return false;
+        }
         if let Some(old) = old {
             self.drop_link(now, old, node, Level::Info, "replaced by a new connection");
         }
-        let dialing = self.slots[&peer].dialing.filter(|&d| d != key);
-        if let Some(d) = dialing {
+        if let Some(d) = dialing.filter(|&d| !self.keeps(d, key, peer)) {
             self.drop_link(now, d, node, Level::Debug, "another link came up first");
         }
         let link = &mut self.links[key];
         link.state = State::Up(peer);
         link.deadline = None;
         let what = link.describe();
-        let slot = self.slots.get_mut(&peer).expect("checked member");
+        // A guest's slot went with its old link: this one makes it anew.
+        let slot = self
+            .slots
+            .entry(peer)
+            .or_insert_with(|| Slot::guest(self.id, peer, from, now.mono));
         slot.up = Some(key);
-        slot.dialing = None;
+        if slot.dialing == Some(key) {
+            slot.dialing = None;
+        }
         slot.next_dial = None;
         slot.backoff = DIAL_BACKOFF_MIN;
         slot.failures = 0;
+        let guest = if slot.listed {
+            ""
+        } else {
+            " as a guest: this node does not list it"
+        };
         info!(
-            "node {}: peer {peer} linked ({what}; its epoch {}, clients at {})",
+            "node {}: peer {peer} linked{guest} ({what}; its epoch {}, clients at {})",
             self.id, hello.epoch, hello.client_addr
         );
         node.handle_peer_connected(now, peer, &hello.client_addr);
         true
+    }
+
+    /// Of two links to `peer`, whether the established (or dialing) `old` one stays and the
+    /// `new` one goes (see [`old_link_stays`]).
+    fn keeps(&self, old: usize, new: usize, peer: NodeId) -> bool {
+        let dialed = |key: usize| self.links.get(key).map(|l| l.dialed.is_some());
+        match (dialed(old), dialed(new)) {
+            (Some(old), Some(new)) => old_link_stays(self.id, peer, old, new),
+            _ => false,
+        }
     }
 
     /// How loudly to log a failed inbound link: warnings at most every
@@ -900,6 +995,19 @@ impl Mesh {
         }
         if let Some(peer) = peer {
             self.schedule_dial(now.mono, peer);
+            self.forget_guest(peer);
+        }
+    }
+
+    /// A guest's slot goes once it has no link left.
+    fn forget_guest(&mut self, peer: NodeId) {
+        let idle_guest = self
+            .slots
+            .get(&peer)
+            .is_some_and(|s| !s.listed && s.up.is_none() && s.dialing.is_none());
+        if idle_guest {
+            self.slots.remove(&peer);
+            debug!("node {}: guest {peer} forgotten", self.id);
         }
     }
 }
@@ -919,17 +1027,98 @@ mod tests {
 
     #[test]
     fn hellos_are_checked() {
-        let members = [1, 3];
-        assert_eq!(check_hello(&hello(7, 3), 2, 7, &members, None), Ok(3));
-        assert_eq!(check_hello(&hello(7, 3), 2, 7, &members, Some(3)), Ok(3));
-        let e = check_hello(&hello(8, 3), 2, 7, &members, None).unwrap_err();
+        assert_eq!(check_hello(&hello(7, 3), 2, 7, None), Ok(3));
+        assert_eq!(check_hello(&hello(7, 3), 2, 7, Some(3)), Ok(3));
+        let e = check_hello(&hello(8, 3), 2, 7, None).unwrap_err();
         assert!(e.contains("wrong cluster id 8"), "{e}");
-        let e = check_hello(&hello(7, 2), 2, 7, &members, None).unwrap_err();
+        let e = check_hello(&hello(7, 2), 2, 7, None).unwrap_err();
         assert!(e.contains("own id"), "{e}");
-        let e = check_hello(&hello(7, 9), 2, 7, &members, None).unwrap_err();
-        assert!(e.contains("unknown node id 9"), "{e}");
-        let e = check_hello(&hello(7, 1), 2, 7, &members, Some(3)).unwrap_err();
+        let e = check_hello(&hello(7, 1), 2, 7, Some(3)).unwrap_err();
         assert!(e.contains("expected node 3"), "{e}");
+    }
+
+    #[test]
+    fn a_node_of_the_cluster_this_one_does_not_list_passes_as_a_guest() {
+        // Node 9 joined while this node was cut off: its Hello passes, on an accepted link.
+        assert_eq!(check_hello(&hello(7, 9), 2, 7, None), Ok(9));
+        // But a dialed address must still answer with the node dialed.
+        assert!(check_hello(&hello(7, 9), 2, 7, Some(3)).is_err());
+    }
+
+    #[test]
+    fn when_both_ends_dial_both_keep_the_link_the_lower_id_dialed() {
+        // Node 1 (lower) keeps its own dial, node 2 keeps the link it accepted.
+        assert!(old_link_stays(1, 2, true, false));
+        assert!(!old_link_stays(1, 2, false, true));
+        assert!(old_link_stays(2, 1, false, true));
+        assert!(!old_link_stays(2, 1, true, false));
+        // Same kind: the newer link wins (the old one is dead or dying).
+        for (own, peer) in [(1, 2), (2, 1)] {
+            assert!(!old_link_stays(own, peer, true, true));
+            assert!(!old_link_stays(own, peer, false, false));
+        }
+    }
+
+    /// A mesh of node `id` listing `peers` (never listening), and a node to hand it.
+    fn mesh(id: NodeId, peers: &[(NodeId, &str)], now: Instant) -> (Mesh, Node, mio::Poll) {
+        let poll = mio::Poll::new().unwrap();
+        let cfg = DaemonConfig {
+            id,
+            peers: peers
+                .iter()
+                .map(|&(p, a)| (p, a.parse().unwrap()))
+                .collect(),
+            ..DaemonConfig::default()
+        };
+        let client = "127.0.0.1:7070".parse().unwrap();
+        let mesh = Mesh::new(&cfg, poll.registry(), now, client).unwrap();
+        let core = crate::core::NodeConfig {
+            id,
+            ..Default::default()
+        };
+        let now = Now {
+            mono: now,
+            unix_ms: 0,
+        };
+        let node = Node::new(core, crate::storage::Recovered::default(), now).unwrap();
+        (mesh, node, poll)
+    }
+
+    #[test]
+    fn the_higher_id_dials_a_listed_lower_one_only_after_the_fallback_delay() {
+        let t = Instant::now();
+        let (low, _, _p1) = mesh(1, &[(2, "127.0.0.1:9")], t);
+        assert_eq!(low.next_deadline(), Some(t), "the lower id dials at once");
+        let (mut high, mut node, _p2) = mesh(2, &[(1, "127.0.0.1:9")], t);
+        assert_eq!(high.next_deadline(), Some(t + FALLBACK_DIAL_AFTER));
+        let at = |d: Duration| Now {
+            mono: t + d,
+            unix_ms: 0,
+        };
+        high.on_timer(at(FALLBACK_DIAL_AFTER / 2), &mut node);
+        assert!(
+            high.slots[&1].dialing.is_none(),
+            "dialed before the fallback delay"
+        );
+        high.on_timer(at(FALLBACK_DIAL_AFTER), &mut node);
+        assert!(
+            high.slots[&1].dialing.is_some() || high.slots[&1].failures > 0,
+            "no fallback dial once the delay passed"
+        );
+    }
+
+    #[test]
+    fn a_peer_no_longer_listed_without_a_link_is_forgotten_and_a_new_one_gets_a_slot() {
+        let t = Instant::now();
+        let (mut m, mut node, _p) = mesh(2, &[(1, "127.0.0.1:9")], t);
+        let now = Now {
+            mono: t,
+            unix_ms: 0,
+        };
+        m.sync_peers(now, &[(3, "127.0.0.1:10".into())], &mut node);
+        assert!(!m.slots.contains_key(&1));
+        assert!(m.slots[&3].listed && m.slots[&3].we_dial);
+        assert_eq!(m.next_deadline(), Some(t));
     }
 
     #[test]

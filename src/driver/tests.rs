@@ -394,7 +394,7 @@ fn wait_peer_status(addr: SocketAddr, want: &[(NodeId, bool)]) {
 }
 
 #[test]
-fn peer_handshakes_are_checked_and_a_new_link_replaces_the_old() {
+fn peer_handshakes_are_checked_a_guest_is_linked_and_a_new_link_replaces_the_old() {
     // Node 2 of a cluster {1, 2}: it never dials 1 (the lower id dials), it only accepts.
     let d = Running::start(|c| {
         c.id = 2;
@@ -414,8 +414,17 @@ fn peer_handshakes_are_checked_and_a_new_link_replaces_the_old() {
     a.heartbeat();
     wait_peer_status(d.addr, &[(1, true)]);
 
-    // Refused: another cluster, an unknown id, the node's own id, a frame before Hello.
-    for (cluster, id) in [(6, 1), (5, 9), (5, 2)] {
+    // A node of the cluster that node 2 does not list (it joined while node 2 was cut off)
+    // is linked as a guest, for as long as its link lasts.
+    let mut g = FakePeer::connect(peer_addr);
+    g.hello(5, 9);
+    g.heartbeat();
+    wait_peer_status(d.addr, &[(1, true), (9, true)]);
+    drop(g);
+    wait_peer_status(d.addr, &[(1, true)]);
+
+    // Refused: another cluster, the node's own id, a frame before Hello.
+    for (cluster, id) in [(6, 1), (5, 2)] {
         let mut x = FakePeer::connect(peer_addr);
         x.hello(cluster, id);
         assert!(x.closed(), "hello {cluster}/{id} was not refused");

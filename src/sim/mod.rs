@@ -92,9 +92,7 @@ impl SimConfig {
             snapshot_entries: 64,
             compact_keep: 16,
             snapshot_chunk: 512,
-            // Off by default until a member that missed a join can link to the new node (a
-            // known liveness gap: `ringchat-sim --membership N` shows it).
-            membership: 0,
+            membership: 8,
             verbose: false,
         }
     }

@@ -24,18 +24,29 @@ use crate::core::progress::Progress;
 use crate::core::{Action, NodeId, Now};
 
 impl Node {
-    /// A peer connection is up (the driver did the handshake).
+    /// A peer connection is up (the driver did the handshake). A node of the cluster this one
+    /// does not list becomes a guest peer while the link lasts.
     pub fn handle_peer_connected(&mut self, now: Now, peer: NodeId, client_addr: &str) {
-        let Some(p) = self.peers.get_mut(&peer) else {
+        if peer == self.cfg.id {
             return;
-        };
+        }
+        let p = self.peers.entry(peer).or_default();
         p.connected = true;
         client_addr.clone_into(&mut p.client_addr);
         p.last_heard = Some(now.mono);
         p.hears_us = true;
-        info!("node {}: peer {peer} connected", self.cfg.id);
-        if self.progress.contains_key(&peer) {
-            // The peer may have restarted and lost what it had: learn its log afresh.
+        if p.listed {
+            info!("node {}: peer {peer} connected", self.cfg.id);
+        } else {
+            info!(
+                "node {}: node {peer}, which this node does not list, connected as a guest",
+                self.cfg.id
+            );
+        }
+        if self.role == Role::Leader {
+            // The peer may have restarted and lost what it had: learn its log afresh. A guest
+            // is replicated to as well (a removed node learns it is out; a node of an entry
+            // this log lacks drops it), but its acknowledgements count for nothing.
             let fresh = Progress::new(self.log.last_index(), now.mono);
             self.progress.insert(peer, fresh);
             self.commit_sent.remove(&peer);
@@ -57,6 +68,7 @@ impl Node {
             return;
         }
         p.connected = false;
+        let guest = !p.listed;
         info!("node {}: peer {peer} disconnected", self.cfg.id);
         if let Some(pr) = self.progress.get_mut(&peer) {
             pr.reset();
@@ -65,6 +77,11 @@ impl Node {
             // The quick path for a crashed leader (its sockets close at once); a hung one is
             // found by the heartbeat timeout instead.
             self.lose_leader(now.mono, "the connection to the leader closed");
+        }
+        if guest {
+            self.peers.remove(&peer);
+            self.progress.remove(&peer);
+            self.commit_sent.remove(&peer);
         }
     }
 
@@ -107,21 +124,29 @@ impl Node {
             PeerFrame::AppendReply(r) => self.handle_append_reply(now.mono, from, r),
             PeerFrame::Token(t) => self.handle_token(now.mono, from, t),
             PeerFrame::Elected(e) => self.handle_elected(now.mono, e),
-            PeerFrame::Forward(f) => {
-                if self.role == Role::Leader && f.epoch == self.hard.epoch {
-                    for p in f.proposals {
-                        self.log.append(self.hard.epoch, Some(p.id), p.command);
-                    }
-                } else {
-                    debug!(
-                        "node {}: dropped {} proposals forwarded for epoch {} (not its leader)",
-                        self.cfg.id,
-                        f.proposals.len(),
-                        f.epoch
-                    );
-                }
-            }
+            PeerFrame::Forward(f) => self.handle_forward(from, f),
         }
+    }
+
+    /// Leader: appends proposals a follower forwarded for this epoch. Not those of a node
+    /// this configuration retires (a removed node that has not learned it yet, linked as a
+    /// guest): a session it opened now would outlive the `NodeDown` its removal proposed, and
+    /// its clients resume elsewhere once it stops.
+    fn handle_forward(&mut self, from: NodeId, f: Forward) {
+        let retired = self.log.configs().current().retired.contains(&from);
+        if self.role == Role::Leader && f.epoch == self.hard.epoch && !retired {
+            for p in f.proposals {
+                self.log.append(self.hard.epoch, Some(p.id), p.command);
+            }
+            return;
+        }
+        debug!(
+            "node {}: dropped {} proposals forwarded by {from} for epoch {} (not its leader, or \
+             {from} is removed)",
+            self.cfg.id,
+            f.proposals.len(),
+            f.epoch
+        );
     }
 
     /// Runs every timer that is due.
@@ -244,7 +269,12 @@ impl Node {
             Amnesia::No => return,
             Amnesia::CatchingUpTo(index) => self.log.applied() >= index,
             Amnesia::Unknown => {
-                let fresh = self.peers.values().filter(|p| p.epoch == Some(0)).count();
+                // Members only: new nodes joining (or guests) report epoch 0 too.
+                let fresh = self
+                    .peers
+                    .iter()
+                    .filter(|(id, p)| self.members.contains(id) && p.epoch == Some(0))
+                    .count();
                 let heard_newer = self.peers.values().any(|p| p.epoch.is_some_and(|e| e > 0));
                 let n = self.members.len();
                 self.is_member() && !heard_newer && fresh + majority(n) > n
@@ -279,9 +309,10 @@ impl Node {
         }
     }
 
-    /// A peer counts as alive while linked and heard from within the failure timeout.
     /// A peer counts as alive while linked, heard from within the failure timeout, and (by its
-    /// last heartbeat) hearing us: a token sent to a node that does not hear us is lost.
+    /// last heartbeat) hearing us and having its state: a token sent to a node that does not
+    /// hear us is lost, and one that lost its state would only pass it on from a ring it may
+    /// not know.
     pub(super) fn alive(&self, peer: NodeId, now: Instant) -> bool {
         self.peers
             .get(&peer)
@@ -304,7 +335,14 @@ impl Node {
         // The successor has rank 0 and `from` itself (distance 0) the last rank: with no
         // leader known, `from` is a live member and must not tie with its successor.
         let n = self.members.len();
-        let rank = ((distance(&self.members, from, self.cfg.id) + n - 1) % n) as u32;
+        let mut rank = ((distance(&self.members, from, self.cfg.id) + n - 1) % n) as u32;
+        if self.leader.is_some() && !self.leader_confirmed {
+            // The leader never showed it leads: most likely the election named a node that
+            // declined (the participants were no majority of its configuration, which an
+            // initiator with an older one cannot tell). In ring order the same initiator
+            // would go first again, and fail the same way, for ever: draw the order instead.
+            rank = self.rng.u32(0..n as u32);
+        }
         hb * rank + hb.mul_f64(self.rng.f64())
     }
 
@@ -377,7 +415,16 @@ impl Node {
         if reachable < majority(self.members.len()) {
             return;
         }
-        let epoch = self.hard.epoch.max(self.hard.participated) + 1;
+        // Above every epoch a peer reported too: a node that took part in a later election
+        // (one that failed) passes tokens of earlier epochs on without taking part, and an
+        // initiator that never learned of it would propose the same epoch for ever.
+        let heard = self
+            .peers
+            .values()
+            .filter_map(|p| p.epoch)
+            .max()
+            .unwrap_or(0);
+        let epoch = self.hard.epoch.max(self.hard.participated).max(heard) + 1;
         self.election = Some(Campaign { epoch, pre: true });
         debug!("node {}: pre-election for epoch {epoch}", self.cfg.id);
         self.send_token(t, epoch, true);
@@ -416,15 +463,18 @@ impl Node {
     /// Sends the token to the next live node on the ring (a real token only once our
     /// participation is durable), or completes it here when no one else is reachable.
     fn pass_token(&mut self, now: Instant, token: Token) {
-        // A node outside its own configuration (joining before the entry adding it arrived,
-        // or being removed) takes no part, but passes the token on from its place on the ring.
-        let mut ring = self.members.clone();
-        if let Err(at) = ring.binary_search(&self.cfg.id) {
-            ring.insert(at, self.cfg.id);
+        let home = token.initiator;
+        let ring = self.token_ring(now, home);
+        let mut next = next_hop(&ring, self.cfg.id, home, |p| self.alive(p, now));
+        if next == Some(home) && home != self.cfg.id && !self.linked_to(home) {
+            // The initiator is next but not linked to this node (neither lists the other: they
+            // hold different configurations). Rather than lose the token, send it on past the
+            // initiator: a node that already passed it sends it home (see handle_token).
+            next = self.after_home(&ring, home, now).or(next);
         }
-        let next = next_hop(&ring, self.cfg.id, token.initiator, |p| self.alive(p, now));
         match next {
             Some(to) => {
+                self.token_passed = Some((token.epoch, home, token.pre, now));
                 let bytes = encode_peer(&PeerFrame::Token(token));
                 self.hold(Action::SendPeer { to, bytes });
             }
@@ -436,13 +486,75 @@ impl Node {
         }
     }
 
+    /// True when this node passed this very token on moments ago: it comes back after a
+    /// detour past its initiator. (A retry of the same election by the initiator looks the
+    /// same, but comes a failure timeout later at the earliest.)
+    fn passed_lately(&self, now: Instant, token: &Token) -> bool {
+        self.token_passed.is_some_and(|(epoch, home, pre, at)| {
+            (epoch, home, pre) == (token.epoch, token.initiator, token.pre)
+                && now < at + self.cfg.failure_timeout / 2
+        })
+    }
+
+    /// The first live node after `home` on `ring`, other than this one.
+    fn after_home(&self, ring: &[NodeId], home: NodeId, now: Instant) -> Option<NodeId> {
+        let at = ring.iter().position(|&m| m == home)?;
+        (1..ring.len())
+            .map(|k| ring[(at + k) % ring.len()])
+            .find(|&c| c != self.cfg.id && self.alive(c, now))
+    }
+
+    fn linked_to(&self, peer: NodeId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.connected)
+    }
+
+    /// The ring a token goes round from here: the members of this node's configuration, and
+    /// also this node (outside its configuration while joining or being removed, it still
+    /// passes tokens on from its place), the initiator, and every live guest (a node this one
+    /// does not list, most likely of a configuration this log lacks). A node that missed
+    /// the entry adding a node would otherwise skip it, and the token would end at the
+    /// initiator without the members this node does not know; with the initiator on every
+    /// ring, each hop moves on towards it, so the walk ends there. Who gets the token changes
+    /// only who takes part: the winner still leads only with a majority of its own
+    /// configuration.
+    fn token_ring(&self, now: Instant, initiator: NodeId) -> Vec<NodeId> {
+        let guests = self
+            .peers
+            .iter()
+            .filter(|&(&id, p)| !p.listed && self.alive(id, now))
+            .map(|(&id, _)| id);
+        let mut ring: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .chain([self.cfg.id, initiator])
+            .chain(guests)
+            .collect();
+        ring.sort_unstable();
+        ring.dedup();
+        ring
+    }
+
+    /// True when this node's log may make it the winner of an election it takes part in: its
+    /// configuration has it or retires it. Any node that has its state takes part, whatever
+    /// its configuration (as a Raft server votes), since the others may need it: a member
+    /// that lacks the entry adding it, or a removed node whose removal may not be committed.
+    /// A removed node that wins leads with a majority of the others and stops once its
+    /// removal commits, as a leader removing itself does. A newcomer whose log lacks the entry
+    /// adding it is counted but never named: it would lead a configuration without itself.
+    /// That is safe: its log is never the only one of a majority that holds a committed entry
+    /// (a node whose log holds a configuration with it has it in every later one, or retired;
+    /// the one exception, an entry committed by a leader whose newer configuration adds it,
+    /// leaves the rest of that majority, a majority of the configuration before).
+    fn may_win(&self) -> bool {
+        let current = self.log.configs().current();
+        current.has(self.cfg.id) || current.retired.contains(&self.cfg.id)
+    }
+
     /// Why this node would not take part in an election for `epoch` (None: it would).
     fn decline_reason(&self, now: Instant, epoch: Epoch) -> Option<&'static str> {
         if self.storage_error.is_some() {
             return Some("its storage is failing");
-        }
-        if !self.is_member() {
-            return Some("it is not a member");
         }
         if epoch <= self.hard.participated {
             return Some("it already took part in that epoch or a later one");
@@ -459,8 +571,18 @@ impl Node {
     }
 
     fn handle_token(&mut self, now: Instant, from: NodeId, mut token: Token) {
-        if token.initiator == self.cfg.id {
+        let home = token.initiator;
+        if home == self.cfg.id {
             return self.finish_election(now, token);
+        }
+        if self.passed_lately(now, &token) {
+            // Back again: it went on past an initiator that a node could not reach. Straight
+            // home if linked to it (without taking part twice), else it ends here.
+            if self.linked_to(home) {
+                let bytes = encode_peer(&PeerFrame::Token(token));
+                self.hold(Action::SendPeer { to: home, bytes });
+            }
+            return;
         }
         if let Some(why) = self.decline_reason(now, token.epoch) {
             // Passed on unchanged rather than dropped, so the initiator learns at once that
@@ -483,7 +605,9 @@ impl Node {
             );
         }
         token.participants.push(self.cfg.id);
-        token.best = token.best.max(self.candidate());
+        if self.may_win() {
+            token.best = token.best.max(self.candidate());
+        }
         self.pass_token(now, token);
     }
 
@@ -598,6 +722,7 @@ impl Node {
             .collect();
         self.commit_sent.clear();
         self.expiring.clear();
+        self.orphans_check_at = None;
         self.leader_since = now;
         // Entries of earlier epochs commit only under an entry of this one.
         self.log.append(self.hard.epoch, None, Command::Noop);
@@ -626,10 +751,12 @@ impl Node {
             .saturating_sub(self.cfg.heartbeat_interval)
     }
 
-    /// Ends the sessions of nodes silent for longer than the session timeout, so their users'
-    /// device slots and presence do not stay taken by connections that no longer exist.
+    /// Ends the sessions of nodes silent for longer than the session timeout, and of nodes
+    /// that are no peer at all any more (removed, when the leader that removed them failed
+    /// before their `NodeDown` committed), so their users' device slots and presence do not
+    /// stay taken by connections that no longer exist.
     fn expire_lost_nodes(&mut self, now: Instant) {
-        let lost: Vec<NodeId> = self
+        let mut lost: Vec<NodeId> = self
             .peers
             .iter()
             .filter(|(id, p)| {
@@ -643,6 +770,15 @@ impl Node {
             .map(|(&id, _)| id)
             .filter(|&id| !self.chat.sessions_on(id).is_empty())
             .collect();
+        let due = self
+            .orphans_check_at
+            .unwrap_or(self.leader_since + self.cfg.session_timeout);
+        if now >= due {
+            self.orphans_check_at = Some(now + self.cfg.session_timeout);
+            lost.extend(self.chat.session_nodes().into_iter().filter(|id| {
+                *id != self.cfg.id && !self.peers.contains_key(id) && !self.expiring.contains(id)
+            }));
+        }
         for node in lost {
             info!(
                 "node {}: node {node} lost for over {:?}: ending its sessions",
@@ -887,7 +1023,10 @@ impl Node {
             epoch: self.hard.epoch,
             leader: self.leader,
             load: self.conns.len() as u32,
-            hears_you: self.heard_recently(p, now),
+            // A node that takes no part in elections until it caught up (a new or wiped node)
+            // may not know the ring (a wiped one knows no member at all), so a token passed
+            // through it could skip the members it lacks: it asks to be skipped.
+            hears_you: self.heard_recently(p, now) && self.amnesia == Amnesia::No,
         };
         self.send_peer(peer, &PeerFrame::Heartbeat(hb));
     }

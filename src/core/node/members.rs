@@ -37,10 +37,11 @@ impl Node {
 
     /// The peers this node should be linked to, with their peer addresses ("" if unknown):
     /// members of every configuration it holds, learners it replicates to, removed nodes it
-    /// still informs, and the leader it joins through.
+    /// still informs, and the leader it joins through (not the guests: they link to it).
     pub fn peer_addresses(&self) -> Vec<(NodeId, String)> {
         self.peers
             .iter()
+            .filter(|(_, p)| p.listed)
             .map(|(&id, p)| (id, p.peer_addr.clone()))
             .collect()
     }
@@ -90,20 +91,25 @@ impl Node {
         }
     }
 
-    /// Makes `wanted` the peer set: new peers start unknown (progress if leading), gone ones
-    /// are forgotten.
+    /// Makes `wanted` the listed peers: new ones start unknown (progress if leading); one no
+    /// longer listed stays as a guest while its link is up (it may still list this node: a
+    /// removed node has to learn of its removal, and a leader this log does not know yet must
+    /// be heard), and is forgotten otherwise.
     fn set_peers(&mut self, now: Instant, wanted: Vec<(NodeId, String)>) {
-        let before: Vec<NodeId> = self.peers.keys().copied().collect();
-        self.peers
-            .retain(|id, _| wanted.iter().any(|(w, _)| w == id));
-        self.progress
-            .retain(|id, _| wanted.iter().any(|(w, _)| w == id));
+        let before = self.listed_peers();
+        for (id, p) in self.peers.iter_mut() {
+            p.listed = wanted.iter().any(|(w, _)| w == id);
+        }
+        self.peers.retain(|_, p| p.listed || p.connected);
+        let peers = &self.peers;
+        self.progress.retain(|id, _| peers.contains_key(id));
         let last = self.log.last_index();
         for (id, addr) in wanted {
             let p = self.peers.entry(id).or_insert_with(|| Peer {
                 hears_us: true,
                 ..Peer::default()
             });
+            p.listed = true;
             if !addr.is_empty() {
                 p.peer_addr = addr;
             }
@@ -113,7 +119,7 @@ impl Node {
                     .or_insert_with(|| Progress::new(last, now));
             }
         }
-        let after: Vec<NodeId> = self.peers.keys().copied().collect();
+        let after = self.listed_peers();
         if before != after {
             info!(
                 "node {}: members {:?}, peers {:?}",
@@ -121,6 +127,14 @@ impl Node {
             );
         }
         self.peers_version += 1;
+    }
+
+    fn listed_peers(&self) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.listed)
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     /// A new node asks to join (sent to any member). The leader adds it as a learner and

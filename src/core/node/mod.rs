@@ -196,9 +196,15 @@ pub struct NodeStats {
     pub pending: usize,
 }
 
-/// What this node knows of one peer.
+/// What this node knows of one peer: a node it lists (a member of a configuration its log
+/// holds, a learner, a removed node it informs, the leader it joins through), or a *guest*,
+/// one of the cluster it does not list, kept only while linked. A guest's frames are handled
+/// like anyone's (a leader this node's log does not know yet must be followed, as in Raft),
+/// but it counts in no majority and gets no token: those follow the configuration.
 #[derive(Clone, Debug, Default)]
 struct Peer {
+    /// This node lists it (false: a guest).
+    listed: bool,
     connected: bool,
     last_heard: Option<Instant>,
     load: u32,
@@ -245,12 +251,18 @@ pub struct Node {
     election_due: Option<Instant>,
     /// The election (or pre-election) this node started and waits on.
     election: Option<Campaign>,
+    /// The last token this node passed on (epoch, initiator, pre) and when, to know it when
+    /// it comes back after a detour past an initiator some node could not reach.
+    token_passed: Option<(u64, NodeId, bool, Instant)>,
     heartbeat_due: Instant,
     held: Vec<Held>,
     /// Highest commit index sent to each peer.
     commit_sent: BTreeMap<NodeId, LogIndex>,
     /// Lost nodes whose sessions this leader proposed to end (not applied yet).
     expiring: BTreeSet<NodeId>,
+    /// When a leader next looks for sessions held by nodes that are no peer at all (a scan of
+    /// every session, so once per session timeout).
+    orphans_check_at: Option<Instant>,
     /// When this node became leader.
     leader_since: Instant,
     actions: VecDeque<Action>,
@@ -378,10 +390,12 @@ impl Node {
             leader_confirmed: false,
             election_due: None,
             election: None,
+            token_passed: None,
             heartbeat_due: now.mono,
             held: Vec::new(),
             commit_sent: BTreeMap::new(),
             expiring: BTreeSet::new(),
+            orphans_check_at: None,
             leader_since: now.mono,
             actions: VecDeque::new(),
             rng,
@@ -404,10 +418,11 @@ impl Node {
             cfg,
         };
         node.snapshot_jitter_permille = node.rng.u64(0..=250);
+        // A node removed earlier must not come back from its old data: a snapshot that retires
+        // it stops it here (in sync_members). A configuration entry after the snapshot may not
+        // be committed (the next leader may have dropped it), so it only makes the node no
+        // member; the leader, which links to it as a guest, tells it once the entry commits.
         node.sync_members(now.mono);
-        // A node removed earlier must not come back from its old data.
-        let current = node.log.configs().current().clone();
-        node.config_applied(&current);
         info!(
             "node {}: starting (incarnation {}, epoch {}, log index {}, {} members)",
             node.cfg.id,
@@ -706,7 +721,10 @@ impl Node {
     pub fn redirect_target(&self, now: Now) -> Option<&str> {
         self.peers
             .iter()
-            .filter(|(&id, p)| p.connected && !p.client_addr.is_empty() && self.alive(id, now.mono))
+            .filter(|(&id, p)| {
+                // Not a guest: it may be a removed node that has not learned it yet.
+                p.listed && p.connected && !p.client_addr.is_empty() && self.alive(id, now.mono)
+            })
             .min_by_key(|(&id, p)| (p.load, id))
             .filter(|(_, p)| (p.load as usize) < self.conns.len())
             .map(|(_, p)| p.client_addr.as_str())

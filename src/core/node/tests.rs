@@ -3,7 +3,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::*;
-use crate::codec::{decode, ClientFrame, Hello, Join, Leave, Say, ServerFrame};
+use crate::codec::{decode, ClientFrame, Hello, Join, Leave, PeerFrame, Say, ServerFrame};
 use crate::storage::{self, MemStorage, Recovered, Storage};
 
 /// Drives one node like the driver does: persist everything each step, collect frames per conn.
@@ -486,6 +486,36 @@ fn long_messages_trigger_a_snapshot_by_size_before_the_entry_count() {
 }
 
 #[test]
+fn a_leader_ends_the_sessions_of_a_node_that_is_no_peer_any_more() {
+    let cfg = NodeConfig::default();
+    let timeout = cfg.session_timeout;
+    let mut h = Harness::new(cfg);
+    h.step();
+    // A session of node 9, removed by a leader that failed before its NodeDown committed.
+    let ghost = SessionId {
+        node: 9,
+        incarnation: 1,
+        conn: ConnId(5),
+    };
+    h.node.propose(Command::OpenSession {
+        session: ghost,
+        user: "ghost".into(),
+        client_id: 77,
+    });
+    h.step();
+    assert_eq!(h.node.chat.sessions_on(9), vec![ghost]);
+    h.now.mono += timeout / 2;
+    h.node.handle_timeout(h.now);
+    h.step();
+    assert_eq!(h.node.chat.sessions_on(9), vec![ghost], "kept for a while");
+    h.now.mono += timeout;
+    h.node.handle_timeout(h.now);
+    h.step();
+    assert_eq!(h.node.chat.sessions_on(9), vec![], "ended");
+    assert_eq!(h.node.chat.session_count(), 0);
+}
+
+#[test]
 fn a_leader_takes_a_newcomer_as_a_learner_and_refuses_what_it_must() {
     let cfg = NodeConfig {
         cluster_id: 9,
@@ -512,4 +542,477 @@ fn a_leader_takes_a_newcomer_as_a_learner_and_refuses_what_it_must() {
     assert!(!h.node.request_remove(t, 1).ok);
     assert!(!h.node.request_remove(t, 5).ok);
     assert!(h.node.is_member() && h.node.removed().is_none());
+}
+
+// ----- a node among peers: guests (nodes of the cluster it does not list) -----
+
+/// Drives one node of a cluster like the driver does (persist, then send) and keeps the peer
+/// frames it sends.
+struct Member {
+    node: Node,
+    now: Now,
+    store: MemStorage,
+    sent: Vec<(NodeId, PeerFrame)>,
+}
+
+fn config_entry(index: LogIndex, epoch: u64, ids: &[NodeId]) -> Entry {
+    let members = ids.iter().map(|&i| (i, format!("127.0.0.1:{}", 7170 + i)));
+    Entry {
+        index,
+        epoch,
+        origin: None,
+        command: Command::Config(Config::of(members)),
+    }
+}
+
+impl Member {
+    /// Node `id`, not amnesiac, whose log holds the configuration of `members` (epoch 1).
+    fn new(id: NodeId, members: &[NodeId]) -> Member {
+        Member::with_log(id, vec![config_entry(1, 1, members)])
+    }
+
+    /// Node `id`, not amnesiac, in epoch 1, whose log holds `entries`.
+    fn with_log(id: NodeId, entries: Vec<Entry>) -> Member {
+        let cfg = NodeConfig {
+            id,
+            ..NodeConfig::default()
+        };
+        let recovered = Recovered {
+            hard_state: HardState {
+                epoch: 1,
+                participated: 1,
+                ..HardState::default()
+            },
+            snapshot: None,
+            entries,
+        };
+        let now = Now {
+            mono: Instant::now(),
+            unix_ms: 1_700_000_000_000,
+        };
+        let mut m = Member {
+            node: Node::new(cfg, recovered, now).expect("no snapshot to decode"),
+            now,
+            store: MemStorage::new(),
+            sent: Vec::new(),
+        };
+        m.step();
+        m
+    }
+
+    /// One driver turn: persist everything, then collect the peer frames sent.
+    fn step(&mut self) {
+        for _ in 0..10 {
+            self.node.flush(self.now);
+            let Some(p) = self.node.to_persist() else {
+                break;
+            };
+            let token = p.token;
+            storage::write(&mut self.store, &p).unwrap();
+            self.node.handle_persisted(self.now, token);
+        }
+        self.node.flush(self.now);
+        while let Some(a) = self.node.poll_action() {
+            if let Action::SendPeer { to, bytes } = a {
+                if let Some((f, _)) = decode::<PeerFrame>(&bytes).unwrap() {
+                    self.sent.push((to, f));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, peer: NodeId) {
+        self.node.handle_peer_connected(self.now, peer, "");
+        self.step();
+    }
+
+    fn frame(&mut self, from: NodeId, frame: PeerFrame) {
+        self.node.handle_peer_frame(self.now, from, frame);
+        self.step();
+    }
+
+    fn heartbeat_from(&mut self, from: NodeId, hears_you: bool) {
+        let hb = crate::codec::Heartbeat {
+            epoch: 1,
+            leader: None,
+            load: 0,
+            hears_you,
+        };
+        self.frame(from, PeerFrame::Heartbeat(hb));
+    }
+
+    fn ack_from(&mut self, from: NodeId, index: LogIndex) {
+        let reply = crate::codec::AppendReply {
+            epoch: self.node.epoch(),
+            ok: true,
+            index,
+        };
+        self.frame(from, PeerFrame::AppendReply(reply));
+    }
+
+    /// Time passes; due timers run.
+    fn advance(&mut self, d: Duration) {
+        self.now.mono += d;
+        self.node.handle_timeout(self.now);
+        self.step();
+    }
+
+    fn listed(&self, peer: NodeId) -> bool {
+        self.node.peer_addresses().iter().any(|(id, _)| *id == peer)
+    }
+
+    fn linked(&self, peer: NodeId) -> bool {
+        let status = self.node.status(self.now);
+        status.peers.iter().any(|p| p.id == peer && p.connected)
+    }
+
+    /// Makes this node the leader of epoch 1, elected with `participants`.
+    fn lead(&mut self, participants: Vec<NodeId>) {
+        let by = participants[1];
+        let elected = crate::codec::Elected {
+            epoch: 1,
+            leader: self.node.id(),
+            participants,
+        };
+        self.frame(by, PeerFrame::Elected(elected));
+        assert_eq!(self.node.stats().role, Role::Leader);
+    }
+}
+
+#[test]
+fn a_member_that_missed_a_join_follows_the_new_node_as_its_leader_and_catches_up() {
+    // Node 1 lists 1, 2, 3; node 4 joined (and leads) while node 1 was cut off.
+    let mut m = Member::new(1, &[1, 2, 3]);
+    m.connect(4);
+    assert!(m.linked(4), "a guest is a peer while linked");
+    assert!(!m.listed(4), "a guest is not dialed");
+    let append = crate::codec::Append {
+        epoch: 2,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit: 3,
+        entries: vec![
+            Entry {
+                index: 2,
+                epoch: 2,
+                origin: None,
+                command: Command::Noop,
+            },
+            config_entry(3, 2, &[1, 2, 3, 4]),
+        ],
+    };
+    m.frame(4, PeerFrame::Append(append));
+    let s = m.node.stats();
+    assert_eq!(
+        (s.leader, s.epoch, s.committed, s.applied),
+        (Some(4), 2, 3, 3)
+    );
+    assert!(m.node.configs().applied().has(4));
+    assert!(
+        m.listed(4),
+        "once the entry is in its log, node 4 is a peer like any other"
+    );
+    let acked = m
+        .sent
+        .iter()
+        .any(|(to, f)| *to == 4 && matches!(f, PeerFrame::AppendReply(r) if r.ok && r.index == 3));
+    assert!(acked, "no acknowledgement to the leader: {:?}", m.sent);
+}
+
+#[test]
+fn a_guest_is_forgotten_when_its_link_drops() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    m.connect(9);
+    assert!(m.linked(9));
+    m.node.handle_peer_disconnected(m.now, 9);
+    let status = m.node.status(m.now);
+    assert!(status.peers.iter().all(|p| p.id != 9), "{:?}", status.peers);
+    // A listed peer stays known while down.
+    m.connect(2);
+    m.node.handle_peer_disconnected(m.now, 2);
+    assert!(m.listed(2) && !m.linked(2));
+}
+
+#[test]
+fn guests_count_in_no_majority_for_commits_or_for_the_leader_staying_up() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    for p in [2, 3, 4, 5] {
+        m.connect(p);
+    }
+    m.lead(vec![1, 2]);
+    let last = m.node.stats().last_index;
+    let replicated = m
+        .sent
+        .iter()
+        .any(|(to, f)| *to == 4 && matches!(f, PeerFrame::Append(_)));
+    assert!(
+        replicated,
+        "a guest is replicated to (a removed node learns it is out)"
+    );
+    // Two guests store everything: no majority of members 1, 2, 3 does.
+    m.ack_from(4, last);
+    m.ack_from(5, last);
+    assert!(m.node.stats().committed < last);
+    m.ack_from(2, last);
+    assert_eq!(m.node.stats().committed, last);
+    // Only the guests keep answering: the leader steps down all the same.
+    let hb = m.node.config().heartbeat_interval;
+    for _ in 0..10 {
+        m.advance(hb);
+        m.ack_from(4, last);
+        m.ack_from(5, last);
+    }
+    assert_eq!(m.node.stats().role, Role::Follower);
+}
+
+#[test]
+fn a_token_goes_to_a_live_guest_a_member_of_its_own_configuration_and_skips_a_non_member() {
+    // Node 2 missed node 5's join: it lists 1 and 4 only, and node 4 is down. The token must
+    // not skip node 5, which sits between 2 and 1 on the ring of the newer configuration.
+    for (guest_is_member, to) in [(true, 5), (false, 1)] {
+        let mut m = Member::new(2, &[1, 2, 4]);
+        m.connect(1);
+        m.connect(5);
+        let hb = m.node.config().heartbeat_interval;
+        let token = (0..100).find_map(|_| {
+            m.heartbeat_from(1, true);
+            m.heartbeat_from(5, guest_is_member);
+            m.advance(hb);
+            m.sent
+                .iter()
+                .find(|(_, f)| matches!(f, PeerFrame::Token(_)))
+                .map(|(to, _)| *to)
+        });
+        assert_eq!(
+            token,
+            Some(to),
+            "guest says it is a member: {guest_is_member}"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_has_not_caught_up_since_it_lost_its_state_asks_to_be_skipped_by_tokens() {
+    // Heartbeats say hears_you only from a node that has its state: one that lost it takes
+    // no part, and its ring may know no member at all, so tokens must go around it.
+    for (id, wiped) in [(3, false), (4, true)] {
+        let mut m = Member::new(id, &[1, 2, 3]);
+        if wiped {
+            let cfg = NodeConfig {
+                id,
+                members: vec![1, 2, 3],
+                ..NodeConfig::default()
+            };
+            m.node = Node::new(cfg, Recovered::default(), m.now).unwrap();
+        }
+        m.connect(1);
+        m.heartbeat_from(1, true);
+        m.sent.clear();
+        m.advance(m.node.config().heartbeat_interval);
+        let hears = m.sent.iter().find_map(|(to, f)| match f {
+            PeerFrame::Heartbeat(h) if *to == 1 => Some(h.hears_you),
+            _ => None,
+        });
+        assert_eq!(hears, Some(!wiped), "node {id}");
+    }
+}
+
+#[test]
+fn an_election_is_for_an_epoch_above_every_one_a_peer_reported() {
+    // Node 1 took part in elections up to epoch 5 that node 2 never heard of: it would pass
+    // node 2's tokens for earlier epochs on without taking part, for ever.
+    let mut m = Member::new(2, &[1, 2, 3]);
+    m.connect(1);
+    m.connect(3);
+    let hb = m.node.config().heartbeat_interval;
+    let epoch = (0..100).find_map(|_| {
+        for (from, epoch) in [(1, 5), (3, 1)] {
+            let h = crate::codec::Heartbeat {
+                epoch,
+                leader: None,
+                load: 0,
+                hears_you: true,
+            };
+            m.frame(from, PeerFrame::Heartbeat(h));
+        }
+        m.advance(hb);
+        m.sent.iter().find_map(|(_, f)| match f {
+            PeerFrame::Token(t) => Some(t.epoch),
+            _ => None,
+        })
+    });
+    assert_eq!(epoch, Some(6));
+}
+
+#[test]
+fn a_restarted_node_whose_log_removes_it_without_a_commit_it_knows_of_does_not_stop() {
+    // The next leader may have dropped that entry: the node waits, no member, to be told.
+    let removal = Config::of([(1, String::new()), (2, String::new()), (3, String::new())])
+        .without(1)
+        .unwrap();
+    let recovered = Recovered {
+        hard_state: HardState {
+            epoch: 1,
+            participated: 1,
+            ..HardState::default()
+        },
+        snapshot: None,
+        entries: vec![
+            config_entry(1, 1, &[1, 2, 3]),
+            Entry {
+                index: 2,
+                epoch: 1,
+                origin: None,
+                command: Command::Config(removal),
+            },
+        ],
+    };
+    let cfg = NodeConfig {
+        members: vec![2, 3],
+        ..NodeConfig::default()
+    };
+    let h = Harness::recover(cfg, recovered);
+    assert!(h.node.removed().is_none());
+    assert!(!h.node.is_member());
+}
+
+fn token(
+    epoch: u64,
+    pre: bool,
+    initiator: NodeId,
+    participants: Vec<NodeId>,
+) -> crate::codec::Token {
+    crate::codec::Token {
+        epoch,
+        pre,
+        initiator,
+        best: crate::codec::Candidate {
+            last_epoch: 0,
+            last_index: 0,
+            id: initiator,
+        },
+        participants,
+    }
+}
+
+fn tokens_sent(m: &Member) -> Vec<(NodeId, crate::codec::Token)> {
+    m.sent
+        .iter()
+        .filter_map(|(to, f)| match f {
+            PeerFrame::Token(t) => Some((*to, t.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Links `m` to `peers` and lets each say it hears `m`.
+fn linked_to(m: &mut Member, peers: &[NodeId]) {
+    for &p in peers {
+        m.connect(p);
+        m.heartbeat_from(p, true);
+    }
+    m.sent.clear();
+}
+
+#[test]
+fn a_node_whose_log_lacks_the_entry_adding_it_takes_part_but_is_never_named() {
+    // Node 4's addition is committed elsewhere, but its log stops before it: the others may
+    // need it to make a majority of their configuration. It would lead a configuration
+    // without itself, so its log does not compete; a member's does.
+    for (id, members, named) in [(4, [1, 2, 3], false), (3, [1, 2, 3], true)] {
+        let mut m = Member::new(id, &members);
+        linked_to(&mut m, &[1, 2]);
+        m.frame(2, PeerFrame::Token(token(2, false, 1, vec![1, 2])));
+        let sent = tokens_sent(&m);
+        let [(to, t)] = &sent[..] else {
+            panic!("node {id} sent {sent:?}");
+        };
+        assert_eq!((*to, &t.participants[..]), (1, &[1, 2, id][..]));
+        assert_eq!(t.best.id == id, named, "node {id}: best {:?}", t.best);
+    }
+}
+
+#[test]
+fn a_token_goes_on_past_an_initiator_this_node_cannot_reach_and_comes_back_home() {
+    // Node 4 holds {1, 2, 3, 4}; node 5, the initiator, joined in a configuration node 4
+    // lacks, and the two are not linked: the token goes on to node 1, which knows it.
+    let mut four = Member::new(4, &[1, 2, 3, 4]);
+    linked_to(&mut four, &[1, 3]);
+    four.frame(3, PeerFrame::Token(token(7, true, 5, vec![5, 1, 3])));
+    let sent = tokens_sent(&four);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, 1);
+    // Node 1 passed it on moments ago: now it sends it home, without taking part again.
+    let mut one = Member::new(1, &[1, 2, 3, 5]);
+    linked_to(&mut one, &[3, 4, 5]);
+    one.frame(5, PeerFrame::Token(token(7, true, 5, vec![5])));
+    assert_eq!(tokens_sent(&one)[0].0, 3);
+    one.sent.clear();
+    one.frame(4, PeerFrame::Token(sent[0].1.clone()));
+    let back = tokens_sent(&one);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(
+        (back[0].0, &back[0].1.participants[..]),
+        (5, &[5, 1, 3, 4][..])
+    );
+}
+
+#[test]
+fn a_leader_drops_what_a_node_its_configuration_retires_forwards() {
+    // Node 2 was removed but has not learned it: a session it opened now would outlive the
+    // NodeDown of its removal.
+    let removal = Config::of([1, 2, 3].map(|i| (i, format!("127.0.0.1:{}", 7170 + i))))
+        .without(2)
+        .unwrap();
+    let entries = vec![
+        config_entry(1, 1, &[1, 2, 3]),
+        Entry {
+            index: 2,
+            epoch: 1,
+            origin: None,
+            command: Command::Config(removal),
+        },
+    ];
+    let mut m = Member::with_log(1, entries);
+    m.connect(2);
+    m.connect(3);
+    m.lead(vec![1, 3]);
+    let proposal = |node: NodeId| crate::codec::Forward {
+        epoch: 1,
+        proposals: vec![crate::core::log::Proposal {
+            id: crate::core::log::ProposalId {
+                node,
+                incarnation: 1,
+                seq: 1,
+            },
+            command: Command::NodeBoot { node },
+        }],
+    };
+    let last = m.node.stats().last_index;
+    m.frame(2, PeerFrame::Forward(proposal(2)));
+    assert_eq!(m.node.stats().last_index, last);
+    m.frame(3, PeerFrame::Forward(proposal(3)));
+    assert_eq!(m.node.stats().last_index, last + 1);
+}
+
+#[test]
+fn after_a_leader_that_never_showed_it_leads_the_election_order_is_drawn() {
+    // The ring order would give the next election to the same node every time; after a
+    // leader that led (it sent an Append) the successor of the lost leader still goes first.
+    let mut m = Member::new(3, &[1, 2, 3, 4, 5]);
+    let hb = m.node.config().heartbeat_interval;
+    let mut ranks = std::collections::BTreeSet::new();
+    for confirmed in [true, false] {
+        for _ in 0..200 {
+            m.node.leader = Some(1);
+            m.node.leader_confirmed = confirmed;
+            let rank = (m.node.election_delay().as_micros() / hb.as_micros()) as u32;
+            if confirmed {
+                assert_eq!(rank, 1, "node 3 is the second after node 1");
+            } else {
+                ranks.insert(rank);
+            }
+        }
+    }
+    assert_eq!(ranks.len(), 5, "{ranks:?}");
 }

@@ -3,7 +3,8 @@
 
 use crate::codec::{self, PeerFrame};
 use crate::core::{NodeId, SharedBytes};
-use crate::sim::clock::ms;
+use crate::driver::peers::FALLBACK_DIAL_AFTER;
+use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::Heal;
 use crate::sim::network::Sent;
 
@@ -47,16 +48,44 @@ impl World {
             .is_some_and(|n| n.node.is_some() && !n.paused)
     }
 
-    /// Brings the connection between `a` and `b` up if both run and each lists the other as a
-    /// peer (the mesh refuses a Hello from a node it does not list, and dials only those it
-    /// lists).
+    /// Brings the connection between `a` and `b` up as the driver's mesh does: at once if the
+    /// lower id lists the higher (it dials); if only the higher lists the lower, once the
+    /// higher one's fallback dial is due ([`FALLBACK_DIAL_AFTER`] later, if the pair has not
+    /// connected meanwhile); never if neither lists the other. Either end accepts any node of
+    /// the cluster.
     pub(super) fn link_up(&mut self, a: NodeId, b: NodeId) {
         if !self.alive_and_running(a) || !self.alive_and_running(b) {
             return; // retried when the node restarts or resumes
         }
-        if !self.lists(a, b) || !self.lists(b, a) {
+        let (lo, hi) = (a.min(b), a.max(b));
+        if self.lists(lo, hi) {
+            return self.connect(lo, hi);
+        }
+        if !self.lists(hi, lo) || self.net.connected(lo, hi) {
             return; // retried when the peer sets change
         }
+        let Some(generation) = self.net.generation(lo, hi) else {
+            return;
+        };
+        let (jitter_lo, jitter_hi) = self.plan.reconnect_after;
+        let wait = FALLBACK_DIAL_AFTER.as_micros() as Micros + self.rng.u64(jitter_lo..=jitter_hi);
+        let at = self.clock.micros() + wait;
+        self.schedule(at, Event::FallbackDial { hi, lo, generation });
+    }
+
+    /// The higher id's fallback dial planned when the pair's connection was at `generation`:
+    /// it connects if nothing connected (or broke) the pair since and it still lists the lower.
+    pub(super) fn fallback_dial(&mut self, hi: NodeId, lo: NodeId, generation: u64) {
+        if self.net.generation(lo, hi) != Some(generation) || !self.lists(hi, lo) {
+            return;
+        }
+        if self.alive_and_running(hi) && self.alive_and_running(lo) {
+            self.note(format!("node {hi}: fallback dial to node {lo}"));
+            self.connect(lo, hi);
+        }
+    }
+
+    fn connect(&mut self, a: NodeId, b: NodeId) {
         if !self.net.connect(a, b) {
             return;
         }

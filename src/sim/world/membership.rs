@@ -1,8 +1,8 @@
 //! Membership changes: new nodes joining a running cluster (the driver's `--join`: ask a
 //! member, follow its pointer to the leader, ask again when the core says the join stalled),
 //! admins removing members, links that follow each node's peer set (the driver's
-//! `Mesh::sync_peers`: a link only between two nodes that list each other), removed nodes
-//! stopping for good, and wiped nodes brought back by an admin.
+//! `Mesh::sync_peers`: a node dials the nodes it lists, and accepts any node of the cluster),
+//! removed nodes stopping for good, and wiped nodes brought back by an admin.
 
 use std::collections::BTreeSet;
 
@@ -27,8 +27,9 @@ const JOIN_HOPS: u8 = 3;
 const REMOVAL_PENDING: Micros = ms(3000);
 
 impl World {
-    /// Links follow the node's peer set, as the driver's mesh does (a link exists only while
-    /// each side lists the other); a node that learned it was removed stops for good.
+    /// Links follow the node's peer set, as the driver's mesh does (a new peer is dialed; a
+    /// peer no longer listed keeps its link as a guest's, which the other end may still
+    /// list); a node that learned it was removed stops for good.
     pub(super) fn follow_membership(&mut self, id: NodeId) {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
@@ -61,11 +62,8 @@ impl World {
         }
         self.note(format!("node {id}: peers {wanted:?}"));
         self.trace.mix(TAG_JOIN ^ u64::from(id) << 8);
-        for &p in old.difference(&wanted) {
-            self.close_link(id, p);
-        }
         for &p in wanted.difference(&old) {
-            if self.lists(p, id) && !self.net.connected(id, p) {
+            if !self.net.connected(id, p) {
                 let at = self.clock.micros() + self.rng.u64(ms(1)..=ms(20));
                 self.schedule(at, Event::LinkUp(id, p));
             }
@@ -220,8 +218,9 @@ impl World {
     }
 
     /// A joining node's timer: it asks (again) when the driver would: when the core says its
-    /// join stalled (never accepted, or accepted long ago and still no member) and it is no
-    /// member (`join_cluster` asks nothing of a member); not while a request waits.
+    /// join stalled (never accepted, or accepted long ago and still no member by a committed
+    /// configuration: an uncommitted entry adding it may have been dropped by the next
+    /// leader, which then neither lists it nor is listed by it); not while a request waits.
     pub(super) fn join_tick(&mut self, id: NodeId) {
         let now = self.clock.micros();
         if self
@@ -239,7 +238,7 @@ impl World {
         let Some(node) = n.node.as_ref().filter(|_| !n.paused) else {
             return; // down: it asks when it runs again
         };
-        if !node.join_stalled(mono) || node.is_member() {
+        if !node.join_stalled(mono) {
             return;
         }
         let j = n.join.as_ref().expect("checked above");

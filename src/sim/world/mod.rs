@@ -56,6 +56,13 @@ enum Event {
     ClientSeesClose { conn: ConnId },
     /// Try to bring a peer connection up.
     LinkUp(NodeId, NodeId),
+    /// The higher id of a pair dials the lower one that does not dial it (the mesh's
+    /// fallback), if the pair's connection is still at `generation`.
+    FallbackDial {
+        hi: NodeId,
+        lo: NodeId,
+        generation: u64,
+    },
     /// Time for the next random fault.
     NextFault,
     /// A fault ends.
@@ -595,6 +602,7 @@ impl World {
                 self.with_client(i, |c, env| c.on_closed(env, conn));
             }
             Event::LinkUp(a, b) => self.link_up(a, b),
+            Event::FallbackDial { hi, lo, generation } => self.fallback_dial(hi, lo, generation),
             Event::NextFault => self.inject_fault(),
             Event::Heal(h) => self.heal(h),
             Event::JoinTick(id) => self.join_tick(id),
@@ -769,11 +777,12 @@ impl World {
                     )
                 }
             };
-            let links: Vec<NodeId> = n
-                .peers
-                .iter()
+            // Guests included: links to nodes it does not list.
+            let links: Vec<NodeId> = self
+                .nodes
+                .keys()
                 .copied()
-                .filter(|&p| self.net.connected(id, p))
+                .filter(|&p| p != id && self.net.connected(id, p))
                 .collect();
             out.push_str(&format!(
                 "\n    node {id}: {state}; peers {:?}, linked {links:?}",
