@@ -290,12 +290,7 @@ impl Node {
             // It may have taken part in elections before it lost its state, and forgot which:
             // never again in an epoch it now knows of (a second vote there could make a second
             // majority, and a second leader, for one epoch).
-            let heard = self
-                .peers
-                .values()
-                .filter_map(|p| p.epoch)
-                .max()
-                .unwrap_or(0);
+            let heard = self.highest_peer_epoch();
             self.hard.participated = self.hard.participated.max(self.hard.epoch).max(heard);
             self.hard_version += 1;
         }
@@ -418,12 +413,7 @@ impl Node {
         // Above every epoch a peer reported too: a node that took part in a later election
         // (one that failed) passes tokens of earlier epochs on without taking part, and an
         // initiator that never learned of it would propose the same epoch for ever.
-        let heard = self
-            .peers
-            .values()
-            .filter_map(|p| p.epoch)
-            .max()
-            .unwrap_or(0);
+        let heard = self.highest_peer_epoch();
         let epoch = self.hard.epoch.max(self.hard.participated).max(heard) + 1;
         self.election = Some(Campaign { epoch, pre: true });
         debug!("node {}: pre-election for epoch {epoch}", self.cfg.id);
@@ -533,6 +523,15 @@ impl Node {
         ring.sort_unstable();
         ring.dedup();
         ring
+    }
+
+    /// The highest epoch a peer reported (0 when none did).
+    fn highest_peer_epoch(&self) -> Epoch {
+        self.peers
+            .values()
+            .filter_map(|p| p.epoch)
+            .max()
+            .unwrap_or(0)
     }
 
     /// True when this node's log may make it the winner of an election it takes part in: its

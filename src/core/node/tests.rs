@@ -62,13 +62,9 @@ impl Harness {
     fn step(&mut self) {
         self.drain();
         for _ in 0..10 {
-            self.node.flush(self.now);
-            let Some(p) = self.node.to_persist() else {
+            if !persist_once(&mut self.node, &mut self.store, self.now) {
                 break;
-            };
-            let token = p.token;
-            storage::write(&mut self.store, &p).unwrap();
-            self.node.handle_persisted(self.now, token);
+            }
             self.node.flush(self.now);
             self.drain();
         }
@@ -121,6 +117,19 @@ impl Harness {
             })
             .collect()
     }
+}
+
+/// What the driver does to persist: flush, write what the node asks for (one sync), report
+/// it done. False when there was nothing to persist.
+fn persist_once(node: &mut Node, store: &mut MemStorage, now: Now) -> bool {
+    node.flush(now);
+    let Some(p) = node.to_persist() else {
+        return false;
+    };
+    let token = p.token;
+    storage::write(store, &p).unwrap();
+    node.handle_persisted(now, token);
+    true
 }
 
 fn texts(frames: &[ServerFrame]) -> Vec<String> {
@@ -603,13 +612,9 @@ impl Member {
     /// One driver turn: persist everything, then collect the peer frames sent.
     fn step(&mut self) {
         for _ in 0..10 {
-            self.node.flush(self.now);
-            let Some(p) = self.node.to_persist() else {
+            if !persist_once(&mut self.node, &mut self.store, self.now) {
                 break;
-            };
-            let token = p.token;
-            storage::write(&mut self.store, &p).unwrap();
-            self.node.handle_persisted(self.now, token);
+            }
         }
         self.node.flush(self.now);
         while let Some(a) = self.node.poll_action() {
