@@ -362,12 +362,19 @@ fn a_follower_rejoining_after_a_partition_does_not_depose_a_healthy_leader() {
         .iter()
         .find(|&&id| id != leader && id != follower)
         .unwrap();
+    let still_leads = || {
+        c.status(leader)
+            .is_some_and(|s| s.role == "leader" && s.epoch == epoch)
+    };
     c.isolate(follower);
     std::thread::sleep(Duration::from_millis(4 * FAILURE_TIMEOUT_MS));
-    assert_eq!(
-        c.leader(Duration::ZERO),
-        Some(leader),
-        "the majority changed leader"
+    // Asked of the leader itself: a one-shot poll of every node's status (as before) failed
+    // under load when a follower's answer was late, though nothing had changed.
+    assert!(
+        still_leads(),
+        "the majority changed leader: {:#?}\n{}",
+        c.statuses(),
+        c.log_tails(30)
     );
     // The links come back one at a time: first to the other follower (which still follows
     // the leader), then to the leader.
@@ -376,10 +383,10 @@ fn a_follower_rejoining_after_a_partition_does_not_depose_a_healthy_leader() {
     c.reconnect(follower);
     c.wait_caught_up(follower, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(4 * FAILURE_TIMEOUT_MS));
-    let now = c.status(leader).expect("leader status");
     assert!(
-        now.role == "leader" && now.epoch == epoch,
-        "node {leader} led epoch {epoch} before node {follower} was cut off and healed; now {now:#?}\n{}",
+        still_leads(),
+        "node {leader} led epoch {epoch} before node {follower} was cut off and healed; now {:#?}\n{}",
+        c.status(leader),
         c.log_tails(30)
     );
     finish_and_check(&c, w, Instant::now());
