@@ -550,7 +550,9 @@ impl Mesh {
 
     /// Starts a non-blocking connect to `peer`.
     fn dial(&mut self, now: Now, peer: NodeId) {
-        let addr = self.slots[&peer].addr;
+        let Some(addr) = self.slots.get(&peer).map(|s| s.addr) else {
+            return;
+        };
         match TcpStream::connect(addr) {
             Ok(stream) => {
                 debug!("node {}: dialing peer {peer} at {addr}", self.id);
