@@ -45,6 +45,19 @@ impl World {
         true
     }
 
+    /// Node `id` is gone: the node side of each of its client connections closes.
+    pub(super) fn close_node_sides(&mut self, id: NodeId) {
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, ci)| ci.node == id && ci.node_side != NodeSide::Closed)
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in conns {
+            self.close_node_side(conn);
+        }
+    }
+
     /// The node side of `conn` is gone; the client sees the close after the queued frames.
     pub(super) fn close_node_side(&mut self, conn: ConnId) {
         let lat = self.client_latency();

@@ -104,15 +104,7 @@ impl World {
             n.node = None;
             n.peers.clear();
         }
-        let conns: Vec<_> = self
-            .conns
-            .iter()
-            .filter(|(_, ci)| ci.node == id && ci.node_side != super::NodeSide::Closed)
-            .map(|(&c, _)| c)
-            .collect();
-        for conn in conns {
-            self.close_node_side(conn);
-        }
+        self.close_node_sides(id);
         // The process exits: its sockets close after what it wrote.
         for (a, b) in self.net.pairs() {
             if a == id || b == id {

@@ -2,7 +2,7 @@
 //! crashes at a chosen point of a turn, restarts from storage, pauses and failing disks.
 
 use crate::codec::{self, ClientFrame, PeerFrame};
-use crate::core::{Action, ConnId, Node, NodeId};
+use crate::core::{Action, Node, NodeId};
 use crate::sim::faults::CrashPoint;
 use crate::storage::{self, Storage};
 
@@ -323,15 +323,7 @@ impl World {
         n.peers.clear();
         self.stats.crashes += 1;
         self.note(format!("node {id}: CRASHED ({point:?})"));
-        let conns: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, ci)| ci.node == id && ci.node_side != NodeSide::Closed)
-            .map(|(&c, _)| c)
-            .collect();
-        for conn in conns {
-            self.close_node_side(conn);
-        }
+        self.close_node_sides(id);
         for (a, b) in self.net.pairs() {
             if a == id || b == id {
                 self.reset_link(a, b, false);
