@@ -551,3 +551,47 @@ fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() {
         .unwrap_or_else(|e| panic!("split brain: {e}\n{}", c.log_tails(80)));
     assert_progress(&c);
 }
+
+/// A member cut off while node 4 joined does not list node 4. Once node 4 leads, the two link
+/// anyway (the member takes node 4 as a guest; node 4, the higher id, dials it after the
+/// fallback delay), and the member follows node 4 and catches up (DESIGN C7, invariant 5).
+#[test]
+fn a_member_that_missed_a_join_follows_the_joined_node_as_leader() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = cluster("missed-join", true);
+    let leader = c.wait_leader(ELECTION_LIMIT);
+    let others: Vec<u32> = c.ids().into_iter().filter(|&id| id != leader).collect();
+    let (cut, other) = (others[0], others[1]);
+    c.isolate(cut);
+    let joined = c.add_node(other);
+    wait_member(&c, joined);
+    // With no writes, the leader's last entries reach both followers: the joined node and the
+    // other follower then hold the same log, and the tie goes to the higher id.
+    c.wait_caught_up(joined, Duration::from_secs(10));
+    c.wait_caught_up(other, Duration::from_secs(10));
+    c.kill(leader);
+    c.reconnect(cut);
+    // Three of the four members are needed: the cut member must take part.
+    let new = c
+        .leader_where(Duration::from_secs(15), |s| s.node_id != leader)
+        .unwrap_or_else(|| panic!("no new leader\n{}", c.log_tails(60)));
+    eprintln!("node {leader} killed; node {new} leads; node {cut} had missed node {joined}'s join");
+    assert_eq!(
+        new,
+        joined,
+        "the joined node did not win the tie\n{}",
+        c.log_tails(40)
+    );
+    c.wait_caught_up(cut, Duration::from_secs(15));
+    let guest = format!("node {joined}, which this node does not list, connected as a guest");
+    assert!(
+        c.logs()
+            .iter()
+            .any(|(id, _, log)| *id == cut && log.contains(&guest)),
+        "node {cut} did not link to node {joined} as a guest\n{}",
+        c.log_tails(40)
+    );
+    assert_progress(&c);
+    c.check_election_safety()
+        .unwrap_or_else(|e| panic!("split brain: {e}\n{}", c.log_tails(80)));
+}
