@@ -144,6 +144,33 @@ ms_since() {
     awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (b - a) * 1000 }'
 }
 
+# ms_until VAR CMD...: runs CMD every 5 ms until it succeeds, then sets VAR to the ms since $t0;
+# leaves VAR alone if the restarted node ($single_pid) exits or RESTART_TIMEOUT passes first.
+ms_until() {
+    local var=$1
+    shift
+    while [ "$(ms_since "$t0")" -lt $((RESTART_TIMEOUT * 1000)) ]; do
+        if "$@"; then
+            printf -v "$var" '%s' "$(ms_since "$t0")"
+            return 0
+        fi
+        kill -0 "$single_pid" 2>/dev/null || return 0
+        sleep 0.005
+    done
+}
+
+# The restart scenario's stages (they read $dir, $addr, $room, $expected; the last sets $got).
+port_written() {
+    [ -s "$dir/port" ] && [[ "$(tr -d '[:space:]' <"$dir/port")" =~ :[0-9]+$ ]]
+}
+status_up() {
+    status_json "$addr" | grep -q '"up":true'
+}
+history_ends_with_the_last_message() {
+    got=$("$client" -s "$addr" --json --timeout 2 --no-reconnect benchprobe "$room" --history --limit 1 2>/dev/null) || true
+    [ "$got" = "$expected" ]
+}
+
 # jget FILE EXPR: a python expression over the JSON object `r` read from FILE's last line.
 jget() {
     python3 -c 'import json, sys
@@ -392,38 +419,12 @@ scenario_restart() {
         t0=$EPOCHREALTIME
         start_single "$dir" "$dir/daemon-$k.log"
         t_port="" t_status="" t_hist="" got=""
-        # 1. the port file
-        while [ "$(ms_since "$t0")" -lt $((RESTART_TIMEOUT * 1000)) ]; do
-            if [ -s "$dir/port" ]; then
-                addr=$(tr -d '[:space:]' <"$dir/port")
-                [[ "$addr" =~ :[0-9]+$ ]] && t_port=$(ms_since "$t0") && break
-            fi
-            kill -0 "$single_pid" 2>/dev/null || break
-            sleep 0.005
-        done
-        # 2. admin status answers
-        if [ -n "$t_port" ]; then
-            while [ "$(ms_since "$t0")" -lt $((RESTART_TIMEOUT * 1000)) ]; do
-                if status_json "$addr" | grep -q '"up":true'; then
-                    t_status=$(ms_since "$t0")
-                    break
-                fi
-                kill -0 "$single_pid" 2>/dev/null || break
-                sleep 0.005
-            done
-        fi
-        # 3. the room's history ends with the last message
-        if [ -n "$t_status" ]; then
-            while [ "$(ms_since "$t0")" -lt $((RESTART_TIMEOUT * 1000)) ]; do
-                got=$("$client" -s "$addr" --json --timeout 2 --no-reconnect benchprobe "$room" --history --limit 1 2>/dev/null) || true
-                if [ "$got" = "$expected" ]; then
-                    t_hist=$(ms_since "$t0")
-                    break
-                fi
-                kill -0 "$single_pid" 2>/dev/null || break
-                sleep 0.005
-            done
-        fi
+        # 1. the port file, 2. admin status answers, 3. the room's history ends with the last
+        # message: each stage bounded by RESTART_TIMEOUT.
+        ms_until t_port port_written
+        [ -z "$t_port" ] || addr=$(tr -d '[:space:]' <"$dir/port")
+        [ -z "$t_port" ] || ms_until t_status status_up
+        [ -z "$t_status" ] || ms_until t_hist history_ends_with_the_last_message
         if [ -z "$t_hist" ]; then
             local alive="still running" rc=0
             if ! kill -0 "$single_pid" 2>/dev/null; then

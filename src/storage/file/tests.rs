@@ -278,11 +278,11 @@ fn a_damaged_record_before_the_end_is_corruption_naming_file_and_offset() {
     }
 }
 
-/// Entries 1 to 20, synced one by one into small segments; the directory and its segments.
-fn twenty_entries_in_small_segments() -> (TempDir, Vec<PathBuf>) {
+/// Entries 1 to `n`, synced one by one into small segments; the directory and its segments.
+fn entries_in_small_segments(n: LogIndex) -> (TempDir, Vec<PathBuf>) {
     let d = TempDir::new().unwrap();
     let mut s = open_small(d.path());
-    for i in 1..=20 {
+    for i in 1..=n {
         s.append(&[e(i, 1)]).unwrap();
         s.sync().unwrap();
     }
@@ -293,7 +293,7 @@ fn twenty_entries_in_small_segments() -> (TempDir, Vec<PathBuf>) {
 
 #[test]
 fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
-    let (d, segs) = twenty_entries_in_small_segments();
+    let (d, segs) = entries_in_small_segments(20);
     assert!(segs.len() >= 3, "{segs:?}");
     let first = &segs[0];
     let recs = records(first);
@@ -324,7 +324,7 @@ fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
 
 #[test]
 fn a_missing_middle_segment_refuses_to_open() {
-    let (d, segs) = twenty_entries_in_small_segments();
+    let (d, segs) = entries_in_small_segments(20);
     fs::remove_file(&segs[1]).unwrap();
     let msg = err_text(FileStorage::open(d.path(), SMALL));
     assert!(msg.contains("00000000000000000002.seg"), "{msg}");
@@ -420,14 +420,7 @@ fn segments_roll_at_the_threshold_and_each_starts_with_the_election_state() {
 
 #[test]
 fn a_segment_whose_head_was_torn_off_is_not_appended_to() {
-    let d = TempDir::new().unwrap();
-    let mut s = open_small(d.path());
-    for i in 1..=12 {
-        s.append(&[e(i, 1)]).unwrap();
-        s.sync().unwrap();
-    }
-    drop(s);
-    let segs = segment_files(d.path());
+    let (d, segs) = entries_in_small_segments(12);
     let last = segs.last().unwrap();
     let n_last = records(last)
         .iter()
