@@ -112,6 +112,24 @@ pub struct ChatMessage {
     pub text: String,
 }
 
+/// A [`ChatMessage`] whose strings are bytes borrowed from a buffer, with the same wire
+/// encoding: the server encodes a delivery from it without an owned copy, and a client decodes
+/// one without allocating (see `codec::decode_server_ref`). Decoding does not check that the
+/// strings are UTF-8; a client that shows them does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessageRef<'a> {
+    /// Room name.
+    pub room: &'a [u8],
+    /// Per-room sequence number.
+    pub seq: u64,
+    /// Username of the author.
+    pub author: &'a [u8],
+    /// Server timestamp, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Message text.
+    pub text: &'a [u8],
+}
+
 /// Server -> client: the `Say` with `client_seq` is committed as `seq` in `room`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {

@@ -17,7 +17,7 @@ pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
 pub use peer::*;
 pub use snapshot::{decode_snapshot, encode_snapshot};
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// Largest payload a server accepts from a client (and the bincode allocation limit for it).
 pub const MAX_CLIENT_PAYLOAD: u32 = 64 * 1024;
@@ -55,13 +55,17 @@ fn put<T: Serialize, const N: usize>(v: &T, out: &mut Vec<u8>) -> Result<(), Cod
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
-fn take<T: DeserializeOwned, const N: usize>(kind: u8, payload: &[u8]) -> Result<T, CodecError> {
-    let (v, used) = bincode::serde::decode_from_slice(payload, config::<N>()).map_err(|e| {
-        CodecError::BadPayload {
-            kind,
-            reason: e.to_string(),
-        }
-    })?;
+fn take<'a, T: Deserialize<'a>, const N: usize>(
+    kind: u8,
+    payload: &'a [u8],
+) -> Result<T, CodecError> {
+    let (v, used) =
+        bincode::serde::borrow_decode_from_slice(payload, config::<N>()).map_err(|e| {
+            CodecError::BadPayload {
+                kind,
+                reason: e.to_string(),
+            }
+        })?;
     if used != payload.len() {
         return Err(CodecError::BadPayload {
             kind,
@@ -226,10 +230,42 @@ pub fn encode<F: FrameSet>(frame: &F) -> Result<Vec<u8>, CodecError> {
 /// Decodes the first frame of `buf`: `Ok(None)` if more bytes are needed, otherwise the frame
 /// and the number of bytes it used. An error means the stream is unusable (close it).
 pub fn decode<F: FrameSet>(buf: &[u8]) -> Result<Option<(F, usize)>, CodecError> {
+    let Some((kind, payload)) = checked_payload(buf, F::MAX_PAYLOAD)? else {
+        return Ok(None);
+    };
+    Ok(Some((F::decode_payload(kind, payload)?, HEADER_LEN + payload.len())))
+}
+
+/// A server frame decoded by [`decode_server_ref`]: a `Message` borrows its strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerFrameRef<'a> {
+    /// A chat message, borrowed from the buffer.
+    Message(ChatMessageRef<'a>),
+    /// Any other frame, owned.
+    Other(ServerFrame),
+}
+
+/// Like `decode::<ServerFrame>`, but a `Message` is not copied out of `buf`: a client's
+/// per-delivery path, with the same checks.
+pub fn decode_server_ref(buf: &[u8]) -> Result<Option<(ServerFrameRef<'_>, usize)>, CodecError> {
+    let Some((kind, payload)) = checked_payload(buf, ServerFrame::MAX_PAYLOAD)? else {
+        return Ok(None);
+    };
+    let frame = if kind == MESSAGE_KIND {
+        ServerFrameRef::Message(take::<_, { MAX_SERVER_PAYLOAD as usize }>(kind, payload)?)
+    } else {
+        ServerFrameRef::Other(ServerFrame::decode_payload(kind, payload)?)
+    };
+    Ok(Some((frame, HEADER_LEN + payload.len())))
+}
+
+/// The kind and the CRC-checked payload of the first frame of `buf`; `Ok(None)` if more bytes
+/// are needed.
+fn checked_payload(buf: &[u8], max: u32) -> Result<Option<(u8, &[u8])>, CodecError> {
     let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(None);
     };
-    let header = Header::parse(head, F::MAX_PAYLOAD)?;
+    let header = Header::parse(head, max)?;
     let end = HEADER_LEN + header.length as usize;
     let Some(payload) = buf.get(HEADER_LEN..end) else {
         return Ok(None);
@@ -241,30 +277,25 @@ pub fn decode<F: FrameSet>(buf: &[u8]) -> Result<Option<(F, usize)>, CodecError>
             actual,
         });
     }
-    Ok(Some((F::decode_payload(header.kind, payload)?, end)))
+    Ok(Some((header.kind, payload)))
 }
+
+/// The header kind of a `ServerFrame::Message`.
+const MESSAGE_KIND: u8 = 0x43;
 
 /// Encodes a `Message` frame from borrowed fields: the per-message hot path, byte-identical to
 /// `encode(&ServerFrame::Message(..))` without building an owned `ChatMessage` first.
 pub fn encode_message(room: &str, author: &str, seq: u64, time_ms: u64, text: &str) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct MessageRef<'a> {
-        room: &'a str,
-        seq: u64,
-        author: &'a str,
-        time_ms: u64,
-        text: &'a str,
-    }
-    let msg = MessageRef {
-        room,
+    let msg = ChatMessageRef {
+        room: room.as_bytes(),
         seq,
-        author,
+        author: author.as_bytes(),
         time_ms,
-        text,
+        text: text.as_bytes(),
     };
     let mut out = Vec::with_capacity(HEADER_LEN + 48 + room.len() + author.len() + text.len());
     // Writing to a Vec cannot fail and the fields are within limits the core already checked.
-    let _ = write_frame(0x43, MAX_SERVER_PAYLOAD, &mut out, |out| {
+    let _ = write_frame(MESSAGE_KIND, MAX_SERVER_PAYLOAD, &mut out, |out| {
         put::<_, { MAX_SERVER_PAYLOAD as usize }>(&msg, out)
     });
     out

@@ -146,6 +146,55 @@ fn encode_message_matches_the_owned_encoding() {
 }
 
 #[test]
+fn a_message_decodes_borrowed_like_the_owned_decoding() {
+    let owned = ChatMessage {
+        room: "g".into(),
+        seq: 9,
+        author: "bob".into(),
+        time_ms: 77,
+        text: "hi there".into(),
+    };
+    let mut stream = encode(&ServerFrame::Message(owned.clone())).unwrap();
+    let first = stream.len();
+    let ack = ServerFrame::Ack(Ack {
+        room: "g".into(),
+        client_seq: 3,
+        seq: 9,
+    });
+    encode_into(&ack, &mut stream).unwrap();
+    for cut in 0..first {
+        assert_eq!(
+            decode_server_ref(&stream[..cut]).unwrap(),
+            None,
+            "cut at {cut}"
+        );
+    }
+    let (m, used) = decode_server_ref(&stream).unwrap().unwrap();
+    assert_eq!(used, first);
+    assert_eq!(
+        m,
+        ServerFrameRef::Message(ChatMessageRef {
+            room: b"g",
+            seq: 9,
+            author: b"bob",
+            time_ms: 77,
+            text: b"hi there",
+        })
+    );
+    assert_eq!(
+        decode_server_ref(&stream[used..]).unwrap(),
+        Some((ServerFrameRef::Other(ack), stream.len() - used))
+    );
+    assert_eq!(ServerFrame::Message(owned).kind(), MESSAGE_KIND);
+    // The same checks as the owned decoding: a flipped payload byte fails the CRC.
+    stream[HEADER_LEN + 3] ^= 1;
+    assert!(matches!(
+        decode_server_ref(&stream),
+        Err(CodecError::BadChecksum { .. })
+    ));
+}
+
+#[test]
 fn partial_input_asks_for_more_and_every_prefix_is_safe() {
     let bytes = encode(&samples()[3]).unwrap();
     for cut in 0..bytes.len() {
@@ -242,6 +291,7 @@ proptest! {
     fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode::<ClientFrame>(&bytes);
         let _ = decode::<ServerFrame>(&bytes);
+        let _ = decode_server_ref(&bytes);
     }
 
     #[test]
@@ -255,6 +305,7 @@ proptest! {
         b.extend_from_slice(&payload);
         let _ = decode::<ClientFrame>(&b);
         let _ = decode::<ServerFrame>(&b);
+        let _ = decode_server_ref(&b);
     }
 
     #[test]

@@ -103,23 +103,26 @@ impl Idle {
 
     fn handle(&mut self, i: usize, ev: Event) {
         match ev {
-            Event::Frame(ServerFrame::Joined(_)) if self.stages[i] == Stage::Handshake => {
-                self.stages[i] = Stage::Joined;
-                self.joined += 1;
-            }
-            Event::Frame(ServerFrame::Error(e)) => {
-                self.errors += 1;
-                let name = ErrorCode::from_u16(e.code).map_or("UNKNOWN", |c| c.name());
-                self.sample(format!(
-                    "error for connection {i}: {name} ({}) {}",
-                    e.code, e.message
-                ));
-                if self.stages[i] == Stage::Handshake {
-                    self.net
-                        .close(i, "refused while joining".into(), &mut self.events);
+            Event::Frame(f) => match *f {
+                ServerFrame::Joined(_) if self.stages[i] == Stage::Handshake => {
+                    self.stages[i] = Stage::Joined;
+                    self.joined += 1;
                 }
-            }
-            Event::Frame(_) | Event::Resp(_) => {}
+                ServerFrame::Error(e) => {
+                    self.errors += 1;
+                    let name = ErrorCode::from_u16(e.code).map_or("UNKNOWN", |c| c.name());
+                    self.sample(format!(
+                        "error for connection {i}: {name} ({}) {}",
+                        e.code, e.message
+                    ));
+                    if self.stages[i] == Stage::Handshake {
+                        self.net
+                            .close(i, "refused while joining".into(), &mut self.events);
+                    }
+                }
+                _ => {}
+            },
+            Event::Resp(_) | Event::Delivery(_) => {}
             Event::Closed(reason) => {
                 if self.stages[i] != Stage::Dead {
                     if self.stages[i] == Stage::Joined {

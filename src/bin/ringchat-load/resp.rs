@@ -6,6 +6,7 @@
 //! with the same bytes plus the new ones), malformed data is an `Err`. Sizes are bounded so a
 //! hostile or broken peer cannot make the tool buffer without end or recurse without end.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest bulk string accepted (Redis itself caps them at 512 MiB; the tool's are tiny).
@@ -44,50 +45,28 @@ impl Value {
 
 /// A decoded value, with a cheap form for the frame that dominates a pub/sub benchmark.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// A pub/sub delivery, `*3\r\n$7\r\nmessage\r\n$<n>\r\n<channel>\r\n$<m>\r\n<payload>\r\n`.
-    Message(Message),
+pub enum Frame<'a> {
+    /// A pub/sub delivery, `*3\r\n$7\r\nmessage\r\n$<n>\r\n<channel>\r\n$<m>\r\n<payload>\r\n`,
+    /// borrowed from the buffer (owned only if the general decoder had to read it).
+    Message {
+        channel: Cow<'a, [u8]>,
+        payload: Cow<'a, [u8]>,
+    },
     /// Anything else.
     Other(Value),
 }
 
-/// A pub/sub `message` push: channel and payload in one allocation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    bytes: Vec<u8>,
-    channel_len: usize,
-}
-
-impl Message {
-    pub fn new(channel: &[u8], payload: &[u8]) -> Message {
-        let mut bytes = Vec::with_capacity(channel.len() + payload.len());
-        bytes.extend_from_slice(channel);
-        bytes.extend_from_slice(payload);
-        Message {
-            bytes,
-            channel_len: channel.len(),
-        }
-    }
-
-    pub fn channel(&self) -> &[u8] {
-        &self.bytes[..self.channel_len]
-    }
-
-    pub fn payload(&self) -> &[u8] {
-        &self.bytes[self.channel_len..]
-    }
-}
-
 /// Like `decode`, but a `message` push comes out as `Frame::Message` (other values, including
 /// a `message` array of another shape, as `Frame::Other`).
-pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, Error> {
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Error> {
     const HEAD: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
     if let Some(rest) = buf.strip_prefix(HEAD) {
         let mut pos = 0;
         if let Ok(Some(channel)) = bulk_ref(rest, &mut pos) {
             if let Ok(Some(payload)) = bulk_ref(rest, &mut pos) {
+                let (channel, payload) = (Cow::Borrowed(channel), Cow::Borrowed(payload));
                 return Ok(Some((
-                    Frame::Message(Message::new(channel, payload)),
+                    Frame::Message { channel, payload },
                     HEAD.len() + pos,
                 )));
             }
@@ -99,7 +78,8 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, Error> {
             Ok([Value::Bulk(Some(kind)), Value::Bulk(Some(ch)), Value::Bulk(Some(p))])
                 if kind == b"message" =>
             {
-                (Frame::Message(Message::new(&ch, &p)), n)
+                let (channel, payload) = (Cow::Owned(ch), Cow::Owned(p));
+                (Frame::Message { channel, payload }, n)
             }
             Ok(items) => (Frame::Other(Value::Array(Some(items.into()))), n),
             Err(items) => (Frame::Other(Value::Array(Some(items))), n),
@@ -400,11 +380,12 @@ mod tests {
         }
         let (f, used) = decode_frame(&stream).unwrap().unwrap();
         assert_eq!(used, first);
-        assert_eq!(f, Frame::Message(Message::new(b"room-0", b"he\r\no")));
-        let Frame::Message(m) = f else { unreachable!() };
         assert_eq!(
-            (m.channel(), m.payload()),
-            (&b"room-0"[..], &b"he\r\no"[..])
+            f,
+            Frame::Message {
+                channel: Cow::Borrowed(b"room-0"),
+                payload: Cow::Borrowed(b"he\r\no")
+            }
         );
         let (f, used2) = decode_frame(&stream[used..]).unwrap().unwrap();
         assert_eq!(used + used2, stream.len());
