@@ -54,7 +54,7 @@ use slab::Slab;
 use crate::codec::{self, ErrorCode, ErrorFrame, Redirect, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now};
 use crate::storage::{self, FileOptions, FileStorage, Storage, StorageError, Volatile};
-use conn::{InBuf, OutQueue, SpareQueues};
+use conn::{InBuf, OutQueue, OutputPool};
 use peers::Mesh;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -316,8 +316,8 @@ pub struct Driver<S: Storage = FileStorage> {
     generation: u64,
     /// Read buffer shared by every connection.
     scratch: Box<[u8]>,
-    /// Emptied output queue buffers, reused by the next connection with output.
-    spare: SpareQueues,
+    /// Memory the client connections' output queues share.
+    output_pool: OutputPool,
     node: Node,
     /// Links to the other cluster members.
     mesh: Mesh,
@@ -480,7 +480,7 @@ impl<S: Storage> Driver<S> {
             conns: Slab::new(),
             generation: 0,
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
-            spare: SpareQueues::default(),
+            output_pool: OutputPool::default(),
             node,
             mesh,
             storage,
@@ -918,7 +918,7 @@ impl<S: Storage> Driver<S> {
                         continue; // gone already; the node learns it from handle_disconnect
                     };
                     let c = &mut self.conns[key];
-                    c.out.push_reusing(bytes, &mut self.spare);
+                    c.out.push_reusing(bytes, &mut self.output_pool);
                     if !c.dirty {
                         c.dirty = true;
                         self.dirty.push(conn);
@@ -946,7 +946,7 @@ impl<S: Storage> Driver<S> {
         };
         let c = &mut self.conns[key];
         c.dirty = false;
-        if let Err(e) = c.out.flush_recycling(&mut c.stream, &mut self.spare) {
+        if let Err(e) = c.out.flush_recycling(&mut c.stream, &mut self.output_pool) {
             let why = format!("write failed: {e}");
             return self.drop_conn(now, key, false, &why);
         }
