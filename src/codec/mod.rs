@@ -233,7 +233,10 @@ pub fn decode<F: FrameSet>(buf: &[u8]) -> Result<Option<(F, usize)>, CodecError>
     let Some((kind, payload)) = checked_payload(buf, F::MAX_PAYLOAD)? else {
         return Ok(None);
     };
-    Ok(Some((F::decode_payload(kind, payload)?, HEADER_LEN + payload.len())))
+    Ok(Some((
+        F::decode_payload(kind, payload)?,
+        HEADER_LEN + payload.len(),
+    )))
 }
 
 /// A server frame decoded by [`decode_server_ref`]: a `Message` borrows its strings.

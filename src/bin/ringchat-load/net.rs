@@ -284,16 +284,18 @@ impl Net {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<(usize, bool, bool)> = self
+        // (connection, readable, closing: read to the end, writable)
+        let ready: Vec<(usize, bool, bool, bool)> = self
             .events
             .iter()
             .map(|e| {
-                let r = e.is_readable() || e.is_read_closed() || e.is_error();
+                let closing = e.is_read_closed() || e.is_error();
+                let r = e.is_readable() || closing;
                 let w = e.is_writable() || e.is_write_closed() || e.is_error();
-                (e.token().0, r, w)
+                (e.token().0, r, closing, w)
             })
             .collect();
-        for (idx, readable, writable) in ready {
+        for (idx, readable, closing, writable) in ready {
             if self.conns.get(idx).is_none_or(|c| c.stream.is_none()) {
                 continue;
             }
@@ -313,7 +315,7 @@ impl Net {
                 self.flush(idx, out);
             }
             if readable {
-                self.read(idx, out);
+                self.read(idx, closing, out);
             }
         }
         Ok(())
@@ -387,9 +389,9 @@ impl Net {
         }
     }
 
-    /// Reads until `WouldBlock` or a short read, then decodes every complete frame; a partial
-    /// frame stays buffered for the next read.
-    fn read(&mut self, idx: usize, out: &mut Vec<(usize, u64, Event)>) {
+    /// Reads until `WouldBlock`, EOF or (unless `closing`) a short read, then decodes every
+    /// complete frame; a partial frame stays buffered for the next read.
+    fn read(&mut self, idx: usize, closing: bool, out: &mut Vec<(usize, u64, Event)>) {
         let mut closed = None;
         let mut now = 0;
         {
@@ -406,9 +408,10 @@ impl Net {
                     Ok(n) => {
                         conn.rbuf.extend_from_slice(&self.scratch[..n]);
                         now = self.clock.nanos();
-                        if n < self.scratch.len() {
+                        if n < self.scratch.len() && !closing {
                             // The socket is empty: bytes that arrive later raise a new
                             // edge-triggered event, so a read that would say WouldBlock is saved.
+                            // Not when the peer has closed: no event would report that again.
                             break;
                         }
                     }
