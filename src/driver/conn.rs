@@ -83,30 +83,17 @@ impl OutQueue {
         self.chunks.capacity()
     }
 
-    /// Writes with `write_vectored` (up to [`MAX_IOV`] chunks a call) until the queue is empty
-    /// or the writer would block. `Interrupted` is retried; any other error is returned and the
-    /// connection should be dropped. An emptied queue gives its memory back.
-    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
-        let flushed = self.write_all(w, None)?;
-        if self.chunks.is_empty() {
-            self.chunks = VecDeque::new();
-        }
-        Ok(flushed)
-    }
-
-    /// [`OutQueue::flush`] for the fan-out path, with two savings from `pool`:
+    /// Writes until the queue is empty or the writer would block. `Interrupted` is retried; any
+    /// other error is returned and the connection should be dropped. Two savings from `pool`:
     /// - small frames are first gathered into one buffer (up to [`GATHER_BYTES`]) and written
     ///   with one plain write, because the kernel's per-slice cost of a vectored write of
-    ///   many small frames is larger than the copy;
-    /// - an emptied queue's buffer goes to the pool for the next [`OutQueue::push_reusing`]:
-    ///   a busy connection empties and refills its queue every loop turn, and growing a fresh
-    ///   buffer each time costs several allocations.
-    pub fn flush_recycling<W: Write>(
-        &mut self,
-        w: &mut W,
-        pool: &mut OutputPool,
-    ) -> io::Result<Flushed> {
-        let flushed = self.write_all(w, Some(&mut pool.gather))?;
+    ///   many small frames is larger than the copy; big frames go out with `write_vectored`
+    ///   (up to [`MAX_IOV`] a call), uncopied;
+    /// - an emptied queue's buffer goes to the pool for the next [`OutQueue::push_reusing`]
+    ///   (an idle connection holds none): a busy connection empties and refills its queue
+    ///   every loop turn, and growing a fresh buffer each time costs several allocations.
+    pub fn flush<W: Write>(&mut self, w: &mut W, pool: &mut OutputPool) -> io::Result<Flushed> {
+        let flushed = self.write_all(w, &mut pool.gather)?;
         if self.chunks.is_empty() {
             pool.keep(std::mem::take(&mut self.chunks));
         }
@@ -141,19 +128,12 @@ impl OutQueue {
         w.write_vectored(&iov[..count])
     }
 
-    fn write_all<W: Write>(
-        &mut self,
-        w: &mut W,
-        mut gather: Option<&mut Vec<u8>>,
-    ) -> io::Result<Flushed> {
+    fn write_all<W: Write>(&mut self, w: &mut W, gather: &mut Vec<u8>) -> io::Result<Flushed> {
         while !self.chunks.is_empty() {
             let n = {
-                let result = match gather.as_deref_mut() {
-                    Some(g) => match self.gather_front(g) {
-                        true => w.write(g),
-                        false => self.write_front_vectored(w),
-                    },
-                    None => self.write_front_vectored(w),
+                let result = match self.gather_front(gather) {
+                    true => w.write(gather),
+                    false => self.write_front_vectored(w),
                 };
                 match result {
                     Ok(0) => {
@@ -384,6 +364,7 @@ mod tests {
 
     #[test]
     fn partial_writes_resume_at_the_right_offset() {
+        let mut pool = OutputPool::default();
         let mut q = OutQueue::new();
         assert_eq!(q.capacity(), 0);
         q.push(chunk(1, 10));
@@ -391,15 +372,15 @@ mod tests {
         q.push(chunk(3, 10));
         assert_eq!(q.queued(), 30);
         let mut w = Fake::new(15, usize::MAX);
-        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Blocked);
         assert_eq!(q.queued(), 15);
         assert!(!q.at_frame_boundary());
         w.budget = 3;
-        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Blocked);
         assert_eq!(q.queued(), 12);
         w.budget = 100;
         w.per_call = 4; // short writes without blocking
-        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Drained);
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Drained);
         let mut want = vec![1u8; 10];
         want.extend([2u8; 10]);
         want.extend([3u8; 10]);
@@ -422,16 +403,10 @@ mod tests {
         let grown = a.capacity();
         assert!(grown >= 20);
         let mut w = Fake::new(40, usize::MAX);
-        assert_eq!(
-            a.flush_recycling(&mut w, &mut pool).unwrap(),
-            Flushed::Blocked
-        );
+        assert_eq!(a.flush(&mut w, &mut pool).unwrap(), Flushed::Blocked);
         assert!(pool.is_empty(), "a queue with bytes left keeps its buffer");
         w.budget = usize::MAX;
-        assert_eq!(
-            a.flush_recycling(&mut w, &mut pool).unwrap(),
-            Flushed::Drained
-        );
+        assert_eq!(a.flush(&mut w, &mut pool).unwrap(), Flushed::Drained);
         assert_eq!(
             (a.capacity(), pool.len()),
             (0, 1),
@@ -450,25 +425,24 @@ mod tests {
             q.push_reusing(chunk(1, 1), &mut pool);
         }
         let mut w = Fake::new(usize::MAX, usize::MAX);
-        assert_eq!(
-            q.flush_recycling(&mut w, &mut pool).unwrap(),
-            Flushed::Drained
-        );
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Drained);
         assert_eq!((q.capacity(), pool.len()), (0, 0));
     }
 
     #[test]
     fn vectored_batches_of_at_most_64_slices() {
+        let mut pool = OutputPool::default();
         let mut q = OutQueue::new();
-        let shared = chunk(7, 3);
+        // Frames too big to gather two at a time go out vectored.
+        let shared = chunk(7, GATHER_BYTES);
         for _ in 0..150 {
             q.push(shared.clone());
         }
         assert_eq!(Rc::strong_count(&shared), 151, "queued without copying");
         let mut w = Fake::new(usize::MAX, usize::MAX);
-        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Drained);
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Drained);
         assert_eq!(w.calls, vec![64, 64, 22]);
-        assert_eq!(w.out.len(), 450);
+        assert_eq!(w.out.len(), 150 * GATHER_BYTES);
         assert_eq!(Rc::strong_count(&shared), 1);
     }
 
@@ -482,16 +456,10 @@ mod tests {
         // The socket takes 250 bytes, then would block; later it takes the rest. Every call
         // is one plain write of one buffer.
         let mut w = Fake::new(250, usize::MAX);
-        assert_eq!(
-            q.flush_recycling(&mut w, &mut pool).unwrap(),
-            Flushed::Blocked
-        );
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Blocked);
         assert_eq!((w.calls.as_slice(), q.queued()), (&[1, 1][..], 250));
         w.budget = usize::MAX;
-        assert_eq!(
-            q.flush_recycling(&mut w, &mut pool).unwrap(),
-            Flushed::Drained
-        );
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Drained);
         assert_eq!(w.calls, vec![1, 1, 1]);
         let want: Vec<u8> = (1..=5).flat_map(|b| [b; 100]).collect();
         assert_eq!(w.out, want);
@@ -500,18 +468,19 @@ mod tests {
         q.push_reusing(chunk(8, GATHER_BYTES), &mut pool);
         q.push_reusing(chunk(9, 10), &mut pool);
         let mut w = Fake::new(usize::MAX, usize::MAX);
-        q.flush_recycling(&mut w, &mut pool).unwrap();
+        q.flush(&mut w, &mut pool).unwrap();
         assert_eq!(w.calls, vec![2]);
         assert_eq!(w.out.len(), GATHER_BYTES + 10);
     }
 
     #[test]
     fn interrupted_is_retried_and_errors_surface() {
+        let mut pool = OutputPool::default();
         let mut q = OutQueue::new();
         q.push(chunk(1, 5));
         let mut w = Fake::new(100, 100);
         w.interrupt_once = true;
-        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Drained);
+        assert_eq!(q.flush(&mut w, &mut pool).unwrap(), Flushed::Drained);
         assert_eq!(w.out.len(), 5);
 
         struct Broken;
@@ -524,13 +493,14 @@ mod tests {
             }
         }
         q.push(chunk(1, 5));
-        assert!(q.flush(&mut Broken).is_err());
+        assert!(q.flush(&mut Broken, &mut pool).is_err());
         q.clear();
         assert_eq!((q.queued(), q.capacity()), (0, 0));
     }
 
     #[test]
     fn queued_bytes_track_the_bound() {
+        let mut pool = OutputPool::default();
         let mut q = OutQueue::new();
         for _ in 0..10 {
             q.push(chunk(0, 1000));
@@ -538,7 +508,7 @@ mod tests {
         q.push(chunk(0, 0));
         assert_eq!(q.queued(), 10_000);
         let mut w = Fake::new(2500, usize::MAX);
-        q.flush(&mut w).unwrap();
+        q.flush(&mut w, &mut pool).unwrap();
         assert_eq!(q.queued(), 7500);
         assert!(
             q.queued() > 5000,

@@ -946,7 +946,7 @@ impl<S: Storage> Driver<S> {
         };
         let c = &mut self.conns[key];
         c.dirty = false;
-        if let Err(e) = c.out.flush_recycling(&mut c.stream, &mut self.output_pool) {
+        if let Err(e) = c.out.flush(&mut c.stream, &mut self.output_pool) {
             let why = format!("write failed: {e}");
             return self.drop_conn(now, key, false, &why);
         }

@@ -37,7 +37,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use super::conn::{InBuf, OutQueue};
+use super::conn::{InBuf, OutQueue, OutputPool};
 use super::{listen, DaemonConfig, DriverError};
 use crate::codec::{self, PeerFrame, PeerHello};
 use crate::core::{Node, NodeId, Now, SharedBytes};
@@ -175,6 +175,8 @@ pub struct Mesh {
     dirty: Vec<usize>,
     reread: Vec<usize>,
     scratch: Box<[u8]>,
+    /// Memory the links' output queues share.
+    output_pool: OutputPool,
     frames: Vec<PeerFrame>,
     rng: fastrand::Rng,
     accept_retry_at: Option<Instant>,
@@ -291,6 +293,7 @@ impl Mesh {
             slots,
             links: Slab::new(),
             dirty: Vec::new(),
+            output_pool: OutputPool::default(),
             reread: Vec::new(),
             scratch: vec![0u8; PEER_SCRATCH_LEN].into_boxed_slice(),
             frames: Vec::new(),
@@ -919,7 +922,7 @@ impl Mesh {
         if link.state == State::Connecting {
             return; // written once connected
         }
-        if let Err(e) = link.out.flush(&mut link.stream) {
+        if let Err(e) = link.out.flush(&mut link.stream, &mut self.output_pool) {
             let why = format!("write failed: {e}");
             return self.drop_link(now, key, node, Level::Info, &why);
         }
