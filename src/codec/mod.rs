@@ -239,7 +239,7 @@ pub fn decode<F: FrameSet>(buf: &[u8]) -> Result<Option<(F, usize)>, CodecError>
     )))
 }
 
-/// A server frame decoded by [`decode_server_ref`]: a `Message` borrows its strings.
+/// A server frame decoded by [`decode_server_ref`]: a `Message` borrows its fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerFrameRef<'a> {
     /// A chat message, borrowed from the buffer.

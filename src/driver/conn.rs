@@ -13,8 +13,8 @@ pub const MAX_IOV: usize = 64;
 const MAX_SPARE: usize = 1024;
 /// Largest buffer (in chunks) worth keeping: a burst's big buffer is given back to the allocator.
 const MAX_SPARE_CHUNKS: usize = 256;
-/// Most bytes [`OutQueue::flush_recycling`] gathers into one contiguous write.
-pub const GATHER_BYTES: usize = 64 * 1024;
+/// Most bytes [`OutQueue::flush`] gathers into one contiguous write.
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// Outcome of [`OutQueue::flush`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
