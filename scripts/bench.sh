@@ -165,7 +165,7 @@ start_redis() {
     mkdir -p "$dir"
     local port
     for _ in 1 2 3; do # the free port may be taken between picking and binding: retry
-        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        port=$(free_ports 1)
         (
             ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
             exec redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \

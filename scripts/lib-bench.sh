@@ -56,12 +56,34 @@ stop_process() {
     wait "$pid" 2>/dev/null || true
 }
 
-# free_ports N: N distinct free ports on 127.0.0.1 (all bound at once, so they differ).
+# free_ports N: N distinct free ports on 127.0.0.1, from below the kernel's ephemeral range (as
+# tests/support does): a port the kernel handed out for port 0 could be taken, before our daemon
+# binds it, by another daemon's 127.0.0.1:0 listener or by an outgoing connection.
 free_ports() {
-    python3 -c 'import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
+    python3 -c 'import random, socket, sys
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+first = 10000
+span = max(low - first, 1000)
+start = random.randrange(span)
+ports = []
+for i in range(span):
+    port = first + (start + i) % span
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    ports.append(port)
+    if len(ports) == int(sys.argv[1]):
+        break
+if len(ports) < int(sys.argv[1]):
+    sys.exit("no free ports below the ephemeral range")
+print(" ".join(map(str, ports)))' "$1"
 }
 
 # Peer ports of the current cluster (set by start_cluster, kept for restarts of its nodes).
