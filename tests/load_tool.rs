@@ -102,6 +102,17 @@ fn run_tool(args: &[&str], limit: Duration) -> Outcome {
     }
 }
 
+/// Runs `ringchat-load ARGS --server SERVER [--pid PID] --timeout-secs 20 --json`.
+fn run_scenario(args: &[&str], server: &str, pid: Option<u32>) -> Outcome {
+    let pid = pid.map(|p| p.to_string());
+    let mut all = args.to_vec();
+    all.extend(["--server", server, "--timeout-secs", "20", "--json"]);
+    if let Some(p) = &pid {
+        all.extend(["--pid", p]);
+    }
+    run_tool(&all, TOOL_LIMIT)
+}
+
 /// `v[key]` as an unsigned integer, failing with the whole report otherwise.
 fn uint(v: &Value, key: &str) -> u64 {
     v[key]
@@ -136,8 +147,7 @@ fn closed_loop_against_ringchatd_delivers_everything_once_in_order() {
     const MEMBERS: u64 = 4;
     const MESSAGES: u64 = 30;
     let d = Daemon::start(&["--storage", "memory"]);
-    let pid = d.pid().to_string();
-    let out = run_tool(
+    let out = run_scenario(
         &[
             "closed",
             "--rooms",
@@ -146,15 +156,9 @@ fn closed_loop_against_ringchatd_delivers_everything_once_in_order() {
             &MEMBERS.to_string(),
             "--messages",
             &MESSAGES.to_string(),
-            "--server",
-            &d.addr,
-            "--pid",
-            &pid,
-            "--timeout-secs",
-            "20",
-            "--json",
         ],
-        TOOL_LIMIT,
+        &d.addr,
+        Some(d.pid()),
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.show());
     let v = out.json();
@@ -185,7 +189,7 @@ fn open_loop_against_ringchatd_sends_the_schedule_and_loses_nothing() {
     const MEMBERS: u64 = 5;
     const PLANNED: u64 = 200; // --rate 200 for --duration 1
     let d = Daemon::start(&["--storage", "memory"]);
-    let out = run_tool(
+    let out = run_scenario(
         &[
             "open",
             "--rooms",
@@ -198,13 +202,9 @@ fn open_loop_against_ringchatd_sends_the_schedule_and_loses_nothing() {
             "1",
             "--drain-secs",
             "5",
-            "--server",
-            &d.addr,
-            "--timeout-secs",
-            "20",
-            "--json",
         ],
-        TOOL_LIMIT,
+        &d.addr,
+        None,
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.show());
     let v = out.json();
@@ -222,8 +222,7 @@ fn open_loop_against_ringchatd_sends_the_schedule_and_loses_nothing() {
 fn idle_reports_a_positive_rss_growth_per_connection() {
     const CONNECTIONS: u64 = 200;
     let d = Daemon::start(&["--storage", "memory"]);
-    let pid = d.pid().to_string();
-    let out = run_tool(
+    let out = run_scenario(
         &[
             "idle",
             "--connections",
@@ -234,15 +233,9 @@ fn idle_reports_a_positive_rss_growth_per_connection() {
             "0.2",
             "--settle-secs",
             "0.3",
-            "--server",
-            &d.addr,
-            "--pid",
-            &pid,
-            "--timeout-secs",
-            "20",
-            "--json",
         ],
-        TOOL_LIMIT,
+        &d.addr,
+        Some(d.pid()),
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.show());
     let v = out.json();
@@ -330,7 +323,7 @@ impl Drop for GarbageServer {
 /// how long it took.
 fn closed_loop_against(server: &GarbageServer) -> (Outcome, Duration) {
     let started = Instant::now();
-    let out = run_tool(
+    let out = run_scenario(
         &[
             "closed",
             "--rooms",
@@ -339,15 +332,11 @@ fn closed_loop_against(server: &GarbageServer) -> (Outcome, Duration) {
             "2",
             "--messages",
             "5",
-            "--server",
-            &server.addr,
-            "--timeout-secs",
-            "20",
             "--stall-secs",
             "2",
-            "--json",
         ],
-        TOOL_LIMIT,
+        &server.addr,
+        None,
     );
     (out, started.elapsed())
 }
@@ -441,7 +430,7 @@ fn closed_loop_against_redis_is_clean() {
                 redis_log()
             )
         });
-    let out = run_tool(
+    let out = run_scenario(
         &[
             "closed",
             "--target",
@@ -452,15 +441,9 @@ fn closed_loop_against_redis_is_clean() {
             &MEMBERS.to_string(),
             "--messages",
             &MESSAGES.to_string(),
-            "--server",
-            &addr,
-            "--pid",
-            &redis.0.id().to_string(),
-            "--timeout-secs",
-            "20",
-            "--json",
         ],
-        TOOL_LIMIT,
+        &addr,
+        Some(redis.0.id()),
     );
     // Kill redis-server (by PID) before asserting; Reaped would do it on a panic too.
     let _ = redis.0.kill();
