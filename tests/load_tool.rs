@@ -385,6 +385,43 @@ fn a_close_right_after_a_partial_frame_is_seen_at_once() {
     assert_eq!(uint(&v, "connection_failures"), 2, "{v}");
 }
 
+/// A server that accepts and never answers: joining gives up after --join-stall-secs, not at
+/// the 20 s timeout.
+#[test]
+fn a_server_that_never_answers_is_given_up_on_after_the_join_stall_limit() {
+    let server = GarbageServer::start(b"", false);
+    let started = Instant::now();
+    let out = run_scenario(
+        &[
+            "closed",
+            "--rooms",
+            "1",
+            "--members",
+            "2",
+            "--messages",
+            "5",
+            "--join-stall-secs",
+            "1",
+        ],
+        &server.addr,
+        None,
+    );
+    let took = started.elapsed();
+    assert_eq!(server.stop(), 2, "connections answered\n{}", out.show());
+    assert_eq!(out.status.code(), Some(1), "{}", out.show());
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}\n{}",
+        out.show()
+    );
+    let v = out.json();
+    assert_eq!(
+        v["outcome"], "stalled while joining (no handshake finished for --join-stall-secs)",
+        "{v}"
+    );
+    assert_eq!(uint(&v, "joined"), 0, "{v}");
+}
+
 /// Whether `name` is an executable file in a directory of PATH.
 fn on_path(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {

@@ -24,7 +24,7 @@ use crate::net::{Clock, Event, Net, Proto};
 use crate::procfs::{self, CpuSample};
 use crate::report::{self, round1, round3, CpuUse, Latency};
 use crate::resp;
-use crate::Common;
+use crate::{Common, Stall, JOIN_STALLED, JOIN_TIMED_OUT};
 
 /// The servers as given, comma separated, for reports.
 pub fn server_list(servers: &[std::net::SocketAddr]) -> String {
@@ -340,14 +340,14 @@ impl Run {
     fn go(&mut self) -> Result<bool, String> {
         let clk = procfs::clk_tck();
         let join_start = self.clock.nanos();
-        let timed_out_joining = !self.join_all()?;
+        let gave_up_joining = self.join_all()?;
         let join_secs = (self.clock.nanos() - join_start) as f64 / 1e9;
 
         let cpu0 = CpuSample::take(&self.opts.common.pids);
         let t0 = self.clock.nanos();
         self.last_progress = t0;
-        let outcome = if timed_out_joining {
-            "timed out while joining"
+        let outcome = if let Some(why) = gave_up_joining {
+            why
         } else if self.joined == 0 {
             "no member joined"
         } else {
@@ -386,9 +386,10 @@ impl Run {
 
     /// Connects every member (at most `--batch` handshakes at once), Hello then Join, and waits
     /// for each Joined (redis: SUBSCRIBE and PING, and waits for the confirmation and PONG).
-    /// False on timeout.
-    fn join_all(&mut self) -> Result<bool, String> {
+    /// Why it gave up, if it did (the timeout, or no handshake finishing for too long).
+    fn join_all(&mut self) -> Result<Option<&'static str>, String> {
         let total = self.members.len();
+        let mut stall = Stall::new(self.opts.common.join_stall);
         loop {
             while self.launched < total && self.in_handshake < self.opts.common.batch {
                 let i = self.launched;
@@ -423,10 +424,13 @@ impl Run {
                 self.drain_events();
             }
             if self.joined + self.dead >= total {
-                return Ok(true);
+                return Ok(None);
             }
             if Instant::now() >= self.deadline {
-                return Ok(false);
+                return Ok(Some(JOIN_TIMED_OUT));
+            }
+            if stall.stalled(self.joined + self.dead) {
+                return Ok(Some(JOIN_STALLED));
             }
             self.pump(Duration::from_millis(100))?;
         }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::net::{Clock, Event, Net};
 use crate::procfs::{self, CpuSample};
 use crate::report::{round1, round3, CpuUse};
-use crate::Common;
+use crate::{Common, Stall, JOIN_STALLED, JOIN_TIMED_OUT};
 
 pub struct IdleOpts {
     pub common: Common,
@@ -167,11 +167,19 @@ impl Idle {
                 self.net.send(i, &hello, &mut self.events);
                 self.net.send(i, &join, &mut self.events);
             }
+            let mut stall = Stall::new(self.opts.common.join_stall);
             while self.joined + self.dead < self.stages.len() && Instant::now() < self.deadline {
+                if stall.stalled(self.joined + self.dead) {
+                    break;
+                }
                 self.pump(Duration::from_millis(100))?;
             }
             if Instant::now() >= self.deadline {
-                outcome = "timed out (--timeout-secs)";
+                outcome = JOIN_TIMED_OUT;
+                break;
+            }
+            if self.joined + self.dead < self.stages.len() {
+                outcome = JOIN_STALLED;
                 break;
             }
         }

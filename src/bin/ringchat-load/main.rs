@@ -23,7 +23,7 @@ mod resp;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -101,6 +101,11 @@ struct CommonArgs {
     /// Give up after this many seconds in all, report what was measured, exit non-zero.
     #[arg(long, default_value_t = 120.0)]
     timeout_secs: f64,
+    /// Give up joining if no connection finishes its handshake (joined, refused or closed) for
+    /// this many seconds: a server that accepts and never answers is not waited on until
+    /// --timeout-secs.
+    #[arg(long, default_value_t = 10.0)]
+    join_stall_secs: f64,
     /// Connections handshaking at once while connecting. Keep it under the server's listen
     /// backlog (128 for a mio/std listener): beyond it the kernel drops SYNs and those clients
     /// retry only after a second, which then dominates the connect time.
@@ -147,6 +152,7 @@ pub struct Common {
     pub servers: Vec<SocketAddr>,
     pub pids: Vec<u32>,
     pub timeout_secs: f64,
+    pub join_stall: Duration,
     pub batch: usize,
     pub json: bool,
 }
@@ -175,9 +181,43 @@ impl CommonArgs {
             servers,
             pids: self.pid,
             timeout_secs: self.timeout_secs,
+            join_stall: secs("join-stall-secs", self.join_stall_secs)?,
             batch: self.batch.max(1),
             json: self.json,
         })
+    }
+}
+
+/// Why joining ended early: the global timeout, or no handshake finishing for too long.
+pub const JOIN_TIMED_OUT: &str = "timed out while joining";
+/// See [`JOIN_TIMED_OUT`].
+pub const JOIN_STALLED: &str =
+    "stalled while joining (no handshake finished for --join-stall-secs)";
+
+/// Watches a count that should keep rising (handshakes finished): stalled once it has not
+/// moved for the limit.
+pub struct Stall {
+    count: usize,
+    since: Instant,
+    limit: Duration,
+}
+
+impl Stall {
+    pub fn new(limit: Duration) -> Stall {
+        Stall {
+            count: 0,
+            since: Instant::now(),
+            limit,
+        }
+    }
+
+    /// True if `count` has not changed for the limit.
+    pub fn stalled(&mut self, count: usize) -> bool {
+        let now = Instant::now();
+        if count != self.count {
+            (self.count, self.since) = (count, now);
+        }
+        now.duration_since(self.since) >= self.limit
     }
 }
 
