@@ -244,8 +244,8 @@ pub fn decode<F: FrameSet>(buf: &[u8]) -> Result<Option<(F, usize)>, CodecError>
 pub enum ServerFrameRef<'a> {
     /// A chat message, borrowed from the buffer.
     Message(ChatMessageRef<'a>),
-    /// Any other frame, owned.
-    Other(ServerFrame),
+    /// Any other frame, owned (boxed: rare, and it would make every result as big as itself).
+    Other(Box<ServerFrame>),
 }
 
 /// Like `decode::<ServerFrame>`, but a `Message` is not copied out of `buf`: a client's
@@ -257,7 +257,7 @@ pub fn decode_server_ref(buf: &[u8]) -> Result<Option<(ServerFrameRef<'_>, usize
     let frame = if kind == MESSAGE_KIND {
         ServerFrameRef::Message(take::<_, { MAX_SERVER_PAYLOAD as usize }>(kind, payload)?)
     } else {
-        ServerFrameRef::Other(ServerFrame::decode_payload(kind, payload)?)
+        ServerFrameRef::Other(Box::new(ServerFrame::decode_payload(kind, payload)?))
     };
     Ok(Some((frame, HEADER_LEN + payload.len())))
 }

@@ -183,7 +183,7 @@ fn a_message_decodes_borrowed_like_the_owned_decoding() {
     );
     assert_eq!(
         decode_server_ref(&stream[used..]).unwrap(),
-        Some((ServerFrameRef::Other(ack), stream.len() - used))
+        Some((ServerFrameRef::Other(Box::new(ack)), stream.len() - used))
     );
     assert_eq!(ServerFrame::Message(owned).kind(), MESSAGE_KIND);
     // The same checks as the owned decoding: a flipped payload byte fails the CRC.

@@ -435,7 +435,7 @@ impl Net {
                                     let d = Delivery::new(arena, Some(m.seq), m.room, m.text);
                                     (Event::Delivery(d), n)
                                 }
-                                ServerFrameRef::Other(f) => (Event::Frame(Box::new(f)), n),
+                                ServerFrameRef::Other(f) => (Event::Frame(f), n),
                             })
                         })
                         .map_err(|e| e.to_string()),
