@@ -198,7 +198,7 @@ mod tests {
                 index: 50,
                 epoch: 3,
             },
-            bytes: vec![1, 2, 3],
+            bytes: vec![1, 2, 3].into(),
         };
         s.save_snapshot(&snap, true).unwrap();
         s.crash();

@@ -13,6 +13,7 @@ pub use volatile::Volatile;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::core::log::{Entry, Epoch, HardState, LogIndex};
 use crate::core::Persist;
@@ -83,8 +84,9 @@ pub struct SnapshotMeta {
 pub struct StoredSnapshot {
     /// What it covers.
     pub meta: SnapshotMeta,
-    /// The encoded state (see `codec::encode_snapshot`).
-    pub bytes: Vec<u8>,
+    /// The encoded state (see `codec::encode_snapshot`). Shared, so the file storage's writer
+    /// thread takes it without copying an image that can be tens of megabytes.
+    pub bytes: Arc<Vec<u8>>,
 }
 
 /// What a node finds in its storage when it starts.

@@ -78,7 +78,7 @@ impl Node {
                 index: applied,
                 epoch,
             },
-            bytes,
+            bytes: bytes.into(),
         });
         self.pending_snapshot = Some(PendingSnapshot {
             snapshot,
@@ -269,7 +269,7 @@ impl Node {
         self.pending_snapshot = Some(PendingSnapshot {
             snapshot: Rc::new(StoredSnapshot {
                 meta: inc.meta,
-                bytes: inc.bytes,
+                bytes: inc.bytes.into(),
             }),
             replaces_log: true,
         });

@@ -458,7 +458,7 @@ impl Storage for FileStorage {
         let path = self.snapshot_path(meta.index);
         let header = snapshot_file_header(meta.index, meta.epoch, &snapshot.bytes);
         if self.options.background_snapshots && !replaces_log {
-            // Its own copy of the bytes: the core keeps (and streams) its snapshot meanwhile.
+            // A handle on the same bytes: the core keeps (and streams) its snapshot meanwhile.
             let (bytes, dir) = (snapshot.bytes.clone(), self.snap_dir.clone());
             let handle = std::thread::Builder::new()
                 .name("snapshot-writer".into())

@@ -211,5 +211,8 @@ pub(super) fn read_snapshot(
     };
     // Drop the header in place rather than copying a possibly large payload.
     buf.drain(..crate::codec::disk::SNAPSHOT_HEADER_LEN);
-    Ok(StoredSnapshot { meta, bytes: buf })
+    Ok(StoredSnapshot {
+        meta,
+        bytes: buf.into(),
+    })
 }

@@ -53,7 +53,7 @@ fn hs(epoch: u64) -> HardState {
 fn snap(index: LogIndex, epoch: u64) -> StoredSnapshot {
     StoredSnapshot {
         meta: SnapshotMeta { index, epoch },
-        bytes: format!("state up to {index}").into_bytes(),
+        bytes: format!("state up to {index}").into_bytes().into(),
     }
 }
 
@@ -452,7 +452,10 @@ fn a_snapshot_round_trips_and_a_damaged_one_is_an_error() {
     s.sync().unwrap();
     let sn = StoredSnapshot {
         meta: SnapshotMeta { index: 6, epoch: 1 },
-        bytes: (0..100_000u32).map(|i| (i % 251) as u8).collect(),
+        bytes: (0..100_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
     };
     s.save_snapshot(&sn, false).unwrap();
     drop(s); // durable without a sync
