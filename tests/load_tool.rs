@@ -319,25 +319,23 @@ impl Drop for GarbageServer {
     }
 }
 
-/// Runs a 2-member closed loop against `server` with a 20 s timeout; returns the outcome and
-/// how long it took.
-fn closed_loop_against(server: &GarbageServer) -> (Outcome, Duration) {
+/// Runs a 2-member closed loop against `server` with a 20 s timeout and the `extra` flags;
+/// returns the outcome and how long it took.
+fn closed_loop_against(server: &GarbageServer, extra: &[&str]) -> (Outcome, Duration) {
     let started = Instant::now();
-    let out = run_scenario(
-        &[
-            "closed",
-            "--rooms",
-            "1",
-            "--members",
-            "2",
-            "--messages",
-            "5",
-            "--stall-secs",
-            "2",
-        ],
-        &server.addr,
-        None,
-    );
+    let mut args = vec![
+        "closed",
+        "--rooms",
+        "1",
+        "--members",
+        "2",
+        "--messages",
+        "5",
+        "--stall-secs",
+        "2",
+    ];
+    args.extend(extra);
+    let out = run_scenario(&args, &server.addr, None);
     (out, started.elapsed())
 }
 
@@ -345,7 +343,7 @@ fn closed_loop_against(server: &GarbageServer) -> (Outcome, Duration) {
 #[test]
 fn closed_loop_against_a_non_ringchat_server_fails_and_says_why() {
     let server = GarbageServer::start(GARBAGE, false);
-    let (out, took) = closed_loop_against(&server);
+    let (out, took) = closed_loop_against(&server, &[]);
     let answered = server.stop();
     assert_eq!(out.status.code(), Some(1), "{}", out.show());
     // The tool gives up on undecodable bytes at once, not at its 20 s timeout.
@@ -372,7 +370,7 @@ fn closed_loop_against_a_non_ringchat_server_fails_and_says_why() {
 #[test]
 fn a_close_right_after_a_partial_frame_is_seen_at_once() {
     let server = GarbageServer::start(b"RC\x01", true);
-    let (out, took) = closed_loop_against(&server);
+    let (out, took) = closed_loop_against(&server, &[]);
     assert_eq!(server.stop(), 2, "connections answered\n{}", out.show());
     assert_eq!(out.status.code(), Some(1), "{}", out.show());
     assert!(
@@ -390,23 +388,7 @@ fn a_close_right_after_a_partial_frame_is_seen_at_once() {
 #[test]
 fn a_server_that_never_answers_is_given_up_on_after_the_join_stall_limit() {
     let server = GarbageServer::start(b"", false);
-    let started = Instant::now();
-    let out = run_scenario(
-        &[
-            "closed",
-            "--rooms",
-            "1",
-            "--members",
-            "2",
-            "--messages",
-            "5",
-            "--join-stall-secs",
-            "1",
-        ],
-        &server.addr,
-        None,
-    );
-    let took = started.elapsed();
+    let (out, took) = closed_loop_against(&server, &["--join-stall-secs", "1"]);
     assert_eq!(server.stop(), 2, "connections answered\n{}", out.show());
     assert_eq!(out.status.code(), Some(1), "{}", out.show());
     assert!(
