@@ -44,7 +44,7 @@ impl OutQueue {
     }
 
     /// Queues `bytes` behind what is already queued (no copy).
-    pub fn push(&mut self, bytes: SharedBytes) {
+    fn push(&mut self, bytes: SharedBytes) {
         if bytes.is_empty() {
             return;
         }

@@ -488,7 +488,7 @@ impl Mesh {
             return;
         };
         let link = &mut self.links[key];
-        link.out.push(bytes);
+        link.out.push_reusing(bytes, &mut self.output_pool);
         if !link.dirty {
             link.dirty = true;
             self.dirty.push(key);
@@ -648,7 +648,7 @@ impl Mesh {
         match codec::encode(&hello) {
             Ok(bytes) => {
                 let link = &mut self.links[key];
-                link.out.push(bytes.into());
+                link.out.push_reusing(bytes.into(), &mut self.output_pool);
                 if !link.dirty {
                     link.dirty = true;
                     self.dirty.push(key);
