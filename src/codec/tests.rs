@@ -423,7 +423,7 @@ mod snapshot_image {
                     session,
                     room: room.into(),
                     client_seq: conn,
-                    text: format!("{user} in {room}"),
+                    text: format!("{user} in {room}").into(),
                     time_ms: 5,
                 });
             }
@@ -511,7 +511,7 @@ fn snapshot_of_a_million_messages() {
             session,
             room: "load".into(),
             client_seq: i + 1,
-            text: format!("message {i:>12} of the load test run"),
+            text: format!("message {i:>12} of the load test run").into(),
             time_ms: 1_700_000_000_000 + i,
         });
     }

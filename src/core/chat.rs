@@ -3,6 +3,7 @@
 //! connections or bytes; the node turns each [`Outcome`] into frames for its own clients.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,12 +19,12 @@ pub const DEDUP_WINDOW: usize = 256;
 pub struct StoredMessage {
     /// Per-room sequence number.
     pub seq: u64,
-    /// Author's username.
-    pub author: String,
+    /// Author's username, shared with the author's session.
+    pub author: Arc<str>,
     /// Server timestamp, ms since the Unix epoch.
     pub time_ms: u64,
-    /// Text.
-    pub text: String,
+    /// Text, shared with the log entry that said it.
+    pub text: Arc<str>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +35,7 @@ struct Room {
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
-    user: String,
+    user: Arc<str>,
     client_id: u64,
     rooms: Vec<String>,
 }
@@ -302,7 +303,7 @@ impl ChatState {
         }
         // The same device reconnecting takes over its own slot instead of using another.
         let replaced = match self.by_client.get(&client_id).copied() {
-            Some(old) if self.sessions[&old].user == user => {
+            Some(old) if *self.sessions[&old].user == *user => {
                 let exits = self.close(old).unwrap_or_default();
                 Some((old, exits))
             }
@@ -315,7 +316,7 @@ impl ChatState {
         self.sessions.insert(
             session,
             Session {
-                user: user.to_owned(),
+                user: user.into(),
                 client_id,
                 rooms: Vec::new(),
             },
@@ -339,10 +340,10 @@ impl ChatState {
         if self.by_client.get(&s.client_id) == Some(&session) {
             self.by_client.remove(&s.client_id);
         }
-        if let Some(list) = self.devices.get_mut(&s.user) {
+        if let Some(list) = self.devices.get_mut(&*s.user) {
             list.retain(|x| *x != session);
             if list.is_empty() {
-                self.devices.remove(&s.user);
+                self.devices.remove(&*s.user);
             }
         }
         Some(exits)
@@ -381,7 +382,7 @@ impl ChatState {
         let user_gone = !r.members.iter().any(|m| self.sessions[m].user == user);
         Some(RoomExit {
             room: room.to_owned(),
-            user,
+            user: user.to_string(),
             user_gone,
         })
     }
@@ -391,7 +392,7 @@ impl ChatState {
         session: SessionId,
         room: &str,
         client_seq: u64,
-        text: &str,
+        text: &Arc<str>,
         time_ms: u64,
     ) -> Outcome {
         let Some(s) = self.sessions.get(&session) else {
@@ -420,9 +421,9 @@ impl ChatState {
         let seq = r.messages.last().map_or(1, |m| m.seq + 1);
         let message = StoredMessage {
             seq,
-            author: s.user.clone(),
+            author: Arc::clone(&s.user),
             time_ms,
-            text: text.to_owned(),
+            text: Arc::clone(text),
         };
         r.messages.push(message.clone());
         recent.remember(client_seq, seq);
@@ -444,7 +445,7 @@ impl ChatState {
         let mut names: Vec<String> = self
             .members(room)
             .iter()
-            .map(|m| self.sessions[m].user.clone())
+            .map(|m| self.sessions[m].user.to_string())
             .collect();
         names.sort();
         names.dedup();
@@ -484,7 +485,7 @@ impl ChatState {
 
     /// The username of a live session.
     pub fn user_of(&self, session: SessionId) -> Option<&str> {
-        self.sessions.get(&session).map(|s| s.user.as_str())
+        self.sessions.get(&session).map(|s| &*s.user)
     }
 
     /// Live sessions held by `node`, for closing them when the node is known to have lost them.

@@ -1,6 +1,8 @@
 //! The replicated log: entries (index, epoch, command) and the node's in-memory view of them
 //! with the persisted / committed / applied marks.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::membership::{Config, ConfigHistory};
@@ -67,7 +69,7 @@ pub enum Command {
         /// The client's de-duplication number.
         client_seq: u64,
         /// Message text (validated before proposing).
-        text: String,
+        text: Arc<str>,
         /// Server timestamp, from the clock of the node the client sent it to.
         time_ms: u64,
     },

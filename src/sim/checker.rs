@@ -370,7 +370,7 @@ impl Checker {
         for ((room, seq), (author, text)) in &self.acked {
             let m = node.chat().messages_after(room, seq - 1).first();
             match m {
-                Some(m) if m.seq == *seq && m.author == *author && m.text == *text => {}
+                Some(m) if m.seq == *seq && *m.author == **author && *m.text == **text => {}
                 other => {
                     return Err(format!(
                         "durability: acknowledged {room}#{seq} ({author}: {text:?}) is {:?} \

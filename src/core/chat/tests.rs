@@ -31,7 +31,7 @@ fn say(c: &mut ChatState, n: u64, room: &str, client_seq: u64) -> Outcome {
         session: s(n),
         room: room.into(),
         client_seq,
-        text,
+        text: text.into(),
         time_ms: 5,
     })
 }

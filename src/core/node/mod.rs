@@ -601,7 +601,7 @@ impl Node {
                     session,
                     room: s.room,
                     client_seq: s.client_seq,
-                    text: s.text,
+                    text: s.text.into(),
                     time_ms: now.unix_ms,
                 });
             }
@@ -1057,9 +1057,9 @@ fn wire_message(room: &str, m: &StoredMessage) -> codec::ChatMessage {
     codec::ChatMessage {
         room: room.to_owned(),
         seq: m.seq,
-        author: m.author.clone(),
+        author: m.author.to_string(),
         time_ms: m.time_ms,
-        text: m.text.clone(),
+        text: m.text.to_string(),
     }
 }
 
