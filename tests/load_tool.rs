@@ -181,6 +181,9 @@ fn closed_loop_against_ringchatd_delivers_everything_once_in_order() {
         v["daemon_cpu_us_per_delivery"].as_f64().is_some(),
         "daemon_cpu_us_per_delivery missing: {v}"
     );
+    // The daemon waited in its poll for the members' messages, so it slept at least once.
+    assert!(uint(&v, "daemon_poll_sleeps") > 0, "{v}");
+    assert!(v["daemon_page_faults"].as_u64().is_some(), "{v}");
 }
 
 /// A short open-loop run on a real daemon sends the whole schedule and loses nothing.

@@ -1,5 +1,5 @@
-//! Process figures from /proc (Linux): a daemon's RSS and CPU ticks, the tool's own CPU, and
-//! the file-descriptor limit.
+//! Process figures from /proc (Linux): a daemon's RSS, CPU ticks, page faults and sleeps, the
+//! tool's own CPU, and the file-descriptor limit.
 
 use std::fs;
 use std::io;
@@ -7,22 +7,24 @@ use std::process::Command;
 
 /// Resident set size of `pid` in bytes (VmRSS of /proc/PID/status).
 pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+    Ok(status_field(pid, "VmRSS:")? * 1024)
+}
+
+/// The number after `name` in /proc/PID/status.
+fn status_field(pid: u32, name: &str) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))?;
-    let kb: u64 = line
-        .split_whitespace()
+        .find(|l| l.starts_with(name))
+        .ok_or_else(|| io::Error::other(format!("no {name} in /proc/{pid}/status")))?;
+    line.split_whitespace()
         .nth(1)
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("cannot parse {line:?}")))?;
-    Ok(kb * 1024)
+        .ok_or_else(|| io::Error::other(format!("cannot parse {line:?}")))
 }
 
-/// utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat); `None`
-/// means this process.
-pub fn cpu_ticks(pid: Option<u32>) -> io::Result<u64> {
+/// Numeric fields of /proc/PID/stat (`None`: this process), indexed by field number.
+fn stat_fields(pid: Option<u32>) -> io::Result<Vec<u64>> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -33,15 +35,36 @@ pub fn cpu_ticks(pid: Option<u32>) -> io::Result<u64> {
         .rfind(')')
         .map(|i| &stat[i + 1..])
         .ok_or_else(|| io::Error::other(format!("cannot parse {path}")))?;
-    // `rest` starts at field 3, so fields 14 and 15 are its 12th and 13th words.
-    let mut words = rest.split_whitespace().skip(11);
-    let mut next = || -> io::Result<u64> {
-        words
-            .next()
-            .and_then(|w| w.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("cannot parse {path}")))
-    };
-    Ok(next()? + next()?)
+    // Fields 1 and 2 (pid, name) and the state letter (field 3) are not numbers: zeros keep
+    // the indices equal to the field numbers of proc(5).
+    let mut fields = vec![0; 4];
+    fields.extend(
+        rest.split_whitespace()
+            .skip(1)
+            .map(|w| w.parse().unwrap_or(0)),
+    );
+    if fields.len() < 16 {
+        return Err(io::Error::other(format!("cannot parse {path}")));
+    }
+    Ok(fields)
+}
+
+/// utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat); `None`
+/// means this process.
+pub fn cpu_ticks(pid: Option<u32>) -> io::Result<u64> {
+    let f = stat_fields(pid)?;
+    Ok(f[14] + f[15])
+}
+
+/// What a daemon's CPU time went with: page faults (minor + major, fields 10 and 12 of
+/// /proc/PID/stat), each a fresh page of memory, and voluntary context switches, each a
+/// sleep in its event loop's poll (and so, mostly, one loop turn).
+pub fn faults_and_sleeps(pid: u32) -> io::Result<(u64, u64)> {
+    let f = stat_fields(Some(pid))?;
+    Ok((
+        f[10] + f[12],
+        status_field(pid, "voluntary_ctxt_switches:")?,
+    ))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), and whether it was measured rather than assumed
@@ -61,6 +84,8 @@ pub fn clk_tck() -> (u64, bool) {
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSample {
     pub daemon_ticks: Option<u64>,
+    /// The daemons' page faults and sleeps, summed (see [`faults_and_sleeps`]).
+    pub daemon_faults_sleeps: Option<(u64, u64)>,
     pub tool_ticks: u64,
 }
 
@@ -69,8 +94,13 @@ impl CpuSample {
     /// cannot be read) and of this tool.
     pub fn take(pids: &[u32]) -> CpuSample {
         let ticks: Option<Vec<u64>> = pids.iter().map(|&p| cpu_ticks(Some(p)).ok()).collect();
+        let activity: Option<Vec<(u64, u64)>> =
+            pids.iter().map(|&p| faults_and_sleeps(p).ok()).collect();
         CpuSample {
             daemon_ticks: ticks.filter(|t| !t.is_empty()).map(|t| t.iter().sum()),
+            daemon_faults_sleeps: activity
+                .filter(|a| !a.is_empty())
+                .map(|a| a.iter().fold((0, 0), |s, x| (s.0 + x.0, s.1 + x.1))),
             tool_ticks: cpu_ticks(None).unwrap_or(0),
         }
     }

@@ -78,6 +78,8 @@ pub struct CpuUse {
     pub clk_tck: u64,
     pub clk_tck_measured: bool,
     pub daemon_s: Option<f64>,
+    /// The daemons' page faults and sleeps in their poll (voluntary context switches).
+    pub daemon_faults_sleeps: Option<(u64, u64)>,
     pub tool_s: f64,
     /// What the work is (e.g. "delivery", "connection").
     pub unit: &'static str,
@@ -100,6 +102,10 @@ impl CpuUse {
             clk_tck_measured,
             daemon_s: match (a.daemon_ticks, b.daemon_ticks) {
                 (Some(x), Some(y)) => Some(secs(y.saturating_sub(x))),
+                _ => None,
+            },
+            daemon_faults_sleeps: match (a.daemon_faults_sleeps, b.daemon_faults_sleeps) {
+                (Some(x), Some(y)) => Some((y.0.saturating_sub(x.0), y.1.saturating_sub(x.1))),
                 _ => None,
             },
             tool_s: secs(b.tool_ticks.saturating_sub(a.tool_ticks)),
@@ -135,6 +141,21 @@ impl CpuUse {
             (Some(s), None) => out.push(format!("daemon CPU:  {s:.2} s (no {})  ({tck})", self.units_name)),
             _ => out.push("daemon CPU:  not measured (give --pid)".to_owned()),
         }
+        if let Some((faults, sleeps)) = self.daemon_faults_sleeps {
+            let per_k = |n: u64| match self.units {
+                0 => String::new(),
+                u => format!(
+                    " = {:.2} per thousand {}",
+                    n as f64 * 1e3 / u as f64,
+                    self.units_name
+                ),
+            };
+            out.push(format!(
+                "daemon sleeps in poll: {sleeps}{}; page faults: {faults}{}",
+                per_k(sleeps),
+                per_k(faults)
+            ));
+        }
         let tool_per = if self.units > 0 {
             format!(
                 " = {:.2} µs per {}",
@@ -164,6 +185,14 @@ impl CpuUse {
         m.insert(
             format!("daemon_cpu_s_per_million_{}", self.units_name),
             json!(per.map(round3)),
+        );
+        m.insert(
+            "daemon_page_faults".into(),
+            json!(self.daemon_faults_sleeps.map(|a| a.0)),
+        );
+        m.insert(
+            "daemon_poll_sleeps".into(),
+            json!(self.daemon_faults_sleeps.map(|a| a.1)),
         );
         m.insert("tool_cpu_s".into(), json!(round3(self.tool_s)));
         Value::Object(m)
