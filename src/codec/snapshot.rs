@@ -99,6 +99,11 @@ impl SnapshotEncoder {
         })
     }
 
+    /// Bytes of the image encoded so far.
+    pub fn encoded_bytes(&self) -> usize {
+        self.out.len()
+    }
+
     /// Encodes about `budget` more bytes of the image (at least one message) from `chat`, the
     /// state the encoder was made from or a later one; returns the image once it is complete.
     pub fn step(&mut self, chat: &ChatState, budget: usize) -> Result<Option<Vec<u8>>, CodecError> {
