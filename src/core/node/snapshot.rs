@@ -77,8 +77,8 @@ impl Node {
         let Some(epoch) = self.log.epoch_at(applied) else {
             return;
         };
-        // The image is about the last one plus what was applied since: reserved at once, the
-        // image is never copied to grow.
+        // At most the last image plus what was applied since (an entry counts for more than
+        // it adds to the image): reserved at once, the image does not grow by copies.
         let size_hint = self.snapshot.as_ref().map_or(0, |s| s.bytes.len())
             + usize::try_from(self.applied_bytes).unwrap_or(0);
         self.snapshot_requested = false;
