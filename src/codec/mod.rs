@@ -15,7 +15,7 @@ pub use error::{CodecError, ErrorCode};
 pub use frames::*;
 pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
 pub use peer::*;
-pub use snapshot::{decode_snapshot, encode_snapshot};
+pub use snapshot::{decode_snapshot, encode_snapshot, SnapshotEncoder};
 
 use serde::{Deserialize, Serialize};
 

@@ -145,6 +145,14 @@ pub struct ChatState {
     history_size: usize,
     #[serde(serialize_with = "sorted")]
     rooms: HashMap<String, Room>,
+    reg: Registry,
+}
+
+/// Everything a chat state holds besides its rooms. Small next to the rooms' histories, so a
+/// snapshot being encoded piecewise encodes it at once (a nested struct adds no bytes to the
+/// image).
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
     #[serde(serialize_with = "sorted")]
     sessions: HashMap<SessionId, Session>,
     #[serde(serialize_with = "sorted")]
@@ -157,6 +165,17 @@ pub struct ChatState {
     /// re-forwarded copies are skipped.
     #[serde(serialize_with = "sorted")]
     applied_proposals: HashMap<NodeId, (u64, u64)>,
+}
+
+/// A room as a snapshot image holds it.
+#[derive(Clone, Copy, Debug)]
+pub struct RoomImage<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its whole history.
+    pub messages: &'a [StoredMessage],
+    /// Its members, in join order.
+    pub members: &'a [SessionId],
 }
 
 /// Serializes a map in key order, so every replica encodes the same state to the same bytes
@@ -204,11 +223,7 @@ impl ChatState {
             devices_per_user,
             history_size,
             rooms: HashMap::new(),
-            sessions: HashMap::new(),
-            by_client: HashMap::new(),
-            devices: HashMap::new(),
-            recent: HashMap::new(),
-            applied_proposals: HashMap::new(),
+            reg: Registry::default(),
         }
     }
 
@@ -225,6 +240,7 @@ impl ChatState {
             // Proposals of a node's later run always follow those of its earlier runs in the
             // log, so a change of run starts a new count.
             let last = self
+                .reg
                 .applied_proposals
                 .entry(id.node)
                 .or_insert((id.incarnation, 0));
@@ -280,7 +296,7 @@ impl ChatState {
                     session: *session,
                     exit,
                 },
-                None if self.sessions.contains_key(session) => Outcome::NotInRoom {
+                None if self.reg.sessions.contains_key(session) => Outcome::NotInRoom {
                     session: *session,
                     room: room.clone(),
                     client_seq: None,
@@ -298,22 +314,22 @@ impl ChatState {
     }
 
     fn open(&mut self, session: SessionId, user: &str, client_id: u64) -> Outcome {
-        if self.sessions.contains_key(&session) {
+        if self.reg.sessions.contains_key(&session) {
             return Outcome::Nothing;
         }
         // The same device reconnecting takes over its own slot instead of using another.
-        let replaced = match self.by_client.get(&client_id).copied() {
-            Some(old) if *self.sessions[&old].user == *user => {
+        let replaced = match self.reg.by_client.get(&client_id).copied() {
+            Some(old) if *self.reg.sessions[&old].user == *user => {
                 let exits = self.close(old).unwrap_or_default();
                 Some((old, exits))
             }
             _ => None,
         };
-        let devices = self.devices.get(user).map_or(0, Vec::len);
+        let devices = self.reg.devices.get(user).map_or(0, Vec::len);
         if devices >= self.devices_per_user {
             return Outcome::SessionRefused { session, devices };
         }
-        self.sessions.insert(
+        self.reg.sessions.insert(
             session,
             Session {
                 user: user.into(),
@@ -321,8 +337,9 @@ impl ChatState {
                 rooms: Vec::new(),
             },
         );
-        self.by_client.insert(client_id, session);
-        self.devices
+        self.reg.by_client.insert(client_id, session);
+        self.reg
+            .devices
             .entry(user.to_owned())
             .or_default()
             .push(session);
@@ -330,37 +347,37 @@ impl ChatState {
     }
 
     fn close(&mut self, session: SessionId) -> Option<Vec<RoomExit>> {
-        let s = self.sessions.get(&session)?;
+        let s = self.reg.sessions.get(&session)?;
         let rooms = s.rooms.clone();
         let exits = rooms
             .iter()
             .filter_map(|r| self.leave(session, r))
             .collect();
-        let s = self.sessions.remove(&session)?;
-        if self.by_client.get(&s.client_id) == Some(&session) {
-            self.by_client.remove(&s.client_id);
+        let s = self.reg.sessions.remove(&session)?;
+        if self.reg.by_client.get(&s.client_id) == Some(&session) {
+            self.reg.by_client.remove(&s.client_id);
         }
-        if let Some(list) = self.devices.get_mut(&*s.user) {
+        if let Some(list) = self.reg.devices.get_mut(&*s.user) {
             list.retain(|x| *x != session);
             if list.is_empty() {
-                self.devices.remove(&*s.user);
+                self.reg.devices.remove(&*s.user);
             }
         }
         Some(exits)
     }
 
     fn join(&mut self, session: SessionId, room: &str, after_seq: Option<u64>) -> Outcome {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.reg.sessions.get(&session) else {
             return Outcome::Nothing;
         };
         let user = s.user.clone();
         let r = self.rooms.entry(room.to_owned()).or_default();
         let last = r.messages.last().map_or(0, |m| m.seq);
         let replay_after = after_seq.unwrap_or(last.saturating_sub(self.history_size as u64));
-        let user_arrived = !r.members.iter().any(|m| self.sessions[m].user == user);
+        let user_arrived = !r.members.iter().any(|m| self.reg.sessions[m].user == user);
         if !r.members.contains(&session) {
             r.members.push(session);
-            if let Some(s) = self.sessions.get_mut(&session) {
+            if let Some(s) = self.reg.sessions.get_mut(&session) {
                 s.rooms.push(room.to_owned());
             }
         }
@@ -373,13 +390,13 @@ impl ChatState {
     }
 
     fn leave(&mut self, session: SessionId, room: &str) -> Option<RoomExit> {
-        let s = self.sessions.get_mut(&session)?;
+        let s = self.reg.sessions.get_mut(&session)?;
         let pos = s.rooms.iter().position(|r| r == room)?;
         s.rooms.swap_remove(pos);
         let user = s.user.clone();
         let r = self.rooms.get_mut(room)?;
         r.members.retain(|m| *m != session);
-        let user_gone = !r.members.iter().any(|m| self.sessions[m].user == user);
+        let user_gone = !r.members.iter().any(|m| self.reg.sessions[m].user == user);
         Some(RoomExit {
             room: room.to_owned(),
             user: user.to_string(),
@@ -395,10 +412,10 @@ impl ChatState {
         text: &Arc<str>,
         time_ms: u64,
     ) -> Outcome {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.reg.sessions.get(&session) else {
             return Outcome::Nothing;
         };
-        let recent = self.recent.entry(s.client_id).or_default();
+        let recent = self.reg.recent.entry(s.client_id).or_default();
         if let Some(seq) = recent.find(client_seq) {
             return Outcome::Duplicate {
                 session,
@@ -445,7 +462,7 @@ impl ChatState {
         let mut names: Vec<String> = self
             .members(room)
             .iter()
-            .map(|m| self.sessions[m].user.to_string())
+            .map(|m| self.reg.sessions[m].user.to_string())
             .collect();
         names.sort();
         names.dedup();
@@ -475,6 +492,26 @@ impl ChatState {
         (&r.messages[start..end], start > 0)
     }
 
+    /// The rooms in the order a snapshot image holds them (by name).
+    pub fn image_rooms(&self) -> Vec<RoomImage<'_>> {
+        let mut rooms: Vec<RoomImage<'_>> = self
+            .rooms
+            .iter()
+            .map(|(name, r)| RoomImage {
+                name,
+                messages: &r.messages,
+                members: &r.members,
+            })
+            .collect();
+        rooms.sort_unstable_by_key(|r| r.name);
+        rooms
+    }
+
+    /// What a snapshot image holds after the rooms.
+    pub fn registry(&self) -> &Registry {
+        &self.reg
+    }
+
     /// Highest seq in `room` (0 if empty or unknown).
     pub fn last_seq(&self, room: &str) -> u64 {
         self.rooms
@@ -485,12 +522,13 @@ impl ChatState {
 
     /// The username of a live session.
     pub fn user_of(&self, session: SessionId) -> Option<&str> {
-        self.sessions.get(&session).map(|s| &*s.user)
+        self.reg.sessions.get(&session).map(|s| &*s.user)
     }
 
     /// Live sessions held by `node`, for closing them when the node is known to have lost them.
     pub fn sessions_on(&self, node: super::NodeId) -> Vec<SessionId> {
         let mut v: Vec<SessionId> = self
+            .reg
             .sessions
             .keys()
             .filter(|s| s.node == node)
@@ -502,17 +540,17 @@ impl ChatState {
 
     /// The nodes holding live sessions.
     pub fn session_nodes(&self) -> BTreeSet<super::NodeId> {
-        self.sessions.keys().map(|s| s.node).collect()
+        self.reg.sessions.keys().map(|s| s.node).collect()
     }
 
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.reg.sessions.len()
     }
 
     /// Live sessions (devices) of `user`, for the session-limit invariant of the simulation.
     pub fn devices(&self, user: &str) -> usize {
-        self.devices.get(user).map_or(0, Vec::len)
+        self.reg.devices.get(user).map_or(0, Vec::len)
     }
 }
 

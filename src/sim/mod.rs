@@ -66,6 +66,8 @@ pub struct SimConfig {
     pub compact_keep: u64,
     /// Bytes of one snapshot chunk (small, so a transfer takes many).
     pub snapshot_chunk: usize,
+    /// Bytes of snapshot image encoded per turn (small, so an encoding takes many turns).
+    pub snapshot_step: usize,
     /// Percentage of random faults that are membership changes: a new node joins, or an
     /// admin asks to remove a member (the cluster stays within 3 to 5 members).
     pub membership: u8,
@@ -92,6 +94,7 @@ impl SimConfig {
             snapshot_entries: 64,
             compact_keep: 16,
             snapshot_chunk: 512,
+            snapshot_step: 256,
             membership: 8,
             verbose: false,
         }

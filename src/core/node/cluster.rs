@@ -190,6 +190,9 @@ impl Node {
                 next = next.min(self.leader_heard + self.cfg.failure_timeout);
             }
         }
+        if let Some(step) = self.snapshot_step_due() {
+            next = next.min(step);
+        }
         Some(next)
     }
 
@@ -198,6 +201,7 @@ impl Node {
     /// loop turn and again after [`Node::handle_persisted`].
     pub fn flush(&mut self, now: Now) {
         self.maybe_snapshot();
+        self.encode_snapshot_step(now.mono);
         self.sync_members(now.mono);
         match self.role {
             Role::Leader => {

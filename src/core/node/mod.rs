@@ -23,7 +23,7 @@ use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
 use crate::storage::{Recovered, StoredSnapshot};
 
-use snapshot::{Incoming, PendingSnapshot};
+use snapshot::{Encoding, Incoming, PendingSnapshot};
 
 /// Tunables of the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +76,9 @@ pub struct NodeConfig {
     pub snapshot_chunk: usize,
     /// Snapshot chunks sent ahead of the follower's acknowledgements.
     pub snapshot_window: usize,
+    /// Bytes of snapshot image encoded per loop turn (about): bounds the pause of a snapshot
+    /// of a long history.
+    pub snapshot_step: usize,
 }
 
 impl Default for NodeConfig {
@@ -103,6 +106,7 @@ impl Default for NodeConfig {
             compact_keep: 10_000,
             snapshot_chunk: 256 * 1024,
             snapshot_window: 4,
+            snapshot_step: 256 * 1024,
         }
     }
 }
@@ -273,6 +277,8 @@ pub struct Node {
     amnesia: Amnesia,
     /// The newest durable snapshot (taken here or installed), streamed to followers behind it.
     snapshot: Option<Rc<StoredSnapshot>>,
+    /// A snapshot of this node's state being encoded.
+    encoding: Option<Encoding>,
     /// A snapshot to store at the next persist.
     pending_snapshot: Option<PendingSnapshot>,
     /// A snapshot being received from the leader.
@@ -402,6 +408,7 @@ impl Node {
             shutting_down: false,
             amnesia,
             snapshot: recovered.snapshot.map(Rc::new),
+            encoding: None,
             pending_snapshot: None,
             incoming: None,
             snapshot_requested: false,

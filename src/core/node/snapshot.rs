@@ -3,13 +3,15 @@
 //! and installing one received from the leader.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
 use super::cluster::encode_peer;
 use super::Node;
-use crate::codec::{self, AppendReply, ErrorCode, PeerFrame, SnapshotChunk, SnapshotReply};
+use crate::codec::{
+    self, AppendReply, ErrorCode, PeerFrame, SnapshotChunk, SnapshotEncoder, SnapshotReply,
+};
 use crate::core::log::LogIndex;
 use crate::core::progress::SnapshotSend;
 use crate::core::{Action, NodeId};
@@ -21,6 +23,17 @@ pub(super) struct Incoming {
     from: NodeId,
     meta: SnapshotMeta,
     bytes: Vec<u8>,
+}
+
+/// A snapshot of this node's applied state being encoded, a step per turn.
+#[derive(Debug)]
+pub(super) struct Encoding {
+    pub(super) meta: SnapshotMeta,
+    pub(super) encoder: SnapshotEncoder,
+    /// Turns that encoded part of it.
+    turns: u32,
+    /// The `now` of the turn of the last step.
+    stepped_at: Option<Instant>,
 }
 
 /// A snapshot waiting to be stored, and whether it replaces the log (installed from the leader).
@@ -41,8 +54,9 @@ impl Node {
         self.snapshot.as_ref().map(|s| s.meta)
     }
 
-    /// Takes a snapshot of the applied state when the log has grown past the threshold since
-    /// the last one, or one was requested.
+    /// Starts a snapshot of the applied state when the log has grown past the threshold since
+    /// the last one, or one was requested: it is encoded a step per turn (see
+    /// [`Node::encode_snapshot_step`]).
     pub(super) fn maybe_snapshot(&mut self) {
         let applied = self.log.applied();
         let last = self.snapshot_meta().map_or(0, |m| m.index);
@@ -52,38 +66,91 @@ impl Node {
         let due = self.snapshot_requested
             || (entries > 0 && applied >= last + jittered(entries))
             || (bytes > 0 && self.applied_bytes >= jittered(bytes));
-        if !due || applied <= last || self.pending_snapshot.is_some() || self.incoming.is_some() {
+        if !due
+            || applied <= last
+            || self.pending_snapshot.is_some()
+            || self.incoming.is_some()
+            || self.encoding.is_some()
+        {
             return;
         }
         let Some(epoch) = self.log.epoch_at(applied) else {
             return;
         };
+        // At most the last image plus what was applied since (an entry counts for more than
+        // it adds to the image): reserved at once, the image does not grow by copies.
+        let size_hint = self.snapshot.as_ref().map_or(0, |s| s.bytes.len())
+            + usize::try_from(self.applied_bytes).unwrap_or(0);
         self.snapshot_requested = false;
         self.applied_bytes = 0;
-        let bytes = match codec::encode_snapshot(self.log.configs().applied(), &self.chat) {
-            Ok(b) => b,
-            Err(e) => {
-                // Our own state always encodes, so this is a bug: keep serving from the log.
-                error!("node {}: cannot encode a snapshot: {e}", self.cfg.id);
-                return;
-            }
-        };
+        let encoder =
+            match SnapshotEncoder::new(self.log.configs().applied(), &self.chat, size_hint) {
+                Ok(e) => e,
+                Err(e) => {
+                    // Our own state always encodes, so this is a bug: keep serving from the log.
+                    error!("node {}: cannot encode a snapshot: {e}", self.cfg.id);
+                    return;
+                }
+            };
         info!(
-            "node {}: snapshot at index {applied} (epoch {epoch}, {} bytes)",
-            self.cfg.id,
-            bytes.len()
+            "node {}: snapshot at index {applied} (epoch {epoch}): encoding it",
+            self.cfg.id
         );
-        let snapshot = Rc::new(StoredSnapshot {
+        self.encoding = Some(Encoding {
             meta: SnapshotMeta {
                 index: applied,
                 epoch,
             },
+            encoder,
+            turns: 0,
+            stepped_at: None,
+        });
+    }
+
+    /// Encodes the next part of the snapshot being taken, once per turn (`now` tells turns
+    /// apart); the complete image is stored at the next persist.
+    pub(super) fn encode_snapshot_step(&mut self, now: Instant) {
+        let Some(job) = self.encoding.as_mut().filter(|j| j.stepped_at != Some(now)) else {
+            return;
+        };
+        job.stepped_at = Some(now);
+        job.turns += 1;
+        let bytes = match job.encoder.step(&self.chat, self.cfg.snapshot_step) {
+            Ok(None) => return,
+            Ok(Some(bytes)) => bytes,
+            Err(e) => {
+                error!(
+                    "node {}: cannot encode snapshot {}: {e}",
+                    self.cfg.id, job.meta.index
+                );
+                self.encoding = None;
+                return;
+            }
+        };
+        info!(
+            "node {}: snapshot at index {} encoded: {} bytes in {} turns",
+            self.cfg.id,
+            job.meta.index,
+            bytes.len(),
+            job.turns
+        );
+        let snapshot = Rc::new(StoredSnapshot {
+            meta: job.meta,
             bytes: bytes.into(),
         });
+        self.encoding = None;
         self.pending_snapshot = Some(PendingSnapshot {
             snapshot,
             replaces_log: false,
         });
+    }
+
+    /// When the next step of the snapshot being encoded is due, if one is.
+    pub(super) fn snapshot_step_due(&self) -> Option<Instant> {
+        // Later than the turn of the last step, which has had its step; in practice at once,
+        // a step taking longer than this.
+        let after = self.encoding.as_ref()?.stepped_at?;
+        Some(after + Duration::from_micros(1))
     }
 
     /// The pending snapshot is durable: it becomes the one sent to followers, and the log
@@ -255,6 +322,12 @@ impl Node {
             inc.meta.epoch,
             inc.bytes.len()
         );
+        if let Some(job) = self.encoding.take() {
+            info!(
+                "node {}: abandoning snapshot {} being encoded for the leader's",
+                self.cfg.id, job.meta.index
+            );
+        }
         self.applied_bytes = 0;
         chat.configure(
             self.cfg.devices_per_user as usize,

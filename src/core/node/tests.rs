@@ -494,6 +494,92 @@ fn long_messages_trigger_a_snapshot_by_size_before_the_entry_count() {
     assert_eq!(h.node.snapshot_meta(), Some(first));
 }
 
+/// An idle turn `d` later: due timers run, then a driver turn.
+fn idle_turn(h: &mut Harness, d: Duration) {
+    h.now.mono += d;
+    if h.node.poll_timeout().is_some_and(|t| t <= h.now.mono) {
+        h.node.handle_timeout(h.now);
+    }
+    h.step();
+}
+
+#[test]
+fn a_snapshot_of_a_long_history_is_encoded_over_bounded_turns_and_nothing_said_meanwhile_is_lost() {
+    let cfg = NodeConfig {
+        snapshot_entries: 150,
+        compact_keep: 2,
+        snapshot_step: 1000,
+        ..NodeConfig::default()
+    };
+    let mut h = Harness::new(cfg.clone());
+    h.connect(1, "alice");
+    h.join(1, "g");
+    for i in 1..=200 {
+        h.say(1, "g", i, &format!("message {i:>40}"));
+    }
+    h.step();
+    let job = h
+        .node
+        .encoding
+        .as_ref()
+        .expect("due: the snapshot is being encoded");
+    let captured = job.meta.index;
+    assert_eq!(captured, h.node.log.applied());
+    let (mut turns, mut encoded) = (1, 0);
+    while h.node.snapshot_meta().is_none() {
+        let job = h
+            .node
+            .encoding
+            .as_ref()
+            .expect("the snapshot is being encoded");
+        let now_encoded = job.encoder.encoded_bytes();
+        // The budget, overshot by one message at most.
+        assert!(
+            now_encoded - encoded <= 1000 + 100,
+            "a turn encoded too much"
+        );
+        encoded = now_encoded;
+        let due = h.node.poll_timeout().expect("a wake-up is asked for");
+        assert!(
+            due <= h.now.mono + Duration::from_millis(1),
+            "an idle node waits"
+        );
+        // Said while it is encoded, and committed: after the snapshot's index.
+        h.say(1, "g", 1000 + turns, "said during the encoding");
+        idle_turn(&mut h, Duration::from_millis(1));
+        turns += 1;
+        assert!(turns < 100, "the encoding does not end");
+    }
+    let meta = h.node.snapshot_meta().unwrap();
+    assert_eq!(meta.index, captured);
+    assert!(
+        turns >= 10,
+        "a 14 kB image in 1 kB steps took {turns} turns"
+    );
+    // Compacted behind it as before.
+    assert!(h.node.log.get(captured - 2).is_none());
+    assert!(h.node.log.get(captured - 1).is_some());
+    let durable = h.store.load().unwrap();
+    let image = durable.snapshot.as_ref().expect("the snapshot is durable");
+    assert_eq!(image.meta, meta);
+    let (_, chat) = crate::codec::decode_snapshot(&image.bytes).unwrap();
+    assert_eq!(
+        chat.last_seq("g"),
+        200,
+        "the image is the state at its index"
+    );
+    // What was said during the encoding is in the log after it, and survives a restart.
+    let mut h2 = Harness::recover(cfg, durable);
+    h2.step();
+    h2.connect(7, "bob");
+    h2.join(7, "g");
+    h2.step();
+    let texts = texts(&h2.take(7));
+    assert_eq!(texts.len(), 10);
+    assert!(texts.iter().all(|t| t == "said during the encoding"));
+    assert_eq!(h2.node.chat.last_seq("g"), 200 + turns - 1);
+}
+
 #[test]
 fn a_leader_ends_the_sessions_of_a_node_that_is_no_peer_any_more() {
     let cfg = NodeConfig::default();
@@ -682,6 +768,97 @@ impl Member {
         self.frame(by, PeerFrame::Elected(elected));
         assert_eq!(self.node.stats().role, Role::Leader);
     }
+}
+
+#[test]
+fn installing_the_leaders_snapshot_abandons_the_one_being_encoded() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    m.node.cfg.snapshot_step = 64;
+    let session = SessionId {
+        node: 2,
+        incarnation: 1,
+        conn: ConnId(1),
+    };
+    let say = |i| Command::Say {
+        session,
+        room: "g".into(),
+        client_seq: i,
+        text: format!("message {i}").into(),
+        time_ms: 5,
+    };
+    let mut commands = vec![
+        Command::OpenSession {
+            session,
+            user: "alice".into(),
+            client_id: 1,
+        },
+        Command::Join {
+            session,
+            room: "g".into(),
+            after_seq: None,
+        },
+    ];
+    commands.extend((1..=50).map(say));
+    let entries: Vec<Entry> = (2..)
+        .zip(commands.iter().cloned())
+        .map(|(index, command)| Entry {
+            index,
+            epoch: 1,
+            origin: None,
+            command,
+        })
+        .collect();
+    let last = entries.len() as LogIndex + 1;
+    let append = crate::codec::Append {
+        epoch: 1,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit: last,
+        entries,
+    };
+    m.frame(2, PeerFrame::Append(append));
+    assert_eq!(m.node.log.applied(), last);
+    m.node.request_snapshot();
+    m.advance(Duration::from_millis(1));
+    assert_eq!(
+        m.node.encoding.as_ref().map(|j| j.meta.index),
+        Some(last),
+        "a snapshot of 50 messages in 64-byte steps takes many turns"
+    );
+    // The leader's state has a longer history of the same room: an image encoded on from
+    // the installed state would look fine.
+    let mut leaders = ChatState::new(2, 10);
+    leaders.apply(&commands[0]);
+    leaders.apply(&commands[1]);
+    for i in 1..=60 {
+        leaders.apply(&say(i));
+    }
+    let image = crate::codec::encode_snapshot(m.node.configs().applied(), &leaders).unwrap();
+    let chunk = crate::codec::SnapshotChunk {
+        epoch: 1,
+        index: 100,
+        index_epoch: 1,
+        offset: 0,
+        total: image.len() as u64,
+        data: image,
+    };
+    m.frame(2, PeerFrame::Snapshot(chunk));
+    assert!(m.node.encoding.is_none(), "abandoned");
+    for _ in 0..100 {
+        m.advance(Duration::from_millis(1));
+    }
+    let meta = m
+        .node
+        .snapshot_meta()
+        .expect("the leader's snapshot is durable");
+    assert_eq!((meta.index, m.node.log.applied()), (100, 100));
+    assert_eq!(
+        m.node.chat.last_seq("g"),
+        60,
+        "the leader's state, not ours"
+    );
+    let durable = m.store.load().unwrap();
+    assert_eq!(durable.snapshot.map(|s| s.meta), Some(meta));
 }
 
 #[test]

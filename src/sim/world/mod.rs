@@ -894,6 +894,7 @@ pub(super) fn node_config(
         snapshot_entries: cfg.snapshot_entries,
         compact_keep: cfg.compact_keep,
         snapshot_chunk: cfg.snapshot_chunk,
+        snapshot_step: cfg.snapshot_step,
         seed,
         ..NodeConfig::default()
     }
