@@ -19,6 +19,7 @@ pub mod names;
 mod node;
 mod outbox;
 mod progress;
+mod round;
 
 pub use node::{Node, NodeConfig, NodeStats, Persist, PersistToken, Role, SnapshotWrite};
 

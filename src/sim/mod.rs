@@ -68,6 +68,8 @@ pub struct SimConfig {
     pub snapshot_chunk: usize,
     /// Bytes of snapshot image encoded per turn (small, so an encoding takes many turns).
     pub snapshot_step: usize,
+    /// Nodes' replication linger (0, 1 or 2 ms by seed, so runs hold rounds and do not).
+    pub replication_linger: Duration,
     /// Percentage of random faults that are membership changes: a new node joins, or an
     /// admin asks to remove a member (the cluster stays within 3 to 5 members).
     pub membership: u8,
@@ -95,6 +97,7 @@ impl SimConfig {
             compact_keep: 16,
             snapshot_chunk: 512,
             snapshot_step: 256,
+            replication_linger: Duration::from_millis(seed % 3),
             membership: 8,
             verbose: false,
         }

@@ -190,6 +190,9 @@ impl Node {
                 next = next.min(self.leader_heard + self.cfg.failure_timeout);
             }
         }
+        if let Some(t) = self.rounds.deadline().filter(|_| self.role == Role::Leader) {
+            next = next.min(t);
+        }
         if let Some(step) = self.snapshot_step_due() {
             next = next.min(step);
         }
@@ -211,9 +214,13 @@ impl Node {
                 if self.progress.is_empty() {
                     return;
                 }
+                self.rounds.appended(now.mono, &self.log);
                 let peers: Vec<NodeId> = self.progress.keys().copied().collect();
                 for p in peers {
                     self.send_append(now.mono, p, Nudge::CommitNotice);
+                }
+                if !self.rounds.holding(now.mono) {
+                    self.rounds.sent(now.mono);
                 }
             }
             _ => {
@@ -724,6 +731,7 @@ impl Node {
             .map(|&p| (p, Progress::new(last, now)))
             .collect();
         self.commit_sent.clear();
+        self.rounds.reset(self.log.last_index());
         self.expiring.clear();
         self.orphans_check_at = None;
         self.leader_since = now;
@@ -977,7 +985,11 @@ impl Node {
             }
             sent = true;
         } else {
+            let linger = !force && self.rounds.holding(now);
             while next <= last && next - pr.match_index - 1 < self.cfg.replication_window {
+                if linger && self.partial_batch(next) {
+                    break;
+                }
                 next += self.send_entries(peer, next, commit, self.cfg.max_append_entries);
                 sent = true;
             }
@@ -986,6 +998,8 @@ impl Node {
             }
         }
         let commit_news = self.commit_sent.get(&peer).is_none_or(|&c| c < commit);
+        // Commit news goes out even while entries are held: the writers the round waits for
+        // may be waiting for the deliveries it releases.
         if !sent && (force || (nudge == Nudge::CommitNotice && commit_news)) {
             self.send_entries(peer, next, commit, 0);
             sent = true;
@@ -993,6 +1007,14 @@ impl Node {
         if sent {
             self.commit_sent.insert(peer, commit);
         }
+    }
+
+    /// True when the entries from `from` to the end of the log fit in one Append with room to
+    /// spare: a follower that is further behind gets full Appends at once.
+    fn partial_batch(&self, from: LogIndex) -> bool {
+        let (max, max_bytes) = (self.cfg.max_append_entries, self.cfg.max_append_bytes);
+        let unsent = self.log.last_index() + 1 - from;
+        unsent < max as u64 && self.log.slice(from, max, max_bytes).len() as u64 == unsent
     }
 
     /// Sends one Append starting at `from` with up to `max` entries (0: an empty one, for a

@@ -19,6 +19,7 @@ use super::membership::Config;
 use super::names;
 use super::outbox::Outbox;
 use super::progress::Progress;
+use super::round::Rounds;
 use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
 use crate::storage::{Recovered, StoredSnapshot};
@@ -62,6 +63,9 @@ pub struct NodeConfig {
     pub max_append_bytes: usize,
     /// Most entries sent to a follower and not yet acknowledged.
     pub replication_window: u64,
+    /// Longest time the leader holds new entries for the active writers to write again, so
+    /// that one replication round carries them all (zero: never; see `core::round`).
+    pub replication_linger: Duration,
     /// Seed of the node's random generator (election jitter).
     pub seed: u64,
     /// Take a snapshot once this many entries were applied since the last one (0: no limit).
@@ -100,6 +104,7 @@ impl Default for NodeConfig {
             max_append_entries: 1024,
             max_append_bytes: 1 << 20,
             replication_window: 8192,
+            replication_linger: Duration::from_millis(1),
             seed: 1,
             snapshot_entries: 100_000,
             snapshot_bytes: 64 << 20,
@@ -281,12 +286,14 @@ pub struct Node {
     encoding: Option<Encoding>,
     /// A snapshot to store at the next persist.
     pending_snapshot: Option<PendingSnapshot>,
+    /// Leader: when the entries it appends go to the followers.
+    rounds: Rounds,
     /// A snapshot being received from the leader.
     incoming: Option<Incoming>,
     /// An admin asked for a snapshot.
     snapshot_requested: bool,
     /// Added to the snapshot interval, in thousandths of it, different on every node, so the
-    /// nodes do not all pause to encode a snapshot at the same index.
+    /// nodes do not all spend the turns of an encoding (and a disk write) at the same time.
     snapshot_jitter_permille: u64,
     /// Approximate bytes of the entries applied since the last snapshot.
     applied_bytes: u64,
@@ -410,6 +417,7 @@ impl Node {
             snapshot: recovered.snapshot.map(Rc::new),
             encoding: None,
             pending_snapshot: None,
+            rounds: Rounds::new(cfg.replication_linger),
             incoming: None,
             snapshot_requested: false,
             snapshot_jitter_permille: 0,

@@ -895,6 +895,7 @@ pub(super) fn node_config(
         compact_keep: cfg.compact_keep,
         snapshot_chunk: cfg.snapshot_chunk,
         snapshot_step: cfg.snapshot_step,
+        replication_linger: cfg.replication_linger,
         seed,
         ..NodeConfig::default()
     }
