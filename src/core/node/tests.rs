@@ -3,7 +3,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::*;
-use crate::codec::{decode, ClientFrame, Hello, Join, Leave, PeerFrame, Say, ServerFrame};
+use crate::codec::{decode, ClientFrame, Forward, Hello, Join, Leave, PeerFrame, Say, ServerFrame};
 use crate::storage::{self, MemStorage, Recovered, Storage};
 
 /// Drives one node like the driver does: persist everything each step, collect frames per conn.
@@ -1197,4 +1197,98 @@ fn after_a_leader_that_never_showed_it_leads_the_election_order_is_drawn() {
         }
     }
     assert_eq!(ranks.len(), 5, "{ranks:?}");
+}
+
+#[test]
+fn a_leader_holds_a_round_for_its_active_writers_and_sends_it_when_they_wrote_or_at_the_linger() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    for p in [2, 3] {
+        m.connect(p);
+    }
+    m.lead(vec![1, 2, 3]);
+    let linger = m.node.config().replication_linger;
+    assert!(!linger.is_zero(), "on by default");
+    let writer = |conn| SessionId {
+        node: 2,
+        incarnation: 1,
+        conn: ConnId(conn),
+    };
+    let mut seq = 0;
+    // Node 2 forwards one message of each of `conns`.
+    let mut forward = |m: &mut Member, conns: &[u64]| {
+        let proposals = conns
+            .iter()
+            .map(|&c| {
+                seq += 1;
+                crate::core::log::Proposal {
+                    id: crate::core::log::ProposalId {
+                        node: 2,
+                        incarnation: 1,
+                        seq,
+                    },
+                    command: Command::Say {
+                        session: writer(c),
+                        room: "g".into(),
+                        client_seq: seq,
+                        text: "hi".into(),
+                        time_ms: 5,
+                    },
+                }
+            })
+            .collect();
+        m.sent.clear();
+        m.frame(
+            2,
+            PeerFrame::Forward(Forward {
+                epoch: 1,
+                proposals,
+            }),
+        );
+    };
+    // Entries carried to node 3 by what the leader sent since the last forward.
+    let carried = |m: &Member| -> usize {
+        m.sent
+            .iter()
+            .filter_map(|(to, f)| match f {
+                PeerFrame::Append(a) if *to == 3 => Some(a.entries.len()),
+                _ => None,
+            })
+            .sum()
+    };
+    let ack_all = |m: &mut Member| {
+        let last = m.node.stats().last_index;
+        m.ack_from(2, last);
+        m.ack_from(3, last);
+    };
+    ack_all(&mut m);
+    // No writer was active: the first round goes at once.
+    forward(&mut m, &[1, 2]);
+    assert_eq!(carried(&m), 2);
+    let round = m.node.stats().last_index;
+    // Writers 1 and 2 are active: writer 1 alone is held...
+    forward(&mut m, &[1]);
+    assert_eq!(carried(&m), 0, "{:?}", m.sent);
+    assert!(m
+        .node
+        .poll_timeout()
+        .is_some_and(|t| t <= m.now.mono + linger));
+    // ...but not the commit of the round before, which node 3 hears of at once.
+    m.sent.clear();
+    m.ack_from(2, round);
+    assert_eq!(m.node.stats().committed, round);
+    let notice = m.sent.iter().any(|(to, f)| {
+        matches!(f, PeerFrame::Append(a) if *to == 3 && a.entries.is_empty() && a.commit == round)
+    });
+    assert!(notice, "{:?}", m.sent);
+    m.ack_from(3, round);
+    // Writer 2 writes too: the round is complete and goes at once, both messages in it.
+    forward(&mut m, &[2]);
+    assert_eq!(carried(&m), 2);
+    ack_all(&mut m);
+    // Writer 2 falls silent: writer 1's round goes when the linger ends.
+    forward(&mut m, &[1]);
+    assert_eq!(carried(&m), 0);
+    m.sent.clear();
+    m.advance(linger);
+    assert_eq!(carried(&m), 1, "{:?}", m.sent);
 }
