@@ -212,6 +212,8 @@ impl Node {
                     self.log.append(self.hard.epoch, Some(p.id), p.command);
                 }
                 if self.progress.is_empty() {
+                    // Alone (or left alone by a removal): no round to hold, nor a deadline.
+                    self.rounds.reset(self.log.last_index());
                     return;
                 }
                 self.rounds.appended(now.mono, &self.log);
