@@ -152,7 +152,8 @@ impl Node {
     /// Runs every timer that is due.
     pub fn handle_timeout(&mut self, now: Now) {
         let t = now.mono;
-        if t >= self.heartbeat_due {
+        let tick = t >= self.heartbeat_due;
+        if tick {
             self.heartbeat_due = t + self.cfg.heartbeat_interval;
             let peers: Vec<NodeId> = self.peers.keys().copied().collect();
             for p in peers {
@@ -163,11 +164,14 @@ impl Node {
             }
         }
         match self.role {
-            Role::Leader => {
+            // Once per heartbeat: a round's deadline or a snapshot step also wakes a leader,
+            // up to every turn, and the lost-node check scans the sessions.
+            Role::Leader if tick => {
                 self.check_majority(t);
                 self.expire_lost_nodes(t);
                 self.release_leaving(t);
             }
+            Role::Leader => {}
             _ => {
                 if self.leader.is_some() && t >= self.leader_heard + self.cfg.failure_timeout {
                     self.lose_leader(t, "no word from the leader within the failure timeout");
