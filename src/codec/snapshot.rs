@@ -28,7 +28,8 @@ struct Image {
     chat: ChatState,
 }
 
-/// Encodes the cluster configuration and the chat state as a snapshot image.
+/// Encodes the cluster configuration and the chat state as a snapshot image, in one go: the
+/// definition of the format, which [`SnapshotEncoder`] (what nodes use) matches byte for byte.
 pub fn encode_snapshot(members: &Config, chat: &ChatState) -> Result<Vec<u8>, CodecError> {
     let image = ImageRef {
         version: IMAGE_VERSION,
