@@ -27,6 +27,7 @@
 #   compared side by side by `make bench-commit`)
 #   TEXT_BYTES=32   JSON=1 (one JSON object per scenario; compare: per run, then a summary)
 #   NO_BUILD=1 (skip cargo build)
+#   DAEMON=path (another ringchatd build, for A/B runs side by side; default target/release)
 #   BENCH_DIR=/some/dir (where data directories go; default: mktemp under $TMPDIR or /tmp)
 #   RUST_LOG=warn (daemon log level)
 set -euo pipefail
@@ -77,7 +78,7 @@ TEXT_BYTES=${TEXT_BYTES:-32}
 STORAGE=${STORAGE:-memory}
 export RUST_LOG=${RUST_LOG:-warn}
 
-daemon=target/release/ringchatd
+daemon=${DAEMON:-target/release/ringchatd}
 load=target/release/ringchat-load
 
 if [ -z "${NO_BUILD:-}" ]; then

@@ -312,6 +312,7 @@ pub fn encode_append(
     prev_index: u64,
     prev_epoch: u64,
     commit: u64,
+    durable: u64,
     entries: &[crate::core::log::Entry],
 ) -> Result<Vec<u8>, CodecError> {
     #[derive(serde::Serialize)]
@@ -320,6 +321,7 @@ pub fn encode_append(
         prev_index: u64,
         prev_epoch: u64,
         commit: u64,
+        durable: u64,
         entries: &'a [crate::core::log::Entry],
     }
     let append = AppendRef {
@@ -327,6 +329,7 @@ pub fn encode_append(
         prev_index,
         prev_epoch,
         commit,
+        durable,
         entries,
     };
     let mut out = Vec::with_capacity(HEADER_LEN + 40 + 96 * entries.len());

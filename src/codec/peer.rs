@@ -43,6 +43,8 @@ pub struct Append {
     pub prev_epoch: Epoch,
     /// Leader's commit index.
     pub commit: LogIndex,
+    /// The leader's log is durable up to here (when this Append leaves it).
+    pub durable: LogIndex,
     /// Entries to append (empty for a heartbeat).
     pub entries: Vec<Entry>,
 }

@@ -374,14 +374,15 @@ fn encode_append_matches_the_owned_encoding() {
         prev_index: 3,
         prev_epoch: 1,
         commit: 3,
+        durable: 4,
         entries: entries.clone(),
     });
     assert_eq!(
-        encode_append(2, 3, 1, 3, &entries).unwrap(),
+        encode_append(2, 3, 1, 3, 4, &entries).unwrap(),
         encode(&owned).unwrap()
     );
     assert_eq!(
-        encode_append(2, 3, 1, 3, &[]).unwrap(),
+        encode_append(2, 3, 1, 3, 4, &[]).unwrap(),
         encode(&PeerFrame::Append(Append {
             entries: vec![],
             ..match owned {

@@ -125,6 +125,18 @@ impl ConfigHistory {
         all
     }
 
+    /// True when nodes `a` and `b` are a majority of every configuration held, and one was
+    /// logged: an entry of the leader's epoch that both hold durably is then committed,
+    /// whichever of these configurations is in effect (and any single change after them has
+    /// a majority that meets the pair).
+    pub fn pair_is_majority(&self, a: NodeId, b: NodeId) -> bool {
+        let pair_in = |c: &Config| c.members.len() <= 3 && c.has(a) && c.has(b);
+        a != b
+            && !self.unlogged()
+            && pair_in(&self.base)
+            && self.pending.iter().all(|(_, c)| pair_in(c))
+    }
+
     /// Changes so far (any change bumps it).
     pub fn version(&self) -> u64 {
         self.version

@@ -19,6 +19,9 @@ pub struct Progress {
     pub last_ack: Instant,
     /// The snapshot being streamed to it, when it is behind the compacted log.
     pub snapshot: Option<SnapshotSend>,
+    /// The highest `durable` index an Append to it carried: up to there (and what it stores)
+    /// it may commit without being told.
+    pub durable_sent: LogIndex,
 }
 
 /// How far a snapshot transfer to one follower has got.
@@ -56,6 +59,7 @@ impl Progress {
             probe_sent: None,
             last_ack: now,
             snapshot: None,
+            durable_sent: 0,
         }
     }
 
@@ -74,6 +78,7 @@ impl Progress {
     pub fn rejected(&mut self, hint: LogIndex) {
         self.probing = true;
         self.probe_sent = None;
+        self.durable_sent = 0;
         self.match_index = self.match_index.min(hint);
         self.next_index = (self.next_index.saturating_sub(1))
             .min(hint + 1)
@@ -84,6 +89,7 @@ impl Progress {
     pub fn reset(&mut self) {
         self.probing = true;
         self.probe_sent = None;
+        self.durable_sent = 0;
         self.snapshot = None;
         self.next_index = self.match_index + 1;
     }

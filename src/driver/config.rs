@@ -585,6 +585,7 @@ impl DaemonConfig {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             failure_timeout: Duration::from_millis(self.failure_timeout_ms),
             replication_linger: Duration::from_micros(self.replication_linger_us),
+            replicate_after_persist: self.storage == StorageKind::Memory,
             history_size: self.history_size,
             max_text: self.max_text,
             snapshot_entries: self.snapshot_entries,

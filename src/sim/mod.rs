@@ -70,6 +70,9 @@ pub struct SimConfig {
     pub snapshot_step: usize,
     /// Nodes' replication linger (0, 1 or 2 ms by seed, so runs hold rounds and do not).
     pub replication_linger: Duration,
+    /// Whether leaders replicate only what they stored durably, letting a follower of three
+    /// commit on arrival (by seed, so runs cover both ways).
+    pub replicate_after_persist: bool,
     /// Percentage of random faults that are membership changes: a new node joins, or an
     /// admin asks to remove a member (the cluster stays within 3 to 5 members).
     pub membership: u8,
@@ -98,6 +101,7 @@ impl SimConfig {
             snapshot_chunk: 512,
             snapshot_step: 256,
             replication_linger: Duration::from_millis(seed % 3),
+            replicate_after_persist: seed / 3 % 2 == 1,
             membership: 8,
             verbose: false,
         }

@@ -888,6 +888,11 @@ impl Node {
         self.sync_members(now);
         let matched = (a.prev_index + a.entries.len() as LogIndex).max(self.log.snapshot_index());
         self.log.commit_to(a.commit.min(matched));
+        if self.leader_durable.0 != a.epoch {
+            self.leader_durable = (a.epoch, 0);
+        }
+        self.leader_durable.1 = self.leader_durable.1.max(a.durable.min(matched));
+        self.commit_durable_pair();
         self.apply_committed();
         if self.amnesia == Amnesia::Unknown {
             self.amnesia = Amnesia::CatchingUpTo(a.commit);
@@ -928,7 +933,9 @@ impl Node {
         };
         if r.ok {
             pr.matched(r.index);
+            let durable_sent = pr.durable_sent;
             self.maybe_commit();
+            self.note_pair_commit(from, r.index.min(durable_sent));
             self.maybe_promote(from);
         } else {
             pr.rejected(r.index);
@@ -955,6 +962,38 @@ impl Node {
         if n > self.log.committed() && self.log.epoch_at(n) == Some(self.hard.epoch) {
             self.log.commit_to(n);
             self.apply_committed();
+        }
+    }
+
+    /// Follower: commits what it stores durably of its leader's epoch that the leader said
+    /// it stores durably too, when the two of them are a majority of every configuration
+    /// held (a cluster of three). The commit notice would only tell it so a round trip later.
+    pub(super) fn commit_durable_pair(&mut self) {
+        let (epoch, durable) = self.leader_durable;
+        let Some(leader) = self.leader else { return };
+        if self.role != Role::Follower || epoch != self.hard.epoch {
+            return;
+        }
+        let index = durable.min(self.log.persisted());
+        if index > self.log.committed()
+            && self.log.epoch_at(index) == Some(epoch)
+            && self.log.configs().pair_is_majority(self.cfg.id, leader)
+        {
+            self.log.commit_to(index);
+            self.apply_committed();
+        }
+    }
+
+    /// Leader: `peer` stores up to `index`, which it knows to be durable here too, so by
+    /// [`Node::commit_durable_pair`] it committed what of that this leader committed: it needs
+    /// no commit notice for it.
+    fn note_pair_commit(&mut self, peer: NodeId, index: LogIndex) {
+        let known = index.min(self.log.committed());
+        if self.log.epoch_at(known) == Some(self.hard.epoch)
+            && self.log.configs().pair_is_majority(self.cfg.id, peer)
+        {
+            let sent = self.commit_sent.entry(peer).or_default();
+            *sent = (*sent).max(known);
         }
     }
 
@@ -1030,12 +1069,31 @@ impl Node {
         let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
         let entries = self.log.slice(from, max, self.cfg.max_append_bytes);
         let n = entries.len() as u64;
-        let bytes = codec::encode_append(self.hard.epoch, prev_index, prev_epoch, commit, entries);
-        match bytes {
-            Ok(bytes) => self.actions.push_back(Action::SendPeer {
-                to: peer,
-                bytes: bytes.into(),
-            }),
+        let last = prev_index + n;
+        // After our own sync, the Append can say that all it names is durable here.
+        let hold = self.cfg.replicate_after_persist;
+        let durable = if hold {
+            self.log.persisted().max(last)
+        } else {
+            self.log.persisted()
+        };
+        let epoch = self.hard.epoch;
+        match codec::encode_append(epoch, prev_index, prev_epoch, commit, durable, entries) {
+            Ok(bytes) => {
+                if let Some(p) = self.progress.get_mut(&peer) {
+                    p.durable_sent = p.durable_sent.max(durable);
+                }
+                let action = Action::SendPeer {
+                    to: peer,
+                    bytes: bytes.into(),
+                };
+                if hold {
+                    // Also an empty one, so it cannot overtake the entries before it.
+                    self.hold_until(last, action);
+                } else {
+                    self.actions.push_back(action);
+                }
+            }
             // Batches are bounded far below the frame limit, so this is a bug: say so and
             // keep the node running; the entries go again with the next probe.
             Err(e) => log::error!(

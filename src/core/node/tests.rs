@@ -814,6 +814,7 @@ fn installing_the_leaders_snapshot_abandons_the_one_being_encoded() {
         prev_index: 1,
         prev_epoch: 1,
         commit: last,
+        durable: 0,
         entries,
     };
     m.frame(2, PeerFrame::Append(append));
@@ -873,6 +874,7 @@ fn a_member_that_missed_a_join_follows_the_new_node_as_its_leader_and_catches_up
         prev_index: 1,
         prev_epoch: 1,
         commit: 3,
+        durable: 0,
         entries: vec![
             Entry {
                 index: 2,
@@ -1291,4 +1293,140 @@ fn a_leader_holds_a_round_for_its_active_writers_and_sends_it_when_they_wrote_or
     m.sent.clear();
     m.advance(linger);
     assert_eq!(carried(&m), 1, "{:?}", m.sent);
+}
+
+// ----- commit by a follower of three on the leader's word that entries are durable -----
+
+fn noop(index: LogIndex, epoch: u64) -> Entry {
+    Entry {
+        index,
+        epoch,
+        origin: None,
+        command: Command::Noop,
+    }
+}
+
+/// An Append of the leader of epoch 2.
+fn append2(
+    prev: (LogIndex, u64),
+    commit: LogIndex,
+    durable: LogIndex,
+    entries: Vec<Entry>,
+) -> PeerFrame {
+    PeerFrame::Append(crate::codec::Append {
+        epoch: 2,
+        prev_index: prev.0,
+        prev_epoch: prev.1,
+        commit,
+        durable,
+        entries,
+    })
+}
+
+#[test]
+fn a_follower_of_three_commits_what_it_and_the_leader_hold_durably_without_a_commit_notice() {
+    let mut f = Member::new(2, &[1, 2, 3]);
+    f.connect(1);
+    // Stored here, but the leader does not hold them durably yet: not committed.
+    f.frame(1, append2((1, 1), 1, 1, vec![noop(2, 2), noop(3, 2)]));
+    assert_eq!(f.node.stats().committed, 1);
+    // The leader's word that entry 2 is durable there: the two of them are a majority.
+    f.frame(1, append2((3, 2), 1, 2, vec![]));
+    assert_eq!(f.node.stats().committed, 2);
+    // Its word counts only for what matched: entry 4 is not covered by a durable index sent
+    // with an Append that ended at 3.
+    f.frame(1, append2((3, 2), 1, 9, vec![]));
+    assert_eq!(f.node.stats().committed, 3);
+    f.frame(1, append2((3, 2), 1, 0, vec![noop(4, 2)]));
+    assert_eq!(f.node.stats().committed, 3);
+    // Not before its own copy is durable.
+    let now = f.now;
+    f.node
+        .handle_peer_frame(now, 1, append2((4, 2), 1, 5, vec![noop(5, 2)]));
+    assert_eq!(f.node.stats().committed, 4, "5 is not durable here yet");
+    f.step();
+    assert_eq!(f.node.stats().committed, 5);
+}
+
+#[test]
+fn a_follower_does_not_commit_on_the_leaders_word_beyond_three_nodes_or_before_its_epoch() {
+    // Five members: the follower and the leader are no majority.
+    let mut f = Member::new(2, &[1, 2, 3, 4, 5]);
+    f.connect(1);
+    f.frame(1, append2((1, 1), 1, 2, vec![noop(2, 2)]));
+    assert_eq!(f.node.stats().committed, 1);
+    // An entry of an earlier epoch commits only under one of the leader's (Raft's rule).
+    let mut f = Member::with_log(2, vec![config_entry(1, 1, &[1, 2, 3]), noop(2, 1)]);
+    f.connect(1);
+    f.frame(1, append2((2, 1), 1, 2, vec![]));
+    assert_eq!(f.node.stats().committed, 1);
+    f.frame(1, append2((2, 1), 1, 3, vec![noop(3, 2)]));
+    assert_eq!(f.node.stats().committed, 3);
+}
+
+#[test]
+fn a_leader_replicating_after_its_sync_says_so_and_spares_commit_notices_in_a_cluster_of_three() {
+    for members in [vec![1, 2, 3], vec![1, 2, 3, 4, 5]] {
+        let mut m = Member::new(1, &members);
+        m.node.cfg.replicate_after_persist = true;
+        for &p in &members[1..] {
+            m.connect(p);
+        }
+        m.lead(members.clone());
+        let last = m.node.stats().last_index;
+        for &p in &members[1..] {
+            m.ack_from(p, last);
+        }
+        m.sent.clear();
+        // A forwarded proposal: its Append waits for the leader's own sync.
+        let proposal = crate::core::log::Proposal {
+            id: crate::core::log::ProposalId {
+                node: 2,
+                incarnation: 1,
+                seq: 1,
+            },
+            command: Command::Noop,
+        };
+        let forward = Forward {
+            epoch: 1,
+            proposals: vec![proposal],
+        };
+        let now = m.now;
+        m.node
+            .handle_peer_frame(now, 2, PeerFrame::Forward(forward));
+        m.node.flush(now);
+        assert!(
+            m.node.poll_action().is_none(),
+            "nothing leaves before the sync"
+        );
+        m.step();
+        let index = last + 1;
+        for &p in &members[1..] {
+            let carried = m.sent.iter().any(|(to, f)| {
+                matches!(f, PeerFrame::Append(a) if *to == p && a.durable == index && a.entries.len() == 1)
+            });
+            assert!(carried, "{:?}", m.sent);
+        }
+        // The majority stores it: who needs a commit notice?
+        m.sent.clear();
+        let majority = &members[1..members.len() / 2 + 1];
+        for &p in majority {
+            m.ack_from(p, index);
+        }
+        assert_eq!(m.node.stats().committed, index);
+        let noticed: Vec<NodeId> = m
+            .sent
+            .iter()
+            .filter_map(|(to, f)| match f {
+                PeerFrame::Append(a) if a.entries.is_empty() && a.commit == index => Some(*to),
+                _ => None,
+            })
+            .collect();
+        if members.len() == 3 {
+            // Node 2 committed on its own; node 3 may not have stored the entry yet.
+            assert_eq!(noticed, vec![3]);
+        } else {
+            assert_eq!(noticed, members[1..].to_vec());
+        }
+    }
 }

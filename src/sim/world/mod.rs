@@ -896,6 +896,7 @@ pub(super) fn node_config(
         snapshot_chunk: cfg.snapshot_chunk,
         snapshot_step: cfg.snapshot_step,
         replication_linger: cfg.replication_linger,
+        replicate_after_persist: cfg.replicate_after_persist,
         seed,
         ..NodeConfig::default()
     }
