@@ -75,6 +75,19 @@ fn take<'a, T: Deserialize<'a>, const N: usize>(
     Ok(v)
 }
 
+/// Decodes the value at the start of `payload`, whatever follows it.
+fn take_prefix<'a, T: Deserialize<'a>, const N: usize>(
+    kind: u8,
+    payload: &'a [u8],
+) -> Result<T, CodecError> {
+    bincode::serde::borrow_decode_from_slice(payload, config::<N>())
+        .map(|(v, _)| v)
+        .map_err(|e| CodecError::BadPayload {
+            kind,
+            reason: e.to_string(),
+        })
+}
+
 macro_rules! frame_set {
     ($(#[$m:meta])* $name:ident, $max:expr, { $($(#[$vm:meta])* $kind:literal => $var:ident($ty:ty),)+ }) => {
         $(#[$m])*

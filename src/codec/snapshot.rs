@@ -3,12 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{put, take, CodecError};
-use crate::core::chat::ChatState;
+use super::{put, take, take_prefix, CodecError};
+use crate::core::chat::{Activity, ChatState};
 use crate::core::membership::Config;
 
-/// Format of the snapshot image; a node refuses an image of another version.
-const IMAGE_VERSION: u32 = 2;
+/// Format of the snapshot image; a node reads this one and the one before, and refuses others.
+const IMAGE_VERSION: u32 = 3;
+/// The version before: the same image without the de-duplication records' clock at its end.
+const IMAGE_VERSION_2: u32 = 2;
 /// Bound on what decoding a snapshot may allocate (a corrupt length cannot exhaust memory).
 const MAX_IMAGE: usize = 1 << 36;
 /// Kind reported in errors about snapshot images (not a frame kind).
@@ -23,7 +25,8 @@ struct ImageRef<'a> {
 
 #[derive(Deserialize)]
 struct Image {
-    version: u32,
+    /// Read first, by itself, to tell the format.
+    _version: u32,
     config: Config,
     chat: ChatState,
 }
@@ -148,15 +151,24 @@ fn ahead<'a>(out: &'a mut Vec<u8>, rooms: &'a mut [RoomCut]) -> &'a mut Vec<u8> 
 /// Decodes a snapshot image (the chat state's limits are unset: see
 /// [`ChatState::configure`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(Config, ChatState), CodecError> {
-    let image: Image = take::<_, MAX_IMAGE>(IMAGE_KIND, bytes)?;
-    if image.version != IMAGE_VERSION {
-        return Err(CodecError::BadPayload {
-            kind: IMAGE_KIND,
-            reason: format!(
-                "snapshot image version {} (this build reads {IMAGE_VERSION})",
-                image.version
-            ),
-        });
-    }
+    let image: Image = match take_prefix::<u32, MAX_IMAGE>(IMAGE_KIND, bytes)? {
+        IMAGE_VERSION => take::<_, MAX_IMAGE>(IMAGE_KIND, bytes)?,
+        // What version 3 added is the last thing in the image: an empty one completes it.
+        IMAGE_VERSION_2 => {
+            let mut upgraded = Vec::with_capacity(bytes.len() + 16);
+            upgraded.extend_from_slice(bytes);
+            put::<_, MAX_IMAGE>(&Activity::default(), &mut upgraded)?;
+            take::<_, MAX_IMAGE>(IMAGE_KIND, &upgraded)?
+        }
+        other => {
+            return Err(CodecError::BadPayload {
+                kind: IMAGE_KIND,
+                reason: format!(
+                    "snapshot image version {other} (this build reads {IMAGE_VERSION_2} and \
+                     {IMAGE_VERSION})"
+                ),
+            })
+        }
+    };
     Ok((image.config, image.chat))
 }

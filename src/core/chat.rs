@@ -14,6 +14,14 @@ use super::{NodeId, SessionId};
 /// A client never has more messages in flight than this.
 pub const DEDUP_WINDOW: usize = 256;
 
+/// How long, in the time of the messages applied, the de-duplication record of a client with
+/// no session is kept: a client that resumes within it never has a re-sent message stored
+/// twice. Every replica must drop records at the same entries, so this is no setting.
+pub const DEDUP_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// How often, in the same time, records past their retention are looked for.
+const DEDUP_SWEEP_MS: u64 = 3600 * 1000;
+
 /// A message as kept in a room's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
@@ -165,6 +173,23 @@ pub struct Registry {
     /// re-forwarded copies are skipped.
     #[serde(serialize_with = "sorted")]
     applied_proposals: HashMap<NodeId, (u64, u64)>,
+    /// When clients last said something, for dropping the records of clients long gone. Last
+    /// in the image: an image of version 2, which lacks it, decodes with it empty.
+    activity: Activity,
+}
+
+/// The clock of the de-duplication records: the time of the newest message applied, and when
+/// each client last said something in that time.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Activity {
+    /// Newest message time applied (ms since the Unix epoch); it never goes back, whatever the
+    /// clocks of the nodes that stamped the messages.
+    clock_ms: u64,
+    /// Clock at the last sweep.
+    swept_ms: u64,
+    /// Per client id, the clock when it last said something new.
+    #[serde(serialize_with = "sorted")]
+    last_said: HashMap<u64, u64>,
 }
 
 /// A room as a snapshot image holds it.
@@ -444,12 +469,49 @@ impl ChatState {
         };
         r.messages.push(message.clone());
         recent.remember(client_seq, seq);
+        let client_id = s.client_id;
+        self.tick(client_id, time_ms);
         Outcome::Said {
             session,
             room: room.to_owned(),
             client_seq,
             message,
         }
+    }
+
+    /// Moves the records' clock to `time_ms` as `client_id` said something, and now and then
+    /// drops the records of clients with no session that said nothing for the retention.
+    fn tick(&mut self, client_id: u64, time_ms: u64) {
+        let a = &mut self.reg.activity;
+        a.clock_ms = a.clock_ms.max(time_ms);
+        a.last_said.insert(client_id, a.clock_ms);
+        if a.clock_ms < a.swept_ms.saturating_add(DEDUP_SWEEP_MS) {
+            return;
+        }
+        let (clock, cutoff) = (a.clock_ms, a.clock_ms.saturating_sub(DEDUP_RETENTION_MS));
+        a.swept_ms = clock;
+        let by_client = &self.reg.by_client;
+        let last_said = &mut a.last_said;
+        self.reg.recent.retain(|id, _| {
+            // A record of an image without times (version 2) starts its retention now.
+            let last = *last_said.entry(*id).or_insert(clock);
+            let keep = last >= cutoff || by_client.contains_key(id);
+            if !keep {
+                last_said.remove(id);
+            }
+            keep
+        });
+    }
+
+    /// Forgets when clients last said something, as an image of version 2 does.
+    #[cfg(test)]
+    pub(crate) fn forget_activity(&mut self) {
+        self.reg.activity = Activity::default();
+    }
+
+    /// Clients whose de-duplication records are kept.
+    pub fn dedup_clients(&self) -> usize {
+        self.reg.recent.len()
     }
 
     /// Sessions in `room`, in join order.

@@ -281,3 +281,92 @@ fn a_lost_nodes_sessions_end_and_free_their_device_slots() {
         Outcome::SessionOpened { .. }
     ));
 }
+
+fn say_at(c: &mut ChatState, n: u64, client_seq: u64, time_ms: u64) -> Outcome {
+    c.apply(&Command::Say {
+        session: s(n),
+        room: "g".into(),
+        client_seq,
+        text: format!("m{client_seq}").into(),
+        time_ms,
+    })
+}
+
+const HOUR: u64 = 3600 * 1000;
+const T0: u64 = 1_700_000_000_000;
+
+#[test]
+fn dedup_records_outlive_a_session_for_the_retention_then_go() {
+    let mut c = ChatState::new(2, 10);
+    for n in 1..=3 {
+        open(&mut c, n, &format!("u{n}"));
+        join(&mut c, n, "g");
+    }
+    assert!(matches!(say_at(&mut c, 1, 1, T0), Outcome::Said { .. }));
+    say_at(&mut c, 2, 1, T0);
+    // Client 1 loses its session; client 2 keeps its own but says nothing more.
+    c.apply(&Command::CloseSession { session: s(1) });
+    say_at(&mut c, 3, 1, T0 + 23 * HOUR);
+    assert_eq!(c.dedup_clients(), 3);
+    // Client 1 resumes within the retention: its re-sent message is known.
+    let resume = |c: &mut ChatState, conn| {
+        c.apply(&Command::OpenSession {
+            session: s(conn),
+            user: "u1".into(),
+            client_id: 1001,
+        });
+        join(c, conn, "g");
+    };
+    resume(&mut c, 21);
+    assert!(matches!(
+        say_at(&mut c, 21, 1, T0 + 23 * HOUR),
+        Outcome::Duplicate { seq: 1, .. }
+    ));
+    c.apply(&Command::CloseSession { session: s(21) });
+    // A retention after its last message, client 1's record is gone; client 2, still
+    // connected, keeps its own however long it is silent.
+    say_at(&mut c, 3, 2, T0 + 25 * HOUR);
+    assert_eq!(c.dedup_clients(), 2);
+    say_at(&mut c, 3, 3, T0 + 100 * HOUR);
+    assert_eq!(c.dedup_clients(), 2);
+    resume(&mut c, 22);
+    assert!(matches!(
+        say_at(&mut c, 22, 1, T0 + 100 * HOUR),
+        Outcome::Said { .. }
+    ));
+}
+
+#[test]
+fn the_records_clock_never_goes_back_with_a_node_whose_clock_is_behind() {
+    let mut c = ChatState::new(2, 10);
+    for n in 1..=2 {
+        open(&mut c, n, &format!("u{n}"));
+        join(&mut c, n, "g");
+    }
+    say_at(&mut c, 1, 1, T0);
+    c.apply(&Command::CloseSession { session: s(1) });
+    say_at(&mut c, 2, 1, T0 + 30 * HOUR);
+    assert_eq!(c.dedup_clients(), 1);
+    // Stamped by a node an hour behind: no record comes back, none is kept longer.
+    say_at(&mut c, 2, 2, T0 + 29 * HOUR);
+    assert_eq!(c.dedup_clients(), 1);
+}
+
+#[test]
+fn records_decoded_without_times_start_their_retention_at_the_first_sweep() {
+    let mut c = ChatState::new(2, 10);
+    for n in 1..=2 {
+        open(&mut c, n, &format!("u{n}"));
+        join(&mut c, n, "g");
+    }
+    say_at(&mut c, 1, 1, T0);
+    c.apply(&Command::CloseSession { session: s(1) });
+    c.forget_activity();
+    // Long after client 1 spoke, but the records' times were unknown until now.
+    say_at(&mut c, 2, 1, T0 + 48 * HOUR);
+    assert_eq!(c.dedup_clients(), 2);
+    say_at(&mut c, 2, 2, T0 + 71 * HOUR);
+    assert_eq!(c.dedup_clients(), 2);
+    say_at(&mut c, 2, 3, T0 + 73 * HOUR);
+    assert_eq!(c.dedup_clients(), 1);
+}
