@@ -22,6 +22,7 @@
 #   IDLE_CONNECTIONS=10000 IDLE_MAX_CONNECTIONS=12000
 #   COMPARE_ROUNDS=3 (runs per target)   COMPARE_OPEN=1 (compare open loop too, at
 #   COMPARE_OPEN_RATE=500 msgs/s for COMPARE_OPEN_DURATION=10 s; rooms/members as CLOSED_*)
+#   COMPARE_CLUSTER=1 (compare a 3-node cluster, members spread over it, with the one redis)
 #   STORAGE=memory (the daemons' --storage: memory, like redis-server with persistence off, gives
 #   the fan-out figures the targets are stated in; STORAGE=file adds an fdatasync per loop turn,
 #   compared side by side by `make bench-commit`)
@@ -236,6 +237,8 @@ compare_run() {
     local server pid
     if [ "$target" = redis ]; then
         server=$redis_addr pid=$redis_pid
+    elif [ -n "${COMPARE_CLUSTER:-}" ]; then
+        server=$servers pid=$pids
     else
         server=$addr pid=$daemon_pid
     fi
@@ -251,10 +254,13 @@ compare_run() {
         echo "== $scen/$target: ringchat-load exit status $status" >&2
         failed=1
     fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "== $scen/$target: the server (pid $pid) died during the run" >&2
-        return 1
-    fi
+    local p
+    for p in ${pid//,/ }; do
+        if ! kill -0 "$p" 2>/dev/null; then
+            echo "== $scen/$target: the server (pid $p) died during the run" >&2
+            return 1
+        fi
+    done
 }
 
 # The summary: medians per scenario and target, ratios ringchat/redis.
@@ -316,7 +322,13 @@ PY
 }
 
 if [ "$scenario" = compare ]; then
-    start_daemon compare || exit 2
+    if [ -n "${COMPARE_CLUSTER:-}" ]; then
+        # ringchat is 3 nodes with the members spread over them, CPU summed over the daemons.
+        start_cluster "$tmp" --storage "$STORAGE" || exit 2
+        echo "== ringchat: 3 nodes (storage $STORAGE) on $servers, pids $pids"
+    else
+        start_daemon compare || exit 2
+    fi
     start_redis || exit 2
     : >"$tmp/compare.jsonl"
     closed_args=(--rooms "$CLOSED_ROOMS" --members "$CLOSED_MEMBERS" --messages "$CLOSED_MESSAGES"
