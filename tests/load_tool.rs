@@ -342,13 +342,14 @@ fn closed_loop_against(server: &GarbageServer, extra: &[&str]) -> (Outcome, Dura
     (out, started.elapsed())
 }
 
-/// Against a non-ringchat server, closed fails fast with status 1 and says "undecodable".
+/// Against a non-ringchat server, closed fails fast with status 2 (it could not run) and says
+/// "undecodable".
 #[test]
 fn closed_loop_against_a_non_ringchat_server_fails_and_says_why() {
     let server = GarbageServer::start(GARBAGE, false);
     let (out, took) = closed_loop_against(&server, &[]);
     let answered = server.stop();
-    assert_eq!(out.status.code(), Some(1), "{}", out.show());
+    assert_eq!(out.status.code(), Some(2), "{}", out.show());
     // The tool gives up on undecodable bytes at once, not at its 20 s timeout.
     assert!(
         took < Duration::from_secs(10),
@@ -375,7 +376,7 @@ fn a_close_right_after_a_partial_frame_is_seen_at_once() {
     let server = GarbageServer::start(b"RC\x01", true);
     let (out, took) = closed_loop_against(&server, &[]);
     assert_eq!(server.stop(), 2, "connections answered\n{}", out.show());
-    assert_eq!(out.status.code(), Some(1), "{}", out.show());
+    assert_eq!(out.status.code(), Some(2), "{}", out.show());
     assert!(
         took < Duration::from_secs(10),
         "took {took:?}: the closes went unseen until the timeout\n{}",
@@ -393,7 +394,7 @@ fn a_server_that_never_answers_is_given_up_on_after_the_join_stall_limit() {
     let server = GarbageServer::start(b"", false);
     let (out, took) = closed_loop_against(&server, &["--join-stall-secs", "1"]);
     assert_eq!(server.stop(), 2, "connections answered\n{}", out.show());
-    assert_eq!(out.status.code(), Some(1), "{}", out.show());
+    assert_eq!(out.status.code(), Some(2), "{}", out.show());
     assert!(
         took < Duration::from_secs(10),
         "took {took:?}\n{}",

@@ -24,7 +24,7 @@ use crate::net::{Clock, Event, Net, Proto};
 use crate::procfs::{self, CpuSample};
 use crate::report::{self, round1, round3, CpuUse, Latency};
 use crate::resp;
-use crate::{Common, Stall, JOIN_STALLED, JOIN_TIMED_OUT};
+use crate::{Common, Stall, Verdict, JOIN_STALLED, JOIN_TIMED_OUT};
 
 /// The servers as given, comma separated, for reports.
 pub fn server_list(servers: &[std::net::SocketAddr]) -> String {
@@ -193,7 +193,7 @@ struct Run {
 const MAX_SAMPLES: usize = 5;
 
 /// Runs a `closed` or `open` scenario, prints its report; returns true if it was clean.
-pub fn run(opts: ChatOpts, clock: Clock) -> Result<bool, String> {
+pub fn run(opts: ChatOpts, clock: Clock) -> Result<Verdict, String> {
     let total = opts.rooms * opts.members;
     if total == 0 {
         return Err("--rooms and --members must be at least 1".into());
@@ -337,7 +337,7 @@ fn parse_text(text: &[u8]) -> Option<(usize, u64, u64)> {
 }
 
 impl Run {
-    fn go(&mut self) -> Result<bool, String> {
+    fn go(&mut self) -> Result<Verdict, String> {
         let clk = procfs::clk_tck();
         let join_start = self.clock.nanos();
         let gave_up_joining = self.join_all()?;
@@ -359,7 +359,12 @@ impl Run {
         let t1 = self.clock.nanos();
         let cpu1 = CpuSample::take(&self.opts.common.pids);
         let cpu = CpuUse::between(cpu0, cpu1, clk, ("delivery", "deliveries"), self.c.unique);
-        Ok(self.report(outcome, join_secs, (t1 - t0) as f64 / 1e9, &cpu))
+        let clean = self.report(outcome, join_secs, (t1 - t0) as f64 / 1e9, &cpu);
+        Ok(if self.joined == 0 {
+            Verdict::NoneJoined
+        } else {
+            Verdict::of(clean)
+        })
     }
 
     /// Waits for socket events (at most `timeout`, and never past the global deadline) and

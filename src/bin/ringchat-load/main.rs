@@ -12,7 +12,8 @@
 //! Every delivery to every recipient is checked (lost, duplicated, out of order) and timed end
 //! to end. With `--pid`, the daemon's CPU time over the run is reported per delivery. Exit
 //! status: 0 clean, 1 the run finished but something was lost/duplicated/out of order/refused
-//! or it timed out, 2 it could not run.
+//! or it timed out, 2 it could not run (bad arguments, or no member could join: the report
+//! still says why, e.g. undecodable bytes from a server that is no ringchat server).
 
 mod chat;
 mod idle;
@@ -225,7 +226,30 @@ fn secs(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number"))
 }
 
-fn run(cli: Cli) -> Result<bool, String> {
+/// How a run ended; the exit status says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything checked out.
+    Clean,
+    /// The run finished, but something was lost, duplicated, out of order or refused, or it
+    /// timed out.
+    NotClean,
+    /// No member could join, so nothing was measured.
+    NoneJoined,
+}
+
+impl Verdict {
+    /// Clean or not.
+    fn of(clean: bool) -> Verdict {
+        if clean {
+            Verdict::Clean
+        } else {
+            Verdict::NotClean
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<Verdict, String> {
     let clock = net::Clock::new();
     match cli.cmd {
         Cmd::Closed {
@@ -279,14 +303,22 @@ fn run(cli: Cli) -> Result<bool, String> {
                 },
                 clock,
             )
+            .map(Verdict::of)
         }
     }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(Verdict::Clean) => ExitCode::SUCCESS,
+        Ok(Verdict::NotClean) => ExitCode::from(1),
+        Ok(Verdict::NoneJoined) => {
+            eprintln!(
+                "ringchat-load: no member could join, so nothing was measured (the report says \
+                 why; against redis-server, give --target redis)"
+            );
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("ringchat-load: {e}");
             ExitCode::from(2)
