@@ -74,6 +74,7 @@ fn run_one(args: &Args, seed: u64) -> Result<Report, Failure> {
         if again.trace_hash != report.trace_hash {
             return Err(Failure {
                 seed,
+                flags: format!("{} --twice", config(args, seed).replay_flags()),
                 nodes: args.nodes,
                 at_ms: report.virtual_ms,
                 step: report.steps,

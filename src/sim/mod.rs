@@ -107,6 +107,25 @@ impl SimConfig {
         }
     }
 
+    /// The `ringchat-sim` flags other than `--seed` that make this run (those it has).
+    pub fn replay_flags(&self) -> String {
+        let d = SimConfig::new(self.seed);
+        let mut flags = format!("--nodes {}", self.nodes);
+        if self.membership != d.membership {
+            flags += &format!(" --membership {}", self.membership);
+        }
+        if self.talkers != d.talkers {
+            flags += &format!(" --talkers {}", self.talkers);
+        }
+        if self.safety != d.safety {
+            flags += &format!(" --safety-ms {}", self.safety / 1000);
+        }
+        if self.latency != d.latency {
+            flags += &format!(" --latency-ms {}", self.latency.1 / 1000);
+        }
+        flags
+    }
+
     /// The same with `n` nodes.
     pub fn with_nodes(mut self, n: usize) -> SimConfig {
         self.nodes = n;
@@ -193,6 +212,8 @@ impl fmt::Display for Report {
 pub struct Failure {
     /// The seed that reproduces it.
     pub seed: u64,
+    /// The `ringchat-sim` flags other than `--seed` that reproduce it.
+    pub flags: String,
     /// Cluster size of the run.
     pub nodes: usize,
     /// Virtual time of the failing step.
@@ -208,8 +229,8 @@ impl fmt::Display for Failure {
         write!(
             f,
             "simulation seed {} ({} nodes) failed at {} ms (step {}): {}\n  replay: cargo run \
-             --release --bin ringchat-sim -- --seed {} --nodes {} --verbose",
-            self.seed, self.nodes, self.at_ms, self.step, self.message, self.seed, self.nodes
+             --release --bin ringchat-sim -- --seed {} {} --verbose",
+            self.seed, self.nodes, self.at_ms, self.step, self.message, self.seed, self.flags
         )
     }
 }
@@ -219,7 +240,7 @@ impl std::error::Error for Failure {}
 /// Runs one seed: the safety phase with faults, then healing and the liveness phase, then the
 /// end-of-run checks. A panic inside the core is reported as a failure of the seed.
 pub fn run(cfg: SimConfig) -> Result<Report, Failure> {
-    let (seed, nodes) = (cfg.seed, cfg.nodes);
+    let (seed, nodes, flags) = (cfg.seed, cfg.nodes, cfg.replay_flags());
     match catch_unwind(AssertUnwindSafe(|| run_phases(cfg))) {
         Ok(r) => r,
         Err(panic) => {
@@ -230,6 +251,7 @@ pub fn run(cfg: SimConfig) -> Result<Report, Failure> {
                 .unwrap_or_else(|| "non-string panic".into());
             Err(Failure {
                 seed,
+                flags,
                 nodes,
                 at_ms: 0,
                 step: 0,

@@ -35,6 +35,8 @@ impl Node {
         client_addr.clone_into(&mut p.client_addr);
         p.last_heard = Some(now.mono);
         p.hears_us = true;
+        // It may have restarted without its state: it votes once a heartbeat says so.
+        p.votes = false;
         if p.listed {
             info!("node {}: peer {peer} connected", self.cfg.id);
         } else {
@@ -97,7 +99,11 @@ impl Node {
                 p.load = h.load;
                 p.epoch = Some(h.epoch);
                 p.hears_us = h.hears_you;
+                p.votes = h.hears_you;
                 self.check_amnesia();
+                if h.hears_you && self.role == Role::Leader {
+                    self.maybe_promote(from);
+                }
                 if h.epoch == self.hard.epoch
                     && h.leader == Some(from)
                     && self.leader.is_none()
@@ -457,6 +463,7 @@ impl Node {
     }
 
     fn send_token(&mut self, now: Instant, epoch: Epoch, pre: bool) {
+        self.revisited.clear();
         let token = Token {
             epoch,
             pre,
@@ -643,6 +650,18 @@ impl Node {
         if stale {
             return;
         }
+        if let Some(m) = self.skipped_member(now, &token) {
+            // A node on the way did not know (or could not reach) this member: most likely a
+            // stale guest whose configuration this log replaced. Without it the participants
+            // may be no majority here, election after election. It comes back here after.
+            debug!(
+                "node {}: token of epoch {} came home without member {m}; sending it there",
+                self.cfg.id, token.epoch
+            );
+            self.revisited.push(m);
+            let bytes = encode_peer(&PeerFrame::Token(token));
+            return self.hold(Action::SendPeer { to: m, bytes });
+        }
         self.election = None;
         let need = majority(self.members.len());
         if token.participants.len() < need {
@@ -680,6 +699,17 @@ impl Node {
             });
         }
         self.handle_elected(now, elected);
+    }
+
+    /// A live member of this node's configuration that the token came home without, and was
+    /// not sent to since (once each: one that declines passes it back).
+    fn skipped_member(&self, now: Instant, token: &Token) -> Option<NodeId> {
+        self.members.iter().copied().find(|&m| {
+            m != self.cfg.id
+                && !token.participants.contains(&m)
+                && !self.revisited.contains(&m)
+                && self.alive(m, now)
+        })
     }
 
     fn handle_elected(&mut self, now: Instant, e: Elected) {

@@ -278,7 +278,13 @@ impl Node {
             .progress
             .get(&peer)
             .is_some_and(|p| p.match_index + slack >= self.log.committed());
+        // And it takes part in elections already (a new node does once it applied what was
+        // committed when it joined): a configuration whose majority counts on a node that
+        // cannot vote yet could elect no one, should this leader fail with another member
+        // down or wiped.
+        let votes = self.peers.get(&peer).is_some_and(|p| p.votes);
         if !caught_up
+            || !votes
             || self.log.configs().last_index() > self.log.committed()
             || self.not_settled_as_leader().is_some()
         {

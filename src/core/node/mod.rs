@@ -227,6 +227,9 @@ struct Peer {
     epoch: Option<u64>,
     /// Whether its last heartbeat said it hears this node.
     hears_us: bool,
+    /// Whether a heartbeat on this link said it hears this node and takes part in elections
+    /// (it has its state, or caught up since it lost it). Until then a learner is not added.
+    votes: bool,
     /// Where it serves clients, as it said in the handshake.
     client_addr: String,
     /// Where it listens for peers (from the configuration).
@@ -269,6 +272,8 @@ pub struct Node {
     /// The last token this node passed on (epoch, initiator, pre) and when, to know it when
     /// it comes back after a detour past an initiator some node could not reach.
     token_passed: Option<(u64, NodeId, bool, Instant)>,
+    /// Members the token of this node's campaign was sent to when it came home without them.
+    revisited: Vec<NodeId>,
     heartbeat_due: Instant,
     held: Vec<Held>,
     /// Highest commit index each peer knows of: sent to it, or committed by itself on the
@@ -414,6 +419,7 @@ impl Node {
             election_due: None,
             election: None,
             token_passed: None,
+            revisited: Vec::new(),
             heartbeat_due: now.mono,
             held: Vec::new(),
             commit_sent: BTreeMap::new(),

@@ -1430,3 +1430,79 @@ fn a_leader_replicating_after_its_sync_says_so_and_spares_commit_notices_in_a_cl
         }
     }
 }
+
+// ----- membership and election liveness -----
+
+#[test]
+fn a_leader_adds_a_learner_only_once_its_heartbeat_says_it_takes_part_in_elections() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    for p in [2, 3] {
+        m.connect(p);
+    }
+    m.lead(vec![1, 2, 3]);
+    let last = m.node.stats().last_index;
+    m.ack_from(2, last);
+    m.ack_from(3, last);
+    let req = crate::codec::JoinRequest {
+        cluster_id: m.node.cfg.cluster_id,
+        node_id: 4,
+        peer_addr: "127.0.0.1:7174".into(),
+        client_addr: String::new(),
+    };
+    assert!(m.node.handle_join(m.now.mono, req).ok);
+    m.connect(4);
+    let added = |m: &Member| m.node.configs().current().has(4);
+    let last = m.node.stats().last_index;
+    m.ack_from(4, last);
+    assert!(
+        !added(&m),
+        "caught up, but not known to take part in elections yet"
+    );
+    // Still catching up since it started without state: adding it now would make a majority
+    // that counts on a node that cannot vote.
+    m.heartbeat_from(4, false);
+    assert!(!added(&m));
+    m.heartbeat_from(4, true);
+    assert!(added(&m));
+}
+
+#[test]
+fn a_token_that_comes_home_without_a_live_member_is_sent_to_it_once() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    for p in [2, 3] {
+        m.connect(p);
+    }
+    m.node.start_election(m.now);
+    m.step();
+    let token = m
+        .sent
+        .iter()
+        .find_map(|(to, f)| match f {
+            PeerFrame::Token(t) if *to == 2 => Some(t.clone()),
+            _ => None,
+        })
+        .expect("the pre-election token goes to node 2");
+    assert!(token.pre);
+    // It comes home from a node that did not know node 3 (a stale guest, say).
+    let mut home = token.clone();
+    home.participants.push(2);
+    let tokens_to = |m: &Member, to: NodeId| {
+        m.sent
+            .iter()
+            .filter(|(t, f)| *t == to && matches!(f, PeerFrame::Token(_)))
+            .count()
+    };
+    m.sent.clear();
+    m.frame(2, PeerFrame::Token(home.clone()));
+    assert_eq!(tokens_to(&m, 3), 1, "{:?}", m.sent);
+    // Node 3 declines and sends it home: not again to node 3; the pre-election is counted
+    // (2 of 3 take part) and the real election starts.
+    m.sent.clear();
+    m.frame(3, PeerFrame::Token(home));
+    assert_eq!(tokens_to(&m, 3), 0, "{:?}", m.sent);
+    let real = m
+        .sent
+        .iter()
+        .any(|(_, f)| matches!(f, PeerFrame::Token(t) if !t.pre && t.epoch == token.epoch));
+    assert!(real, "{:?}", m.sent);
+}

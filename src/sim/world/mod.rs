@@ -480,6 +480,7 @@ impl World {
     pub fn failure(&self, message: String) -> Failure {
         Failure {
             seed: self.cfg.seed,
+            flags: self.cfg.replay_flags(),
             nodes: self.cfg.nodes,
             at_ms: self.clock.micros() / 1000,
             step: self.steps,
