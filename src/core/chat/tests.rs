@@ -292,16 +292,22 @@ fn say_at(c: &mut ChatState, n: u64, client_seq: u64, time_ms: u64) -> Outcome {
     })
 }
 
+/// Users u1..un, each with one session (1..n) in room "g".
+fn room_of(n: u64) -> ChatState {
+    let mut c = ChatState::new(2, 10);
+    for i in 1..=n {
+        open(&mut c, i, &format!("u{i}"));
+        join(&mut c, i, "g");
+    }
+    c
+}
+
 const HOUR: u64 = 3600 * 1000;
 const T0: u64 = 1_700_000_000_000;
 
 #[test]
 fn dedup_records_outlive_a_session_for_the_retention_then_go() {
-    let mut c = ChatState::new(2, 10);
-    for n in 1..=3 {
-        open(&mut c, n, &format!("u{n}"));
-        join(&mut c, n, "g");
-    }
+    let mut c = room_of(3);
     assert!(matches!(say_at(&mut c, 1, 1, T0), Outcome::Said { .. }));
     say_at(&mut c, 2, 1, T0);
     // Client 1 loses its session; client 2 keeps its own but says nothing more.
@@ -338,27 +344,20 @@ fn dedup_records_outlive_a_session_for_the_retention_then_go() {
 
 #[test]
 fn the_records_clock_never_goes_back_with_a_node_whose_clock_is_behind() {
-    let mut c = ChatState::new(2, 10);
-    for n in 1..=2 {
-        open(&mut c, n, &format!("u{n}"));
-        join(&mut c, n, "g");
-    }
+    let mut c = room_of(2);
     say_at(&mut c, 1, 1, T0);
-    c.apply(&Command::CloseSession { session: s(1) });
     say_at(&mut c, 2, 1, T0 + 30 * HOUR);
-    assert_eq!(c.dedup_clients(), 1);
-    // Stamped by a node an hour behind: no record comes back, none is kept longer.
-    say_at(&mut c, 2, 2, T0 + 29 * HOUR);
-    assert_eq!(c.dedup_clients(), 1);
+    // Client 1's last message is stamped by a node whose clock is 29 hours behind: it counts
+    // as said at the newest time applied, not as long gone.
+    say_at(&mut c, 1, 2, T0 + HOUR);
+    c.apply(&Command::CloseSession { session: s(1) });
+    say_at(&mut c, 2, 2, T0 + 31 * HOUR);
+    assert_eq!(c.dedup_clients(), 2);
 }
 
 #[test]
 fn records_decoded_without_times_start_their_retention_at_the_first_sweep() {
-    let mut c = ChatState::new(2, 10);
-    for n in 1..=2 {
-        open(&mut c, n, &format!("u{n}"));
-        join(&mut c, n, "g");
-    }
+    let mut c = room_of(2);
     say_at(&mut c, 1, 1, T0);
     c.apply(&Command::CloseSession { session: s(1) });
     c.forget_activity();
