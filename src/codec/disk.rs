@@ -317,6 +317,11 @@ impl From<CodecError> for DiskError {
     fn from(e: CodecError) -> DiskError {
         match e {
             CodecError::BadPayload { kind, reason } => DiskError::BadPayload { kind, reason },
+            // Its CRC held, so it was written so: corruption, not a torn write.
+            CodecError::Truncated { kind, missing } => DiskError::BadPayload {
+                kind,
+                reason: format!("ends {missing} bytes short of what it declares"),
+            },
             other => DiskError::Encode(other.to_string()),
         }
     }

@@ -2,8 +2,11 @@
 //!
 //! Decoding never panics: the header is validated (magic, version, flags, length limit) before
 //! the payload is read, the CRC is checked before it is decoded, and bincode runs with a byte
-//! limit so a hostile length prefix inside the payload cannot allocate more than the limit.
+//! limit so a hostile length prefix inside the payload cannot allocate more than the limit. A
+//! snapshot image, whose limit bounds nothing a node could allocate, is decoded so that no
+//! length inside it allocates more than the image holds (see `bounded`).
 
+mod bounded;
 pub mod disk;
 mod error;
 mod frames;
@@ -59,13 +62,8 @@ fn take<'a, T: Deserialize<'a>, const N: usize>(
     kind: u8,
     payload: &'a [u8],
 ) -> Result<T, CodecError> {
-    let (v, used) =
-        bincode::serde::borrow_decode_from_slice(payload, config::<N>()).map_err(|e| {
-            CodecError::BadPayload {
-                kind,
-                reason: e.to_string(),
-            }
-        })?;
+    let (v, used) = bincode::serde::borrow_decode_from_slice(payload, config::<N>())
+        .map_err(|e| decode_error(kind, e))?;
     if used != payload.len() {
         return Err(CodecError::BadPayload {
             kind,
@@ -82,10 +80,20 @@ fn take_prefix<'a, T: Deserialize<'a>, const N: usize>(
 ) -> Result<T, CodecError> {
     bincode::serde::borrow_decode_from_slice(payload, config::<N>())
         .map(|(v, _)| v)
-        .map_err(|e| CodecError::BadPayload {
+        .map_err(|e| decode_error(kind, e))
+}
+
+fn decode_error(kind: u8, e: bincode::error::DecodeError) -> CodecError {
+    match e {
+        bincode::error::DecodeError::UnexpectedEnd { additional } => CodecError::Truncated {
+            kind,
+            missing: additional,
+        },
+        e => CodecError::BadPayload {
             kind,
             reason: e.to_string(),
-        })
+        },
+    }
 }
 
 macro_rules! frame_set {
@@ -352,5 +360,7 @@ pub fn encode_append(
     Ok(out)
 }
 
+#[cfg(test)]
+mod alloc_probe;
 #[cfg(test)]
 mod tests;

@@ -397,7 +397,8 @@ fn encode_append_matches_the_owned_encoding() {
 mod snapshot_image {
     use proptest::prelude::*;
 
-    use crate::codec::{decode_snapshot, encode_snapshot, SnapshotEncoder};
+    use crate::codec::alloc_probe::largest_allocation;
+    use crate::codec::{decode_snapshot, encode_snapshot, CodecError, SnapshotEncoder};
     use crate::core::chat::ChatState;
     use crate::core::log::{Command, Entry, ProposalId};
     use crate::core::membership::Config;
@@ -617,6 +618,31 @@ mod snapshot_image {
         let mut short = v2;
         short[0] = 3;
         assert!(decode_snapshot(&short).is_err());
+    }
+
+    #[test]
+    fn a_hostile_string_length_in_an_image_fails_without_allocating_it() {
+        // Version 3, then one member, node 1, whose address claims 8 GiB or nearly 64 GiB:
+        // below MAX_IMAGE, so bincode's byte limit lets them through, but no byte of it
+        // follows. Allocating the second aborts the process on most machines.
+        for claimed in [1u64 << 33, (1 << 36) - 64] {
+            let image = [
+                &3u32.to_le_bytes()[..],
+                &1u64.to_le_bytes(),
+                &1u32.to_le_bytes(),
+                &claimed.to_le_bytes(),
+            ]
+            .concat();
+            let (result, largest) = largest_allocation(|| decode_snapshot(&image));
+            assert_eq!(
+                result.err(),
+                Some(CodecError::Truncated {
+                    kind: 0,
+                    missing: claimed as usize
+                })
+            );
+            assert!(largest < 1 << 20, "decoding asked for {largest} bytes");
+        }
     }
 
     #[test]
