@@ -35,7 +35,7 @@ pub enum CodecError {
         reason: String,
     },
     /// The payload ends inside a value it declares (cut short, or a damaged or hostile
-    /// length); a snapshot image is refused so before anything is allocated for the value.
+    /// length), found before anything is allocated for the value.
     Truncated {
         /// Frame kind (0 for a snapshot image).
         kind: u8,

@@ -1,10 +1,9 @@
 //! Wire codec: a fixed 16-byte header then a bincode 2 payload. The only module that encodes.
 //!
 //! Decoding never panics: the header is validated (magic, version, flags, length limit) before
-//! the payload is read, the CRC is checked before it is decoded, and bincode runs with a byte
-//! limit so a hostile length prefix inside the payload cannot allocate more than the limit. A
-//! snapshot image, whose limit bounds nothing a node could allocate, is decoded so that no
-//! length inside it allocates more than the image holds (see `bounded`).
+//! the payload is read, the CRC is checked before it is decoded, and a length prefix inside the
+//! payload that claims more bytes than follow it is refused before anything is allocated for
+//! it (see `bounded`); bincode's byte limit catches the rest.
 
 mod bounded;
 pub mod disk;
@@ -20,6 +19,7 @@ pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
 pub use peer::*;
 pub use snapshot::{decode_snapshot, encode_snapshot, SnapshotEncoder};
 
+use bounded::Bounded;
 use serde::{Deserialize, Serialize};
 
 /// Largest payload a server accepts from a client (and the bincode allocation limit for it).
@@ -62,7 +62,7 @@ fn take<'a, T: Deserialize<'a>, const N: usize>(
     kind: u8,
     payload: &'a [u8],
 ) -> Result<T, CodecError> {
-    let (v, used) = bincode::serde::borrow_decode_from_slice(payload, config::<N>())
+    let (Bounded(v), used) = bincode::serde::borrow_decode_from_slice(payload, config::<N>())
         .map_err(|e| decode_error(kind, e))?;
     if used != payload.len() {
         return Err(CodecError::BadPayload {
@@ -79,7 +79,7 @@ fn take_prefix<'a, T: Deserialize<'a>, const N: usize>(
     payload: &'a [u8],
 ) -> Result<T, CodecError> {
     bincode::serde::borrow_decode_from_slice(payload, config::<N>())
-        .map(|(v, _)| v)
+        .map(|(Bounded(v), _)| v)
         .map_err(|e| decode_error(kind, e))
 }
 

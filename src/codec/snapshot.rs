@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::bounded::Bounded;
 use super::{put, take, take_prefix, CodecError};
 use crate::core::chat::{Activity, ChatState};
 use crate::core::membership::Config;
@@ -12,8 +11,8 @@ use crate::core::membership::Config;
 const IMAGE_VERSION: u32 = 3;
 /// The version before: the same image without the de-duplication records' clock at its end.
 const IMAGE_VERSION_2: u32 = 2;
-/// bincode's byte limit for images. It bounds no allocation a node could make: decoding
-/// reads strings borrowed ([`Bounded`]), so a length past the image's end is refused first.
+/// bincode's byte limit for images. Too large to bound what decoding allocates, which the
+/// image's own size bounds instead: a length past its end is refused before it is allocated.
 const MAX_IMAGE: usize = 1 << 36;
 /// Kind reported in errors about snapshot images (not a frame kind).
 const IMAGE_KIND: u8 = 0;
@@ -153,14 +152,14 @@ fn ahead<'a>(out: &'a mut Vec<u8>, rooms: &'a mut [RoomCut]) -> &'a mut Vec<u8> 
 /// Decodes a snapshot image (the chat state's limits are unset: see
 /// [`ChatState::configure`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(Config, ChatState), CodecError> {
-    let Bounded(image) = match take_prefix::<u32, MAX_IMAGE>(IMAGE_KIND, bytes)? {
-        IMAGE_VERSION => take::<Bounded<Image>, MAX_IMAGE>(IMAGE_KIND, bytes)?,
+    let image: Image = match take_prefix::<u32, MAX_IMAGE>(IMAGE_KIND, bytes)? {
+        IMAGE_VERSION => take::<_, MAX_IMAGE>(IMAGE_KIND, bytes)?,
         // What version 3 added is the last thing in the image: an empty one completes it.
         IMAGE_VERSION_2 => {
             let mut upgraded = Vec::with_capacity(bytes.len() + 16);
             upgraded.extend_from_slice(bytes);
             put::<_, MAX_IMAGE>(&Activity::default(), &mut upgraded)?;
-            take::<Bounded<Image>, MAX_IMAGE>(IMAGE_KIND, &upgraded)?
+            take::<_, MAX_IMAGE>(IMAGE_KIND, &upgraded)?
         }
         other => {
             return Err(CodecError::BadPayload {

@@ -250,6 +250,44 @@ fn hostile_inner_length_fails_without_allocating_it() {
     ));
 }
 
+/// A complete frame of `kind` around `payload`, with a valid header and CRC.
+fn framed(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; HEADER_LEN];
+    Header {
+        kind,
+        flags: 0,
+        length: payload.len() as u32,
+        crc: crc32fast::hash(payload),
+    }
+    .emit((&mut b[..HEADER_LEN]).try_into().unwrap());
+    b.extend_from_slice(payload);
+    b
+}
+
+#[test]
+fn a_hostile_string_length_in_a_peer_frame_fails_without_allocating_it() {
+    // A PeerHello whose client address claims nearly 16 MiB: within MAX_PEER_PAYLOAD, so the
+    // byte limit lets it through, but no byte of it follows.
+    let claimed = u64::from(MAX_PEER_PAYLOAD) - 64;
+    let payload = [
+        &1u64.to_le_bytes()[..],
+        &2u32.to_le_bytes(),
+        &3u64.to_le_bytes(),
+        &claimed.to_le_bytes(),
+    ]
+    .concat();
+    let frame = framed(0x81, &payload);
+    let (result, largest) = alloc_probe::largest_allocation(|| decode::<PeerFrame>(&frame));
+    assert_eq!(
+        result,
+        Err(CodecError::Truncated {
+            kind: 0x81,
+            missing: claimed as usize
+        })
+    );
+    assert!(largest < 1 << 16, "decoding asked for {largest} bytes");
+}
+
 #[test]
 fn trailing_payload_bytes_and_unknown_kinds_are_errors() {
     let mut payload = bincode::serde::encode_to_vec(Ping { nonce: 1 }, config::<64>()).unwrap();
