@@ -28,6 +28,7 @@ help:
 	@echo "make run           build, then run a local 3-node cluster on 127.0.0.1:7070-7072 (foreground)"
 	@echo "make test          run the test suite (cargo test --all-targets)"
 	@echo "make sim           deterministic cluster simulation, SEEDS=2000 seeds (NODES=3, START=0)"
+	@echo "make fuzz          the decoder properties (network and disk bytes), CASES=20000 cases each"
 	@echo "make lint          cargo fmt --check and clippy -D warnings"
 	@echo "make loadtest      every load scenario (scripts/bench.sh all)"
 	@echo "make bench-closed  closed-loop load scenario"
@@ -60,6 +61,17 @@ SIM_JOBS ?= 2
 .PHONY: sim
 sim:
 	$(CARGO) run --release --bin ringchat-sim -- --seeds $(SEEDS) --start $(START) --nodes $(NODES) --jobs $(SIM_JOBS)
+
+# The properties that feed hostile bytes to every decoder of network and disk input
+# (src/codec/tests/fuzz.rs), in release, with CASES cases each: `make fuzz CASES=100000`.
+# Cases run in a child process, so one that aborts (a huge allocation failing) or hangs for
+# 10 s is reported with its smallest input instead of ending the run.
+# Coverage-guided fuzzing (cargo-fuzz) needs nightly Rust, which this machine cannot fetch.
+CASES ?= 20000
+.PHONY: fuzz
+fuzz:
+	PROPTEST_CASES=$(CASES) PROPTEST_FORK=true PROPTEST_TIMEOUT=10000 \
+	  $(CARGO) test --release --lib codec::tests::fuzz::
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -317,6 +317,11 @@ impl From<CodecError> for DiskError {
     fn from(e: CodecError) -> DiskError {
         match e {
             CodecError::BadPayload { kind, reason } => DiskError::BadPayload { kind, reason },
+            // Its CRC held, so it was written so: corruption, not a torn write.
+            CodecError::Truncated { kind, missing } => DiskError::BadPayload {
+                kind,
+                reason: format!("ends {missing} bytes short of what it declares"),
+            },
             other => DiskError::Encode(other.to_string()),
         }
     }
@@ -653,6 +658,27 @@ mod tests {
         let crc = crc32fast::hash(&k[12..]);
         k[8..12].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode_record(&k), Err(DiskError::UnknownKind(77)));
+    }
+
+    #[test]
+    fn a_hostile_string_length_in_a_record_fails_without_allocating_it() {
+        // An OpenSession entry whose user name claims nearly 64 MiB: within the record limit,
+        // so the byte limit lets it through, but no byte of it follows. The CRCs are valid.
+        let claimed = u64::from(MAX_RECORD_PAYLOAD) - 64;
+        let mut buf = Vec::new();
+        write_record(RecordKind::Entry, 1, 1, &mut buf, |out| {
+            out.push(0); // no origin
+            out.extend_from_slice(&3u32.to_le_bytes()); // Command::OpenSession
+            out.extend_from_slice(&[2, 0, 0, 0]); // session: node,
+            out.extend_from_slice(&[9; 16]); // incarnation and connection
+            out.extend_from_slice(&claimed.to_le_bytes());
+            Ok(())
+        })
+        .unwrap();
+        let (result, largest) =
+            crate::codec::alloc_probe::largest_allocation(|| decode_record(&buf));
+        assert!(matches!(result, Err(DiskError::BadPayload { kind: 1, .. })));
+        assert!(largest < 1 << 16, "decoding asked for {largest} bytes");
     }
 
     #[test]

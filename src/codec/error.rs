@@ -34,6 +34,14 @@ pub enum CodecError {
         /// Decoder message.
         reason: String,
     },
+    /// The payload ends inside a value it declares (cut short, or a damaged or hostile
+    /// length), found before anything is allocated for the value.
+    Truncated {
+        /// Frame kind (0 for a snapshot image).
+        kind: u8,
+        /// Bytes missing for the value being read.
+        missing: usize,
+    },
     /// A value could not be encoded.
     Encode(String),
 }
@@ -60,6 +68,10 @@ impl fmt::Display for CodecError {
             CodecError::BadPayload { kind, reason } => {
                 write!(f, "malformed payload for frame kind {kind:#04x}: {reason}")
             }
+            CodecError::Truncated { kind, missing } => write!(
+                f,
+                "payload for frame kind {kind:#04x} ends {missing} bytes short of what it declares"
+            ),
             CodecError::Encode(e) => write!(f, "cannot encode frame: {e}"),
         }
     }

@@ -1,9 +1,11 @@
 //! Wire codec: a fixed 16-byte header then a bincode 2 payload. The only module that encodes.
 //!
 //! Decoding never panics: the header is validated (magic, version, flags, length limit) before
-//! the payload is read, the CRC is checked before it is decoded, and bincode runs with a byte
-//! limit so a hostile length prefix inside the payload cannot allocate more than the limit.
+//! the payload is read, the CRC is checked before it is decoded, and a length prefix inside the
+//! payload that claims more bytes than follow it is refused before anything is allocated for
+//! it (see `bounded`); bincode's byte limit catches the rest.
 
+mod bounded;
 pub mod disk;
 mod error;
 mod frames;
@@ -17,6 +19,7 @@ pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
 pub use peer::*;
 pub use snapshot::{decode_snapshot, encode_snapshot, SnapshotEncoder};
 
+use bounded::Bounded;
 use serde::{Deserialize, Serialize};
 
 /// Largest payload a server accepts from a client (and the bincode allocation limit for it).
@@ -59,13 +62,8 @@ fn take<'a, T: Deserialize<'a>, const N: usize>(
     kind: u8,
     payload: &'a [u8],
 ) -> Result<T, CodecError> {
-    let (v, used) =
-        bincode::serde::borrow_decode_from_slice(payload, config::<N>()).map_err(|e| {
-            CodecError::BadPayload {
-                kind,
-                reason: e.to_string(),
-            }
-        })?;
+    let (Bounded(v), used) = bincode::serde::borrow_decode_from_slice(payload, config::<N>())
+        .map_err(|e| decode_error(kind, e))?;
     if used != payload.len() {
         return Err(CodecError::BadPayload {
             kind,
@@ -81,11 +79,21 @@ fn take_prefix<'a, T: Deserialize<'a>, const N: usize>(
     payload: &'a [u8],
 ) -> Result<T, CodecError> {
     bincode::serde::borrow_decode_from_slice(payload, config::<N>())
-        .map(|(v, _)| v)
-        .map_err(|e| CodecError::BadPayload {
+        .map(|(Bounded(v), _)| v)
+        .map_err(|e| decode_error(kind, e))
+}
+
+fn decode_error(kind: u8, e: bincode::error::DecodeError) -> CodecError {
+    match e {
+        bincode::error::DecodeError::UnexpectedEnd { additional } => CodecError::Truncated {
+            kind,
+            missing: additional,
+        },
+        e => CodecError::BadPayload {
             kind,
             reason: e.to_string(),
-        })
+        },
+    }
 }
 
 macro_rules! frame_set {
@@ -352,5 +360,7 @@ pub fn encode_append(
     Ok(out)
 }
 
+#[cfg(test)]
+mod alloc_probe;
 #[cfg(test)]
 mod tests;

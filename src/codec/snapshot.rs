@@ -11,7 +11,8 @@ use crate::core::membership::Config;
 const IMAGE_VERSION: u32 = 3;
 /// The version before: the same image without the de-duplication records' clock at its end.
 const IMAGE_VERSION_2: u32 = 2;
-/// Bound on what decoding a snapshot may allocate (a corrupt length cannot exhaust memory).
+/// bincode's byte limit for images. Too large to bound what decoding allocates, which the
+/// image's own size bounds instead: a length past its end is refused before it is allocated.
 const MAX_IMAGE: usize = 1 << 36;
 /// Kind reported in errors about snapshot images (not a frame kind).
 const IMAGE_KIND: u8 = 0;
