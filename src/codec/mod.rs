@@ -353,7 +353,7 @@ pub fn encode_append(
         durable,
         entries,
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + 40 + 96 * entries.len());
+    let mut out = Vec::with_capacity(HEADER_LEN + 48 + 96 * entries.len());
     write_frame(0x83, MAX_PEER_PAYLOAD, &mut out, |out| {
         put::<_, { MAX_PEER_PAYLOAD as usize }>(&append, out)
     })?;

@@ -716,6 +716,45 @@ fn the_peer_hello_example_of_protocol_md_is_what_encode_produces() {
     );
 }
 
+#[test]
+fn the_append_example_of_protocol_md_is_what_encode_produces() {
+    use crate::core::log::{Command, Entry, ProposalId};
+    use crate::core::{ConnId, SessionId};
+    let entry = Entry {
+        index: 13,
+        epoch: 3,
+        origin: Some(ProposalId {
+            node: 2,
+            incarnation: 5,
+            seq: 9,
+        }),
+        command: Command::Say {
+            session: SessionId {
+                node: 2,
+                incarnation: 5,
+                conn: ConnId(7),
+            },
+            room: "g".into(),
+            client_seq: 1,
+            text: "hi".into(),
+            time_ms: 1_700_000_000_000,
+        },
+    };
+    let bytes = encode_append(3, 12, 3, 12, 13, &[entry]).unwrap();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "524301830000000090000000bcd0824e\
+         03000000000000000c00000000000000030000000000000\
+         00c000000000000000d00000000000000\
+         01000000000000000d000000000000000300000000000000\
+         01020000000500000000000000090000000000000007000000\
+         0200000005000000000000000700000000000000\
+         010000000000000067010000000000000002000000000000006869\
+         0068e5cf8b010000"
+    );
+}
+
 /// `cargo test --release --lib -- --ignored --nocapture snapshot_of_a_million_messages`:
 /// how long encoding the chat state of 1,000,000 messages takes, in one go and piecewise at
 /// the node's default step (the event loop pauses for the capture and for each step), with the

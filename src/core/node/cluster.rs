@@ -8,6 +8,9 @@
 //! it holds every committed entry: each committed entry sits on a majority, which meets the
 //! participants, and a participant refuses replication from older epochs once it took part.
 //! A leader commits only entries of its own epoch by counting (older ones commit under them).
+//! A follower may too, by the same rule: an entry of the leader's epoch that it and the leader
+//! hold durably, when the two are a majority of every configuration it holds (three nodes);
+//! the leader's Appends say how far its own log is durable (`commit_durable_pair`).
 
 use std::time::{Duration, Instant};
 
@@ -922,8 +925,9 @@ impl Node {
             self.leader_durable = (a.epoch, 0);
         }
         self.leader_durable.1 = self.leader_durable.1.max(a.durable.min(matched));
-        self.commit_durable_pair();
         self.apply_committed();
+        // After applying: a configuration entry just applied may make the pair a majority.
+        self.commit_durable_pair();
         if self.amnesia == Amnesia::Unknown {
             self.amnesia = Amnesia::CatchingUpTo(a.commit);
         }
@@ -1019,7 +1023,12 @@ impl Node {
     /// no commit notice for it.
     fn note_pair_commit(&mut self, peer: NodeId, index: LogIndex) {
         let known = index.min(self.log.committed());
-        if self.log.epoch_at(known) == Some(self.hard.epoch)
+        let sent = self.commit_sent.get(&peer).copied().unwrap_or(0);
+        // The follower checks every configuration from its applied index on: while it may not
+        // have applied the newest, it may hold one where the two are no majority.
+        let same_configs = self.log.configs().last_index() <= sent;
+        if same_configs
+            && self.log.epoch_at(known) == Some(self.hard.epoch)
             && self.log.configs().pair_is_majority(self.cfg.id, peer)
         {
             let sent = self.commit_sent.entry(peer).or_default();
@@ -1119,7 +1128,7 @@ impl Node {
                 };
                 if hold {
                     // Also an empty one, so it cannot overtake the entries before it.
-                    self.hold_until(last, action);
+                    self.hold_as_leader(last, action);
                 } else {
                     self.actions.push_back(action);
                 }
@@ -1163,6 +1172,17 @@ impl Node {
     /// Queues an action that must wait until the election state and the log up to `index`
     /// are durable.
     pub(super) fn hold_until(&mut self, index: LogIndex, action: Action) {
+        self.hold_with(index, action, None);
+    }
+
+    /// [`Node::hold_until`] for what a leader sends as leader of this epoch: dropped instead
+    /// if it no longer leads it by then (its storage failed, say; its Appends would make
+    /// followers wait on a leader that is gone).
+    fn hold_as_leader(&mut self, index: LogIndex, action: Action) {
+        self.hold_with(index, action, Some(self.hard.epoch));
+    }
+
+    fn hold_with(&mut self, index: LogIndex, action: Action, leading: Option<Epoch>) {
         if self.hard_persisted >= self.hard_version && self.log.persisted() >= index {
             self.actions.push_back(action);
         } else {
@@ -1170,6 +1190,7 @@ impl Node {
                 hard_version: self.hard_version,
                 index,
                 action,
+                leading,
             });
         }
     }

@@ -243,6 +243,8 @@ struct Held {
     hard_version: u64,
     index: LogIndex,
     action: Action,
+    /// Sent as leader of this epoch: dropped unless the node still leads it.
+    leading: Option<Epoch>,
 }
 
 /// A cluster member's whole state.
@@ -718,7 +720,10 @@ impl Node {
         while i < self.held.len() {
             if self.held[i].hard_version <= hard && self.held[i].index <= index {
                 let h = self.held.remove(i);
-                self.actions.push_back(h.action);
+                let leads = |e| self.role == Role::Leader && self.hard.epoch == e;
+                if h.leading.is_none_or(leads) {
+                    self.actions.push_back(h.action);
+                }
             } else {
                 i += 1;
             }

@@ -1313,8 +1313,19 @@ fn append2(
     durable: LogIndex,
     entries: Vec<Entry>,
 ) -> PeerFrame {
+    append_of(2, prev, commit, durable, entries)
+}
+
+/// An Append of the leader of `epoch`.
+fn append_of(
+    epoch: u64,
+    prev: (LogIndex, u64),
+    commit: LogIndex,
+    durable: LogIndex,
+    entries: Vec<Entry>,
+) -> PeerFrame {
     PeerFrame::Append(crate::codec::Append {
-        epoch: 2,
+        epoch,
         prev_index: prev.0,
         prev_epoch: prev.1,
         commit,
@@ -1362,6 +1373,71 @@ fn a_follower_does_not_commit_on_the_leaders_word_beyond_three_nodes_or_before_i
     assert_eq!(f.node.stats().committed, 1);
     f.frame(1, append2((2, 1), 1, 3, vec![noop(3, 2)]));
     assert_eq!(f.node.stats().committed, 3);
+}
+
+#[test]
+fn the_word_of_an_earlier_leader_does_not_commit_what_a_later_one_sent() {
+    let mut f = Member::new(2, &[1, 2, 3]);
+    f.connect(1);
+    f.connect(4);
+    // Node 4, no member here, leads epoch 2: its word commits nothing (no pair with it).
+    let old = (2..=5).map(|i| noop(i, 2)).collect();
+    f.frame(4, append_of(2, (1, 1), 1, 5, old));
+    assert_eq!(f.node.stats().committed, 1);
+    // Node 1 leads epoch 3 and replaces entry 4 on; it has not said entry 4 is durable.
+    f.frame(1, append_of(3, (3, 2), 1, 0, vec![noop(4, 3)]));
+    assert_eq!(f.node.stats().last_index, 4);
+    assert_eq!(
+        f.node.stats().committed,
+        1,
+        "epoch 2's word is not epoch 3's"
+    );
+    f.frame(1, append_of(3, (4, 3), 1, 4, vec![]));
+    assert_eq!(f.node.stats().committed, 4);
+}
+
+#[test]
+fn a_leader_that_sends_before_its_sync_claims_only_what_is_durable() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    assert!(
+        !m.node.cfg.replicate_after_persist,
+        "the disk's way by default"
+    );
+    for p in [2, 3] {
+        m.connect(p);
+    }
+    m.lead(vec![1, 2, 3]);
+    let last = m.node.stats().last_index;
+    for p in [2, 3] {
+        m.ack_from(p, last);
+    }
+    m.sent.clear();
+    let forward = Forward {
+        epoch: 1,
+        proposals: vec![crate::core::log::Proposal {
+            id: crate::core::log::ProposalId {
+                node: 2,
+                incarnation: 1,
+                seq: 1,
+            },
+            command: Command::Noop,
+        }],
+    };
+    m.frame(2, PeerFrame::Forward(forward));
+    let durable: Vec<LogIndex> = m
+        .sent
+        .iter()
+        .filter_map(|(_, f)| match f {
+            PeerFrame::Append(a) if !a.entries.is_empty() => Some(a.durable),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        durable,
+        vec![last, last],
+        "sent before the sync of {}",
+        last + 1
+    );
 }
 
 #[test]
@@ -1505,4 +1581,57 @@ fn a_token_that_comes_home_without_a_live_member_is_sent_to_it_once() {
         .iter()
         .any(|(_, f)| matches!(f, PeerFrame::Token(t) if !t.pre && t.epoch == token.epoch));
     assert!(real, "{:?}", m.sent);
+}
+
+#[test]
+fn a_follower_still_gets_a_commit_notice_while_it_may_hold_an_older_configuration() {
+    let all = [1, 2, 3, 4];
+    let mut l = Member::new(1, &all);
+    l.node.cfg.replicate_after_persist = true;
+    let mut f = Member::new(2, &all);
+    for p in [2, 3] {
+        l.connect(p);
+    }
+    f.connect(1);
+    l.lead(vec![1, 2, 3]);
+    // Carries what the leader sent node 2 there, and node 2's answers back.
+    fn route(l: &mut Member, f: &mut Member) {
+        for _ in 0..5 {
+            let to_f: Vec<PeerFrame> = l
+                .sent
+                .drain(..)
+                .filter(|(to, _)| *to == 2)
+                .map(|(_, fr)| fr)
+                .collect();
+            for fr in to_f {
+                f.frame(1, fr);
+            }
+            let to_l: Vec<PeerFrame> = f
+                .sent
+                .drain(..)
+                .filter(|(to, _)| *to == 1)
+                .map(|(_, fr)| fr)
+                .collect();
+            for fr in to_l {
+                l.frame(2, fr);
+            }
+        }
+    }
+    route(&mut l, &mut f);
+    let last = l.node.stats().last_index;
+    l.ack_from(3, last);
+    route(&mut l, &mut f);
+    // Removing node 4 leaves three members: the leader and node 2 are a pair of its newest
+    // configuration, but node 2 also checks the four-member one it has not applied yet.
+    let now = l.now.mono;
+    assert!(l.node.request_remove(now, 4).ok);
+    l.step();
+    let change = l.node.stats().last_index;
+    route(&mut l, &mut f);
+    assert_eq!(l.node.stats().committed, change);
+    assert_eq!(
+        f.node.stats().committed,
+        change,
+        "node 2 must be told, not left to the next heartbeat"
+    );
 }

@@ -155,11 +155,26 @@ impl World {
         self.turn(id);
     }
 
-    /// One driver turn: flush, persist with one sync, flush, carry out the actions; again while
-    /// closes give the node more to do. A pending crash strikes here.
+    /// One driver turn, in the driver's order: flush, carry out what may leave already (the
+    /// core holds back what waits on durability), persist with one sync, flush, carry out the
+    /// rest; again while closes give the node more to do. A pending crash strikes after the
+    /// first sends, before the sync (or after the sync, before the rest).
     pub(super) fn turn(&mut self, id: NodeId) {
         let now = self.clock.now();
         for _ in 0..32 {
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            if n.crash_pending == Some(CrashPoint::Idle) {
+                n.crash_pending = None;
+                return self.crash_now(id, CrashPoint::Idle);
+            }
+            let Some(node) = n.node.as_mut() else {
+                return;
+            };
+            node.flush(now);
+            let early = drain_actions(node);
+            let mut closed = self.carry_out(id, early);
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
@@ -172,7 +187,6 @@ impl World {
             let Some(node) = node.as_mut() else {
                 return;
             };
-            node.flush(now);
             if let Some(point) = crash_pending.take() {
                 if let Some(p) = node.to_persist() {
                     match point {
@@ -198,29 +212,32 @@ impl World {
                     Err(e) => node.handle_persist_failed(now, e.to_string()),
                 }
             }
-            let mut actions = Vec::new();
-            while let Some(a) = node.poll_action() {
-                actions.push(a);
-            }
-            let mut closed = false;
-            for a in actions {
-                match a {
-                    Action::SendPeer { to, bytes } => self.send_peer(id, to, bytes),
-                    Action::Send { conn, bytes } => self.send_to_client(id, conn, bytes),
-                    Action::Close { conn, reason } => {
-                        if self.node_closes(id, conn) {
-                            self.note(format!("node {id}: closed conn {}: {reason}", conn.0));
-                            closed = true;
-                        }
-                    }
-                }
-            }
+            let actions = drain_actions(node);
+            closed |= self.carry_out(id, actions);
             if !closed {
                 break;
             }
         }
         self.watch_role(id);
         self.follow_membership(id);
+    }
+
+    /// Carries out `actions` of node `id`; true if one closed a connection.
+    fn carry_out(&mut self, id: NodeId, actions: Vec<Action>) -> bool {
+        let mut closed = false;
+        for a in actions {
+            match a {
+                Action::SendPeer { to, bytes } => self.send_peer(id, to, bytes),
+                Action::Send { conn, bytes } => self.send_to_client(id, conn, bytes),
+                Action::Close { conn, reason } => {
+                    if self.node_closes(id, conn) {
+                        self.note(format!("node {id}: closed conn {}: {reason}", conn.0));
+                        closed = true;
+                    }
+                }
+            }
+        }
+        closed
     }
 
     pub(super) fn watch_role(&mut self, id: NodeId) {
@@ -350,4 +367,13 @@ impl World {
         self.start_node(id);
         self.reconnect_links_of(id);
     }
+}
+
+/// Everything the node has to carry out now.
+fn drain_actions(node: &mut Node) -> Vec<Action> {
+    let mut actions = Vec::new();
+    while let Some(a) = node.poll_action() {
+        actions.push(a);
+    }
+    actions
 }
