@@ -43,6 +43,9 @@ pub(super) struct PendingSnapshot {
     pub(super) replaces_log: bool,
 }
 
+/// Most bytes reserved ahead for an incoming snapshot image, whatever size its sender states.
+const SNAPSHOT_PREALLOCATE: u64 = 64 << 20;
+
 impl Node {
     /// Takes a snapshot at the next persist, whatever the log's size (admin request).
     pub fn request_snapshot(&mut self) {
@@ -266,7 +269,9 @@ impl Node {
             self.incoming = (c.offset == 0).then(|| Incoming {
                 from,
                 meta,
-                bytes: Vec::with_capacity(c.total.min(1 << 30) as usize),
+                // The peer says how big; reserve no more than a few chunks' worth on its word
+                // (the buffer grows as the bytes arrive).
+                bytes: Vec::with_capacity(c.total.min(SNAPSHOT_PREALLOCATE) as usize),
             });
         }
         // Out of order (we lost the start, or a resend overlaps): the reply says where to go on.
