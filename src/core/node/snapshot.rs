@@ -269,8 +269,8 @@ impl Node {
             self.incoming = (c.offset == 0).then(|| Incoming {
                 from,
                 meta,
-                // The peer says how big; reserve no more than a few chunks' worth on its word
-                // (the buffer grows as the bytes arrive).
+                // The sender says how big; on its word alone reserve at most 64 MiB (the
+                // buffer grows as the bytes arrive).
                 bytes: Vec::with_capacity(c.total.min(SNAPSHOT_PREALLOCATE) as usize),
             });
         }
