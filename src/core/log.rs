@@ -260,11 +260,7 @@ impl Log {
     /// Up to `max` entries starting at `from`, staying under `max_bytes` (approximate) but
     /// always at least one when any is available and `max` > 0.
     pub fn slice(&self, from: LogIndex, max: usize, max_bytes: usize) -> &[Entry] {
-        let Some(start) = from.checked_sub(self.offset + 1) else {
-            return &[];
-        };
-        let start = (start as usize).min(self.entries.len());
-        let rest = &self.entries[start..];
+        let rest = from.checked_sub(1).map_or(&[][..], |i| self.after(i));
         let mut bytes = 0;
         let mut n = 0;
         for e in rest.iter().take(max) {
@@ -275,6 +271,14 @@ impl Log {
             n += 1;
         }
         &rest[..n]
+    }
+
+    /// Every entry held after `index` (none that a snapshot covers).
+    pub fn after(&self, index: LogIndex) -> &[Entry] {
+        let Some(start) = index.checked_sub(self.offset) else {
+            return &[];
+        };
+        &self.entries[(start as usize).min(self.entries.len())..]
     }
 
     /// Appends a new entry at the end and returns its index.

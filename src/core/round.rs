@@ -51,7 +51,7 @@ impl Rounds {
             return;
         }
         self.since.get_or_insert(now);
-        for e in log.slice(self.seen + 1, usize::MAX, usize::MAX) {
+        for e in log.after(self.seen) {
             if let Command::Say { session, .. } = e.command {
                 if let Err(at) = self.writers.binary_search(&session) {
                     self.writers.insert(at, session);
