@@ -16,6 +16,8 @@ pub struct Outbox {
     pending: VecDeque<Proposal>,
     /// How many of `pending` (from the front) the current leader has been given.
     sent: usize,
+    /// Proposals from this sequence number on have not been through [`Outbox::fresh`].
+    fresh_from: u64,
 }
 
 impl Outbox {
@@ -27,6 +29,7 @@ impl Outbox {
             next_seq: 1,
             pending: VecDeque::new(),
             sent: 0,
+            fresh_from: 1,
         }
     }
 
@@ -40,6 +43,15 @@ impl Outbox {
         self.next_seq += 1;
         self.pending.push_back(Proposal { id, command });
         id
+    }
+
+    /// The proposals pushed since the last call that are still pending, newest first.
+    pub fn fresh(&mut self) -> impl Iterator<Item = &Proposal> {
+        let from = std::mem::replace(&mut self.fresh_from, self.next_seq);
+        self.pending
+            .iter()
+            .rev()
+            .take_while(move |p| p.id.seq >= from)
     }
 
     /// Proposals waiting to be applied.

@@ -1,29 +1,54 @@
-//! Replication rounds: when the leader sends the entries it appended.
+//! Replication rounds: when the leader sends the entries it appended, and when a follower
+//! forwards its clients' writes to the leader.
 //!
 //! Every round costs about the same whatever it carries: one Append to each follower, one
-//! reply from each, and then one write to each client that gets a delivery. Under load the
+//! reply from each, and then one write to each client that gets a delivery; on a follower, one
+//! Forward to the leader, and a wake-up of the leader to read it. Under load the
 //! leader therefore holds new entries that do not fill an Append until every writer active in
 //! the last linger time has written again, and for at most the linger time. A closed loop of N
 //! writers then settles into rounds of N messages. Like PostgreSQL's `commit_delay`, which
 //! waits only while `commit_siblings` other transactions are active, nothing is held unless
 //! two writers or more were active, so a lone writer's message is never delayed.
+//!
+//! A follower gathers its own clients' writes the same way and forwards each round in one
+//! Forward. The leader therefore stops waiting for the writers of another node once a message
+//! of that node is in its round: the rest of them are in that node's next round. Waits thus
+//! overlap rather than add up. A follower's holding pays only when its writers answer the
+//! deliveries of each round (a closed loop); when they write at their own pace (an open loop)
+//! its rounds go at the linger with writers missing, and it would only add latency to what the
+//! leader batches anyway. So a follower holds only while its rounds complete: after a round
+//! that went at the linger it skips 2, 4, ... up to 256 rounds before it tries again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::log::{Command, Log, LogIndex};
-use super::SessionId;
+use super::{NodeId, SessionId};
 
-/// The leader's replication rounds (see the module documentation).
+/// Adaptive rounds skip at most 2^MAX_MISSES rounds after rounds that went at the linger.
+const MAX_MISSES: u32 = 8;
+
+/// The leader's replication rounds, or a follower's forwarding rounds (see the module
+/// documentation).
 #[derive(Debug)]
 pub struct Rounds {
     linger: Duration,
+    /// The node these rounds are gathered on.
+    local: NodeId,
+    /// Whether rounds stop holding while they go at the linger (see the module documentation).
+    adaptive: bool,
+    /// Rounds in a row that went at the linger with writers missing (adaptive only).
+    misses: u32,
+    /// Rounds still to send without holding (adaptive only).
+    skip: u32,
     /// When the first entry of the round being gathered was appended.
     since: Option<Instant>,
     /// Entries up to this index have been looked at for their writers.
     seen: LogIndex,
     /// Writers of the round being gathered, sorted.
     writers: Vec<SessionId>,
+    /// The other nodes with a writer in the round being gathered: their part of it is in.
+    reported: Vec<NodeId>,
     /// Rounds sent within the last linger time: when, and their writers.
     recent: VecDeque<(Instant, Vec<SessionId>)>,
     /// The writers of `recent`, sorted: those the round being gathered waits for.
@@ -31,15 +56,29 @@ pub struct Rounds {
 }
 
 impl Rounds {
-    /// Rounds that hold entries for at most `linger` (zero: never).
-    pub fn new(linger: Duration) -> Rounds {
+    /// Rounds of node `local` that hold entries for at most `linger` (zero: never).
+    pub fn new(linger: Duration, local: NodeId) -> Rounds {
         Rounds {
             linger,
+            local,
+            adaptive: false,
+            misses: 0,
+            skip: 0,
             since: None,
             seen: 0,
             writers: Vec::new(),
+            reported: Vec::new(),
             recent: VecDeque::new(),
             active: Vec::new(),
+        }
+    }
+
+    /// The same rounds, but holding only while they complete (a follower's; see the module
+    /// documentation).
+    pub fn adaptive(self) -> Rounds {
+        Rounds {
+            adaptive: true,
+            ..self
         }
     }
 
@@ -47,18 +86,34 @@ impl Rounds {
     /// clients' and those forwarded by followers).
     pub fn appended(&mut self, now: Instant, log: &Log) {
         let last = log.last_index();
-        if self.linger.is_zero() || last <= self.seen {
+        if last <= self.seen {
             return;
         }
-        self.since.get_or_insert(now);
-        for e in log.after(self.seen) {
-            if let Command::Say { session, .. } = e.command {
-                if let Err(at) = self.writers.binary_search(&session) {
-                    self.writers.insert(at, session);
+        self.gather(now, log.after(self.seen).iter().map(|e| &e.command));
+        self.seen = last;
+    }
+
+    /// Takes in new commands of the round being gathered: a follower's own proposals, which it
+    /// forwards in rounds as the leader replicates them.
+    pub fn gather<'a>(&mut self, now: Instant, commands: impl IntoIterator<Item = &'a Command>) {
+        if self.linger.is_zero() {
+            return;
+        }
+        let mut any = false;
+        for command in commands {
+            any = true;
+            if let Command::Say { session, .. } = command {
+                if let Err(at) = self.writers.binary_search(session) {
+                    self.writers.insert(at, *session);
+                }
+                if session.node != self.local && !self.reported.contains(&session.node) {
+                    self.reported.push(session.node);
                 }
             }
         }
-        self.seen = last;
+        if any {
+            self.since.get_or_insert(now);
+        }
     }
 
     /// True while the round's entries wait for more writers.
@@ -66,17 +121,23 @@ impl Rounds {
         let Some(since) = self.since else {
             return false;
         };
-        now < since + self.linger
-            && self.active.len() >= 2
-            && !self
-                .active
-                .iter()
-                .all(|w| self.writers.binary_search(w).is_ok())
+        self.skip == 0 && now < since + self.linger && self.active.len() >= 2 && !self.complete()
+    }
+
+    /// True when every active writer wrote in the round being gathered (or its node's part
+    /// of the round is in).
+    fn complete(&self) -> bool {
+        self.active.iter().all(|w| {
+            self.writers.binary_search(w).is_ok()
+                || (w.node != self.local && self.reported.contains(&w.node))
+        })
     }
 
     /// When the round being gathered goes out even if writers are missing.
     pub fn deadline(&self) -> Option<Instant> {
-        self.since.map(|t| t + self.linger)
+        self.since
+            .filter(|_| self.skip == 0)
+            .map(|t| t + self.linger)
     }
 
     /// Call after a flush that did not hold: the round went out.
@@ -84,6 +145,19 @@ impl Rounds {
         if self.since.take().is_none() {
             return;
         }
+        if self.adaptive {
+            if self.skip > 0 {
+                self.skip -= 1;
+            } else if self.active.len() >= 2 {
+                if self.complete() {
+                    self.misses = 0;
+                } else {
+                    self.misses = (self.misses + 1).min(MAX_MISSES);
+                    self.skip = 1 << self.misses;
+                }
+            }
+        }
+        self.reported.clear();
         self.recent
             .push_back((now, std::mem::take(&mut self.writers)));
         while self
@@ -104,7 +178,8 @@ impl Rounds {
     pub fn reset(&mut self, last: LogIndex) {
         *self = Rounds {
             seen: last,
-            ..Rounds::new(self.linger)
+            adaptive: self.adaptive,
+            ..Rounds::new(self.linger, self.local)
         };
     }
 }
@@ -116,11 +191,16 @@ mod tests {
 
     const LINGER: Duration = Duration::from_millis(1);
 
-    /// Appends a message by each of `writers` (connection numbers) to `log`.
+    /// Appends a message by each of `writers` (connection numbers on node 1) to `log`.
     fn say(log: &mut Log, writers: &[u64]) {
+        say_on(log, 1, writers);
+    }
+
+    /// Appends a message by each of `writers` (connection numbers on `node`) to `log`.
+    fn say_on(log: &mut Log, node: NodeId, writers: &[u64]) {
         for &w in writers {
             let session = SessionId {
-                node: 1,
+                node,
                 incarnation: 1,
                 conn: ConnId(w),
             };
@@ -144,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_round_waits_for_every_active_writer_at_most_the_linger() {
-        let (t0, mut log, mut r) = (Instant::now(), Log::new(), Rounds::new(LINGER));
+        let (t0, mut log, mut r) = (Instant::now(), Log::new(), Rounds::new(LINGER, 1));
         // The first round knows no writers: it goes at once.
         say(&mut log, &[1, 2]);
         r.appended(t0, &log);
@@ -176,15 +256,76 @@ mod tests {
     }
 
     #[test]
+    fn another_nodes_writers_are_waited_for_until_its_part_of_the_round_is_in() {
+        let (t0, mut log, mut r) = (Instant::now(), Log::new(), Rounds::new(LINGER, 1));
+        say_on(&mut log, 2, &[1, 2]);
+        say_on(&mut log, 3, &[1]);
+        say(&mut log, &[1]);
+        r.appended(t0, &log);
+        r.sent(t0);
+        // Node 2 forwards one of its two active writers: its part is in, node 3's is not.
+        say_on(&mut log, 2, &[1]);
+        say(&mut log, &[1]);
+        r.appended(t0, &log);
+        assert!(r.holding(t0));
+        say_on(&mut log, 3, &[1]);
+        r.appended(t0, &log);
+        assert!(!r.holding(t0), "node 2's writer 2 is in its next round");
+        r.sent(t0);
+        // This node's own writers are always waited for.
+        say_on(&mut log, 2, &[1]);
+        say_on(&mut log, 3, &[1]);
+        r.appended(t0, &log);
+        assert!(r.holding(t0), "writer 1 of node 1 has not written");
+        say(&mut log, &[1]);
+        r.appended(t0, &log);
+        assert!(!r.holding(t0));
+    }
+
+    #[test]
+    fn adaptive_rounds_skip_twice_as_many_rounds_after_each_round_that_went_at_the_linger() {
+        let (t0, mut log, mut r) = (
+            Instant::now(),
+            Log::new(),
+            Rounds::new(LINGER, 1).adaptive(),
+        );
+        let t1 = t0 + LINGER;
+        say(&mut log, &[1, 2]);
+        r.appended(t0, &log);
+        r.sent(t0);
+        // Writer 2 does not write again: the round goes at the linger, a miss.
+        say(&mut log, &[1]);
+        r.appended(t0, &log);
+        assert!(r.holding(t0));
+        r.sent(t1);
+        assert_eq!((r.misses, r.skip), (1, 2));
+        for _ in 0..2 {
+            say(&mut log, &[1]);
+            r.appended(t1, &log);
+            assert!(!r.holding(t1), "skipped");
+            assert_eq!(r.deadline(), None);
+            r.sent(t1);
+        }
+        // Holding again, and missing again: twice as many rounds are skipped.
+        say(&mut log, &[1]);
+        r.appended(t1, &log);
+        assert!(r.holding(t1));
+        r.sent(t1 + LINGER);
+        assert_eq!((r.misses, r.skip), (2, 4));
+        // The leader's rounds are not adaptive.
+        assert!(!Rounds::new(LINGER, 1).adaptive);
+    }
+
+    #[test]
     fn nothing_is_held_after_a_lone_writer_or_without_a_linger() {
-        let (t0, mut log, mut r) = (Instant::now(), Log::new(), Rounds::new(LINGER));
+        let (t0, mut log, mut r) = (Instant::now(), Log::new(), Rounds::new(LINGER, 1));
         say(&mut log, &[1]);
         r.appended(t0, &log);
         r.sent(t0);
         say(&mut log, &[2]);
         r.appended(t0, &log);
         assert!(!r.holding(t0), "one active writer makes nobody wait");
-        let mut off = Rounds::new(Duration::ZERO);
+        let mut off = Rounds::new(Duration::ZERO, 1);
         for _ in 0..3 {
             say(&mut log, &[1, 2, 3]);
             off.appended(t0, &log);
@@ -196,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_new_leadership_forgets_the_writers_and_what_it_has_seen() {
-        let (t0, mut log, mut r) = (Instant::now(), Log::new(), Rounds::new(LINGER));
+        let (t0, mut log, mut r) = (Instant::now(), Log::new(), Rounds::new(LINGER, 1));
         say(&mut log, &[1, 2]);
         r.appended(t0, &log);
         r.sent(t0);

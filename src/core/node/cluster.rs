@@ -206,6 +206,13 @@ impl Node {
         if let Some(t) = self.rounds.deadline().filter(|_| self.role == Role::Leader) {
             next = next.min(t);
         }
+        if let Some(t) = self
+            .forwards
+            .deadline()
+            .filter(|_| self.forward_to().is_some())
+        {
+            next = next.min(t);
+        }
         if let Some(step) = self.snapshot_step_due() {
             next = next.min(step);
         }
@@ -213,7 +220,8 @@ impl Node {
     }
 
     /// Sends what this turn's input produced: the leader appends pending proposals and
-    /// replicates; a follower forwards its proposals to the leader. Call after the input of a
+    /// replicates; a follower forwards its proposals to the leader (both in rounds, see
+    /// [`Rounds`]). Call after the input of a
     /// loop turn and again after [`Node::handle_persisted`].
     pub fn flush(&mut self, now: Now) {
         self.maybe_snapshot();
@@ -239,23 +247,38 @@ impl Node {
                 }
             }
             _ => {
-                let Some(leader) = self.leader else { return };
-                // Not before the leader itself has shown it leads: an Elected announcement can
-                // reach us before the winner, which would drop what we forward as "not leader".
-                if self.leader_confirmed
-                    && self.outbox.has_unsent()
-                    && self.peers.get(&leader).is_some_and(|p| p.connected)
-                {
-                    // In frames of bounded size: one frame for a long backlog could exceed
-                    // the peer payload limit and never get through.
-                    let epoch = self.hard.epoch;
-                    while self.outbox.has_unsent() {
-                        let proposals = self.outbox.take_unsent_upto(self.cfg.max_append_bytes);
-                        self.send_peer(leader, &PeerFrame::Forward(Forward { epoch, proposals }));
-                    }
+                self.forwards
+                    .gather(now.mono, self.outbox.fresh().map(|p| &p.command));
+                let Some(leader) = self.forward_to() else {
+                    return;
+                };
+                if self.forwards.holding(now.mono) {
+                    return;
                 }
+                // In frames of bounded size: one frame for a long backlog could exceed the peer
+                // payload limit and never get through.
+                let epoch = self.hard.epoch;
+                while self.outbox.has_unsent() {
+                    let proposals = self.outbox.take_unsent_upto(self.cfg.max_append_bytes);
+                    self.send_peer(leader, &PeerFrame::Forward(Forward { epoch, proposals }));
+                }
+                self.forwards.sent(now.mono);
             }
         }
+    }
+
+    /// The leader a follower would forward its unsent proposals to now, if any.
+    fn forward_to(&self) -> Option<NodeId> {
+        if self.role == Role::Leader {
+            return None;
+        }
+        let leader = self.leader?;
+        // Not before the leader itself has shown it leads: an Elected announcement can reach
+        // us before the winner, which would drop what we forward as "not leader".
+        (self.leader_confirmed
+            && self.outbox.has_unsent()
+            && self.peers.get(&leader).is_some_and(|p| p.connected))
+        .then_some(leader)
     }
 
     /// This node's view of the cluster.

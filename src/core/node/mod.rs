@@ -305,6 +305,8 @@ pub struct Node {
     pending_snapshot: Option<PendingSnapshot>,
     /// Leader: when the entries it appends go to the followers.
     rounds: Rounds,
+    /// Follower: when its own proposals go to the leader.
+    forwards: Rounds,
     /// A snapshot being received from the leader.
     incoming: Option<Incoming>,
     /// An admin asked for a snapshot.
@@ -436,7 +438,8 @@ impl Node {
             snapshot: recovered.snapshot.map(Rc::new),
             encoding: None,
             pending_snapshot: None,
-            rounds: Rounds::new(cfg.replication_linger),
+            rounds: Rounds::new(cfg.replication_linger, cfg.id),
+            forwards: Rounds::new(cfg.replication_linger, cfg.id).adaptive(),
             incoming: None,
             snapshot_requested: false,
             snapshot_jitter_permille: 0,

@@ -1210,26 +1210,25 @@ fn a_leader_holds_a_round_for_its_active_writers_and_sends_it_when_they_wrote_or
     m.lead(vec![1, 2, 3]);
     let linger = m.node.config().replication_linger;
     assert!(!linger.is_zero(), "on by default");
-    let writer = |conn| SessionId {
-        node: 2,
-        incarnation: 1,
-        conn: ConnId(conn),
-    };
     let mut seq = 0;
-    // Node 2 forwards one message of each of `conns`.
-    let mut forward = |m: &mut Member, conns: &[u64]| {
+    // Node `from` forwards one message of each of `conns`.
+    let mut forward = |m: &mut Member, from: NodeId, conns: &[u64]| {
         let proposals = conns
             .iter()
             .map(|&c| {
                 seq += 1;
                 crate::core::log::Proposal {
                     id: crate::core::log::ProposalId {
-                        node: 2,
+                        node: from,
                         incarnation: 1,
                         seq,
                     },
                     command: Command::Say {
-                        session: writer(c),
+                        session: SessionId {
+                            node: from,
+                            incarnation: 1,
+                            conn: ConnId(c),
+                        },
                         room: "g".into(),
                         client_seq: seq,
                         text: "hi".into(),
@@ -1240,7 +1239,7 @@ fn a_leader_holds_a_round_for_its_active_writers_and_sends_it_when_they_wrote_or
             .collect();
         m.sent.clear();
         m.frame(
-            2,
+            from,
             PeerFrame::Forward(Forward {
                 epoch: 1,
                 proposals,
@@ -1263,12 +1262,14 @@ fn a_leader_holds_a_round_for_its_active_writers_and_sends_it_when_they_wrote_or
         m.ack_from(3, last);
     };
     ack_all(&mut m);
-    // No writer was active: the first round goes at once.
-    forward(&mut m, &[1, 2]);
-    assert_eq!(carried(&m), 2);
+    // No writer was active: the first rounds go at once.
+    forward(&mut m, 2, &[1]);
+    assert_eq!(carried(&m), 1);
+    forward(&mut m, 3, &[2]);
+    assert_eq!(carried(&m), 1);
     let round = m.node.stats().last_index;
-    // Writers 1 and 2 are active: writer 1 alone is held...
-    forward(&mut m, &[1]);
+    // Writer 1 of node 2 and writer 2 of node 3 are active: writer 1 alone is held...
+    forward(&mut m, 2, &[1]);
     assert_eq!(carried(&m), 0, "{:?}", m.sent);
     assert!(m
         .node
@@ -1284,15 +1285,92 @@ fn a_leader_holds_a_round_for_its_active_writers_and_sends_it_when_they_wrote_or
     assert!(notice, "{:?}", m.sent);
     m.ack_from(3, round);
     // Writer 2 writes too: the round is complete and goes at once, both messages in it.
-    forward(&mut m, &[2]);
+    forward(&mut m, 3, &[2]);
     assert_eq!(carried(&m), 2);
     ack_all(&mut m);
     // Writer 2 falls silent: writer 1's round goes when the linger ends.
-    forward(&mut m, &[1]);
+    forward(&mut m, 2, &[1]);
     assert_eq!(carried(&m), 0);
     m.sent.clear();
     m.advance(linger);
     assert_eq!(carried(&m), 1, "{:?}", m.sent);
+}
+
+#[test]
+fn a_follower_forwards_a_round_once_its_active_writers_wrote_or_at_the_linger_and_holds_only_while_rounds_complete(
+) {
+    let mut f = Member::new(2, &[1, 2, 3]);
+    f.connect(1);
+    f.frame(1, append_of(1, (1, 1), 1, 1, vec![]));
+    let linger = f.node.config().replication_linger;
+    let now = f.now;
+    for c in 1..=3 {
+        f.node.handle_connect(now, ConnId(c));
+        let hello = Hello {
+            user: format!("u{c}"),
+            client_id: c,
+        };
+        f.node
+            .handle_frame(now, ConnId(c), ClientFrame::Hello(hello));
+    }
+    let mut seq = 0;
+    // Clients `conns` say one message each; returns the proposals of each Forward sent.
+    let mut say = |f: &mut Member, conns: &[u64]| -> Vec<usize> {
+        let now = f.now;
+        for &c in conns {
+            seq += 1;
+            let say = Say {
+                room: "g".into(),
+                client_seq: seq,
+                text: "hi".into(),
+            };
+            f.node.handle_frame(now, ConnId(c), ClientFrame::Say(say));
+        }
+        f.sent.clear();
+        f.step();
+        forwards(f)
+    };
+    fn forwards(f: &Member) -> Vec<usize> {
+        f.sent
+            .iter()
+            .filter_map(|(to, fr)| match fr {
+                PeerFrame::Forward(fw) if *to == 1 => Some(fw.proposals.len()),
+                _ => None,
+            })
+            .collect()
+    }
+    // Nobody wrote yet: the sessions and the first messages go at once.
+    assert_eq!(say(&mut f, &[]), vec![3]);
+    assert_eq!(say(&mut f, &[1, 2]), vec![2]);
+    // Writers 1 and 2 are active: what 1 and 3 say waits for 2, at most the linger.
+    assert_eq!(say(&mut f, &[1]), Vec::<usize>::new());
+    assert_eq!(say(&mut f, &[3]), Vec::<usize>::new());
+    assert!(f
+        .node
+        .poll_timeout()
+        .is_some_and(|t| t <= f.now.mono + linger));
+    assert_eq!(
+        say(&mut f, &[2]),
+        vec![3],
+        "one Forward for the whole round"
+    );
+    // Writer 3 falls silent: a round without it goes when the linger ends.
+    assert_eq!(say(&mut f, &[1, 2]), Vec::<usize>::new());
+    f.sent.clear();
+    f.advance(linger);
+    assert_eq!(forwards(&f), vec![2]);
+    // Its writers do not answer each round: the next two rounds go at once, then it tries again
+    // (writer 3 is no longer active by then).
+    f.now.mono += linger / 2;
+    assert_eq!(say(&mut f, &[1]), vec![1]);
+    assert_eq!(say(&mut f, &[2]), vec![1]);
+    assert_eq!(say(&mut f, &[1]), Vec::<usize>::new());
+    assert_eq!(say(&mut f, &[2]), vec![2]);
+    // Without a link to the leader nothing is due: no busy loop on an expired linger.
+    assert_eq!(say(&mut f, &[1]), Vec::<usize>::new());
+    f.node.handle_peer_disconnected(f.now, 1);
+    f.advance(linger);
+    assert!(f.node.poll_timeout().is_some_and(|t| t > f.now.mono));
 }
 
 // ----- commit by a follower of three on the leader's word that entries are durable -----
