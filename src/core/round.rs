@@ -53,6 +53,9 @@ pub struct Rounds {
     recent: VecDeque<(Instant, Vec<SessionId>)>,
     /// The writers of `recent`, sorted: those the round being gathered waits for.
     active: Vec<SessionId>,
+    /// Whether every active writer is in the round being gathered (see [`Rounds::complete`]),
+    /// kept up to date since `holding` is asked several times per loop turn.
+    all_in: bool,
 }
 
 impl Rounds {
@@ -70,6 +73,7 @@ impl Rounds {
             reported: Vec::new(),
             recent: VecDeque::new(),
             active: Vec::new(),
+            all_in: true,
         }
     }
 
@@ -113,6 +117,7 @@ impl Rounds {
         }
         if any {
             self.since.get_or_insert(now);
+            self.all_in = self.complete();
         }
     }
 
@@ -121,7 +126,7 @@ impl Rounds {
         let Some(since) = self.since else {
             return false;
         };
-        self.skip == 0 && now < since + self.linger && self.active.len() >= 2 && !self.complete()
+        self.skip == 0 && now < since + self.linger && self.active.len() >= 2 && !self.all_in
     }
 
     /// True when every active writer wrote in the round being gathered (or its node's part
@@ -149,7 +154,7 @@ impl Rounds {
             if self.skip > 0 {
                 self.skip -= 1;
             } else if self.active.len() >= 2 {
-                if self.complete() {
+                if self.all_in {
                     self.misses = 0;
                 } else {
                     self.misses = (self.misses + 1).min(MAX_MISSES);
@@ -172,6 +177,7 @@ impl Rounds {
             .extend(self.recent.iter().flat_map(|(_, w)| w.iter().copied()));
         self.active.sort_unstable();
         self.active.dedup();
+        self.all_in = self.active.is_empty();
     }
 
     /// Forgets everything but the log position (a new leadership knows no writers yet).
