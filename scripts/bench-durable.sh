@@ -125,14 +125,6 @@ trap 'exit 143' TERM
 
 failed=0
 
-# stop_cluster: SIGTERM (then SIGKILL) the nodes of the current cluster.
-stop_cluster() {
-    for pid in "${cluster_pids[@]}"; do
-        stop_process ringchatd "$pid"
-    done
-    cluster_pids=()
-}
-
 # kill9 PID: SIGKILL that process and reap it.
 kill9() {
     kill -KILL "$1" 2>/dev/null || true

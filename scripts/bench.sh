@@ -23,6 +23,9 @@
 #   COMPARE_ROUNDS=3 (runs per target)   COMPARE_OPEN=1 (compare open loop too, at
 #   COMPARE_OPEN_RATE=500 msgs/s for COMPARE_OPEN_DURATION=10 s; rooms/members as CLOSED_*)
 #   COMPARE_CLUSTER=1 (compare a 3-node cluster, members spread over it, with the one redis)
+#   COMPARE_FRESH=1 (a fresh ringchat daemon or cluster for every round, as `closed` and
+#   `cluster` run: by default one serves all rounds and keeps every message of them, as a
+#   long-lived service does, while redis-server keeps none)
 #   STORAGE=memory (the daemons' --storage: memory, like redis-server with persistence off, gives
 #   the fan-out figures the targets are stated in; STORAGE=file adds an fdatasync per loop turn,
 #   compared side by side by `make bench-commit`)
@@ -41,7 +44,7 @@ scenario=${1:-all}
 case "$scenario" in
 closed | open | idle | all | compare | cluster) ;;
 -h | --help)
-    sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -321,14 +324,21 @@ if want_json:
 PY
 }
 
-if [ "$scenario" = compare ]; then
+# start_ringchat NAME: the ringchat side of compare, in $tmp/NAME: 3 nodes with the members spread
+# over them (CPU summed over the daemons) under COMPARE_CLUSTER, else one daemon.
+start_ringchat() {
     if [ -n "${COMPARE_CLUSTER:-}" ]; then
-        # ringchat is 3 nodes with the members spread over them, CPU summed over the daemons.
-        start_cluster "$tmp" --storage "$STORAGE" || exit 2
+        stop_cluster
+        start_cluster "$tmp/$1" --storage "$STORAGE" || return 1
         echo "== ringchat: 3 nodes (storage $STORAGE) on $servers, pids $pids"
     else
-        start_daemon compare || exit 2
+        stop_daemon
+        start_daemon "$1" || return 1
     fi
+}
+
+if [ "$scenario" = compare ]; then
+    start_ringchat compare1 || exit 2
     start_redis || exit 2
     : >"$tmp/compare.jsonl"
     closed_args=(--rooms "$CLOSED_ROOMS" --members "$CLOSED_MEMBERS" --messages "$CLOSED_MESSAGES"
@@ -338,6 +348,9 @@ if [ "$scenario" = compare ]; then
     alive=1
     for round in $(seq "$COMPARE_ROUNDS"); do
         for target in ringchat redis; do
+            if [ "$target" = ringchat ] && [ -n "${COMPARE_FRESH:-}" ] && [ "$round" -gt 1 ]; then
+                start_ringchat "compare$round" >&2 || { alive=0 && break 2; }
+            fi
             echo "== closed round $round/$COMPARE_ROUNDS: $target" >&2
             compare_run closed "$target" "${closed_args[@]}" || { alive=0 && break 2; }
         done

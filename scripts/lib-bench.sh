@@ -18,6 +18,7 @@
 #   start_cluster DIR [FLAGS...]  3 fresh nodes on free ports, each started with FLAGS; waits
 #                                 (bounded) for their port files and for a leader; sets
 #                                 cluster_addrs (array), servers and pids (comma separated)
+#   stop_cluster                  stop_process on every node of cluster_pids, then empties it
 
 # stop_process NAME PID: SIGTERM, then (after 5 s) SIGKILL, of that one process only.
 require_bins() {
@@ -155,4 +156,13 @@ start_cluster() {
         "${client:-target/release/ringchat}" -s "$servers" admin status 2>/dev/null | grep -q leader && break
         sleep 0.1
     done
+}
+
+# stop_cluster: SIGTERM (then SIGKILL) the nodes of the current cluster.
+stop_cluster() {
+    local pid
+    for pid in "${cluster_pids[@]}"; do
+        stop_process ringchatd "$pid"
+    done
+    cluster_pids=()
 }
