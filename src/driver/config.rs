@@ -204,7 +204,8 @@ pub struct DaemonArgs {
 
     /// Longest time, in microseconds, the leader holds new messages until every writer
     /// active in the last such time has written again, so that one replication round (an
-    /// Append to each follower, a reply from each, a write to each client) carries them all:
+    /// Append to each follower, a reply from each, a write to each client) carries them all
+    /// (a follower holds its clients' messages the same way before forwarding them):
     /// less CPU per message under load, for up to about this much more latency (the loop's
     /// timer has a 1 ms resolution, so it can be up to 1 ms more). Nothing is held while
     /// fewer than two writers are active. 0 sends every loop turn; below --heartbeat-ms.

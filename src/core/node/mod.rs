@@ -63,8 +63,9 @@ pub struct NodeConfig {
     pub max_append_bytes: usize,
     /// Most entries sent to a follower and not yet acknowledged.
     pub replication_window: u64,
-    /// Longest time the leader holds new entries for the active writers to write again, so
-    /// that one replication round carries them all (zero: never; see `core::round`).
+    /// Longest time the leader holds new entries (and a follower its proposals) for the active
+    /// writers to write again, so that one round carries them all (zero: never; see
+    /// `core::round`).
     pub replication_linger: Duration,
     /// The leader sends entries only once its own copy is durable, and says so in each
     /// Append, so that in a cluster of three a follower commits them as soon as it stores
