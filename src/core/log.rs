@@ -152,6 +152,8 @@ pub struct Log {
     generation: u64,
     /// The configurations the log holds.
     configs: ConfigHistory,
+    /// Entries compacted away, dropped a bounded number at a time by [`Log::release`].
+    compacted: Vec<Vec<Entry>>,
 }
 
 impl Log {
@@ -212,9 +214,32 @@ impl Log {
         let Some(epoch) = self.epoch_at(index) else {
             return;
         };
-        self.entries.drain(..(index - self.offset) as usize);
+        // The entries kept move to a buffer of the same capacity; those compacted away stay
+        // where they are until released. Dropping a hundred thousand of them at once stalled
+        // the loop for milliseconds, and so did glibc merging all their freed blocks at the next
+        // large allocation.
+        let mut kept = Vec::with_capacity(self.entries.capacity());
+        kept.extend(self.entries.drain((index - self.offset) as usize..));
+        self.compacted
+            .push(std::mem::replace(&mut self.entries, kept));
         self.offset = index;
         self.offset_epoch = epoch;
+    }
+
+    /// Drops at most `max` of the entries compacted away (call once per loop turn); returns
+    /// how many remain to drop.
+    pub fn release(&mut self, max: usize) -> usize {
+        let mut budget = max;
+        while let Some(dead) = self.compacted.last_mut() {
+            let n = dead.len().min(budget);
+            dead.truncate(dead.len() - n);
+            budget -= n;
+            if !dead.is_empty() {
+                break;
+            }
+            self.compacted.pop();
+        }
+        self.compacted.iter().map(Vec::len).sum()
     }
 
     /// Replaces the whole log by an installed snapshot covering up to (`index`, `epoch`). It is
@@ -495,6 +520,22 @@ mod tests {
         // The leader re-sending entries the snapshot covers changes nothing.
         log.merge(&[e(2, 2), e(3, 2), e(4, 2)]).unwrap();
         assert_eq!(log.last_index(), 4);
+    }
+
+    #[test]
+    fn entries_compacted_away_are_dropped_a_bounded_number_at_a_time() {
+        let mut log = Log::recovered((1..=10).map(|i| e(i, 1)).collect());
+        log.commit_to(10);
+        while log.next_to_apply().is_some() {}
+        log.compact_to(4);
+        log.compact_to(7);
+        assert_eq!((log.snapshot_index(), log.last_index()), (7, 10));
+        assert_eq!(log.slice(8, 10, 1 << 20).len(), 3);
+        assert_eq!(log.release(2), 5);
+        assert_eq!(log.release(2), 3, "across the two compactions");
+        assert_eq!(log.release(10), 0);
+        assert_eq!(log.release(10), 0);
+        assert_eq!(log.slice(8, 10, 1 << 20).len(), 3);
     }
 
     #[test]
