@@ -171,5 +171,9 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(Config, ChatState), CodecError> 
             })
         }
     };
+    image.chat.check().map_err(|why| CodecError::BadPayload {
+        kind: IMAGE_KIND,
+        reason: format!("inconsistent snapshot image: {why}"),
+    })?;
     Ok((image.config, image.chat))
 }

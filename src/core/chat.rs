@@ -178,6 +178,13 @@ pub struct Registry {
     activity: Activity,
 }
 
+impl Registry {
+    /// True when `session` is live and `user`'s.
+    fn user_is(&self, session: &SessionId, user: &str) -> bool {
+        self.sessions.get(session).is_some_and(|s| *s.user == *user)
+    }
+}
+
 /// The clock of the de-duplication records: the time of the newest message applied, and when
 /// each client last said something in that time.
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,7 +351,7 @@ impl ChatState {
         }
         // The same device reconnecting takes over its own slot instead of using another.
         let replaced = match self.reg.by_client.get(&client_id).copied() {
-            Some(old) if *self.reg.sessions[&old].user == *user => {
+            Some(old) if self.user_of(old) == Some(user) => {
                 let exits = self.close(old).unwrap_or_default();
                 Some((old, exits))
             }
@@ -399,7 +406,7 @@ impl ChatState {
         let r = self.rooms.entry(room.to_owned()).or_default();
         let last = r.messages.last().map_or(0, |m| m.seq);
         let replay_after = after_seq.unwrap_or(last.saturating_sub(self.history_size as u64));
-        let user_arrived = !r.members.iter().any(|m| self.reg.sessions[m].user == user);
+        let user_arrived = !r.members.iter().any(|m| self.reg.user_is(m, &user));
         if !r.members.contains(&session) {
             r.members.push(session);
             if let Some(s) = self.reg.sessions.get_mut(&session) {
@@ -421,7 +428,7 @@ impl ChatState {
         let user = s.user.clone();
         let r = self.rooms.get_mut(room)?;
         r.members.retain(|m| *m != session);
-        let user_gone = !r.members.iter().any(|m| self.reg.sessions[m].user == user);
+        let user_gone = !r.members.iter().any(|m| self.reg.user_is(m, &user));
         Some(RoomExit {
             room: room.to_owned(),
             user: user.to_string(),
@@ -524,7 +531,7 @@ impl ChatState {
         let mut names: Vec<String> = self
             .members(room)
             .iter()
-            .map(|m| self.reg.sessions[m].user.to_string())
+            .filter_map(|&m| self.user_of(m).map(str::to_owned))
             .collect();
         names.sort();
         names.dedup();
@@ -613,6 +620,45 @@ impl ChatState {
     /// Live sessions (devices) of `user`, for the session-limit invariant of the simulation.
     pub fn devices(&self, user: &str) -> usize {
         self.reg.devices.get(user).map_or(0, Vec::len)
+    }
+
+    /// Checks that a state decoded from bytes is one applying commands can have made: every
+    /// session a room, a client id or a user lists is live and agrees (it is in that room, has
+    /// that client id, is that user's), and each room's sequence numbers run from 1 without
+    /// gaps. Says what is wrong otherwise.
+    pub fn check(&self) -> Result<(), String> {
+        let session = |s: &SessionId| self.reg.sessions.get(s);
+        for (name, r) in &self.rooms {
+            let stray = r
+                .members
+                .iter()
+                .find(|s| session(s).is_none_or(|s| !s.rooms.contains(name)));
+            if let Some(s) = stray {
+                return Err(format!("room {name:?} lists a session not in it: {s:?}"));
+            }
+            if let Some((i, m)) = (1..).zip(&r.messages).find(|(i, m)| m.seq != *i) {
+                return Err(format!(
+                    "room {name:?} holds message seq {} at position {i}",
+                    m.seq
+                ));
+            }
+        }
+        let stray = self
+            .reg
+            .by_client
+            .iter()
+            .find(|(id, s)| session(s).is_none_or(|s| s.client_id != **id));
+        if let Some((id, s)) = stray {
+            return Err(format!(
+                "client id {id} maps to a session of another: {s:?}"
+            ));
+        }
+        for (user, list) in &self.reg.devices {
+            if let Some(s) = list.iter().find(|s| !self.reg.user_is(s, user)) {
+                return Err(format!("user {user:?} lists a session not theirs: {s:?}"));
+            }
+        }
+        Ok(())
     }
 }
 

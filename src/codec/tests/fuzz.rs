@@ -83,13 +83,74 @@ fn decode_as_snapshot_file(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 /// Decodes `bytes` as a snapshot image; a state that decodes must encode again (the node that
-/// installs it encodes its own snapshots from it).
+/// installs it encodes its own snapshots from it), and serve: however inconsistent it is,
+/// queries and commands on it must not panic.
 fn decode_as_image(bytes: &[u8]) -> Result<(), TestCaseError> {
     if let Ok((config, mut chat)) = frugal(bytes.len(), || decode_snapshot(bytes))? {
         chat.configure(2, 10);
         prop_assert!(encode_snapshot(&config, &chat).is_ok());
+        serve(&mut chat);
     }
     Ok(())
+}
+
+/// Queries every room and session of `chat`, then applies commands of every kind by its own
+/// sessions and the samples' to its own rooms and the samples'.
+fn serve(chat: &mut ChatState) {
+    let mut rooms: Vec<String> = chat.image_rooms().iter().map(|r| r.name.into()).collect();
+    rooms.extend(["general".into(), "ops".into()]);
+    let mut sessions: Vec<SessionId> = chat
+        .session_nodes()
+        .into_iter()
+        .flat_map(|node| chat.sessions_on(node))
+        .collect();
+    sessions.extend([session(1), session(2)]);
+    for room in &rooms {
+        let _ = chat.member_names(room);
+        let last = chat.last_seq(room);
+        for after in [0, 1, last.saturating_sub(1), last, last + 1, u64::MAX] {
+            let _ = chat.messages_after(room, after);
+            let _ = chat.page(room, Some(after), 10);
+        }
+        let _ = chat.page(room, None, 10);
+    }
+    for &s in &sessions {
+        if let Some(user) = chat.user_of(s).map(str::to_owned) {
+            let _ = chat.devices(&user);
+        }
+    }
+    let mut commands = commands();
+    for (i, &session) in sessions.iter().enumerate() {
+        let room = rooms[i % rooms.len()].clone();
+        commands.extend([
+            Command::Join {
+                session,
+                room: room.clone(),
+                after_seq: Some(1),
+            },
+            Command::Say {
+                session,
+                room: room.clone(),
+                client_seq: 1,
+                text: "t".into(),
+                time_ms: 1,
+            },
+            Command::Leave { session, room },
+            Command::OpenSession {
+                session,
+                user: "u".into(),
+                client_id: i as u64,
+            },
+            Command::CloseSession { session },
+            Command::NodeDown { node: session.node },
+        ]);
+    }
+    for entry in entries() {
+        let _ = chat.apply_entry(&entry);
+    }
+    for command in &commands {
+        let _ = chat.apply(command);
+    }
 }
 
 fn session(conn: u64) -> SessionId {
