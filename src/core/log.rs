@@ -246,7 +246,8 @@ impl Log {
     /// not durable until the next persist (which stores the snapshot and resets storage).
     pub fn reset_to(&mut self, index: LogIndex, epoch: Epoch, config: Config) {
         self.configs.reset(config);
-        self.entries.clear();
+        // Released like compacted entries: a whole log dropped at once stalls the loop.
+        self.compacted.push(std::mem::take(&mut self.entries));
         self.offset = index;
         self.offset_epoch = epoch;
         self.persisted = self.persisted.min(index.saturating_sub(1));
@@ -542,6 +543,7 @@ mod tests {
     fn an_installed_snapshot_replaces_the_log_and_is_durable_only_once_persisted() {
         let mut log = Log::recovered(vec![e(1, 1), e(2, 1)]);
         log.reset_to(10, 3, Config::default());
+        assert_eq!(log.release(1), 1, "the old entries go a few at a time too");
         assert_eq!((log.last_index(), log.last_epoch()), (10, 3));
         assert_eq!((log.committed(), log.applied()), (10, 10));
         assert!(log.persisted() < 10);

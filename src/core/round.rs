@@ -8,7 +8,8 @@
 //! the last linger time has written again, and for at most the linger time. A closed loop of N
 //! writers then settles into rounds of N messages. Like PostgreSQL's `commit_delay`, which
 //! waits only while `commit_siblings` other transactions are active, nothing is held unless
-//! two writers or more were active, so a lone writer's message is never delayed.
+//! two writers or more were active, so a lone writer's message is never delayed, and after a
+//! lull of ten lingers the writers of earlier rounds are not waited for.
 //!
 //! A follower gathers its own clients' writes the same way and forwards each round in one
 //! Forward. The leader therefore stops waiting for the writers of another node once a message
@@ -27,6 +28,14 @@ use super::{NodeId, SessionId};
 
 /// Adaptive rounds skip at most 2^MAX_MISSES rounds after rounds that went at the linger.
 const MAX_MISSES: u32 = 8;
+
+/// A round that opens this many lingers after the last one went waits for no writer of the
+/// rounds before: a closed loop answers within a round trip, a few lingers at most.
+const IDLE_LINGERS: u32 = 10;
+
+/// How late after its deadline a round may go and still count as held to it: the loop's poll
+/// timeout has a resolution of 1 ms.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 /// The leader's replication rounds, or a follower's forwarding rounds (see the module
 /// documentation).
@@ -116,8 +125,22 @@ impl Rounds {
             }
         }
         if any {
-            self.since.get_or_insert(now);
+            if self.since.is_none() {
+                self.open(now);
+            }
             self.all_in = self.complete();
+        }
+    }
+
+    /// A round starts gathering at `now`. After a lull of [`IDLE_LINGERS`] lingers since the
+    /// last round, the writers of the rounds before it are not waited for: they are not
+    /// answering deliveries.
+    fn open(&mut self, now: Instant) {
+        self.since = Some(now);
+        let idle = self.linger.saturating_mul(IDLE_LINGERS);
+        if self.recent.back().is_some_and(|(t, _)| *t + idle < now) {
+            self.recent.clear();
+            self.active.clear();
         }
     }
 
@@ -147,13 +170,16 @@ impl Rounds {
 
     /// Call after a flush that did not hold: the round went out.
     pub fn sent(&mut self, now: Instant) {
-        if self.since.take().is_none() {
+        let Some(since) = self.since.take() else {
             return;
-        }
+        };
+        // A round sent long after its deadline waited for something else (a leader to forward
+        // to): it says nothing about the writers.
+        let on_time = now <= since + self.linger + TIMER_SLACK;
         if self.adaptive {
             if self.skip > 0 {
                 self.skip -= 1;
-            } else if self.active.len() >= 2 {
+            } else if self.active.len() >= 2 && on_time {
                 if self.all_in {
                     self.misses = 0;
                 } else {
@@ -320,6 +346,32 @@ mod tests {
         assert_eq!((r.misses, r.skip), (2, 4));
         // The leader's rounds are not adaptive.
         assert!(!Rounds::new(LINGER, 1).adaptive);
+    }
+
+    #[test]
+    fn after_a_lull_no_writer_is_waited_for_and_a_late_round_is_no_miss() {
+        let t0 = Instant::now();
+        let t1 = t0 + LINGER * IDLE_LINGERS;
+        for lull in [Duration::ZERO, us(1)] {
+            let (mut log, mut r) = (Log::new(), Rounds::new(LINGER, 1).adaptive());
+            say(&mut log, &[1, 2]);
+            r.appended(t0, &log);
+            r.sent(t0);
+            say(&mut log, &[1]);
+            r.appended(t1 + lull, &log);
+            assert_eq!(r.holding(t1 + lull), lull.is_zero(), "after {lull:?} more");
+        }
+        // A round that goes long after its deadline (no leader to forward to, say) waited for
+        // something else: no miss.
+        let (mut log, mut r) = (Log::new(), Rounds::new(LINGER, 1).adaptive());
+        say(&mut log, &[1, 2]);
+        r.appended(t0, &log);
+        r.sent(t0);
+        say(&mut log, &[1]);
+        r.appended(t0, &log);
+        assert!(r.holding(t0));
+        r.sent(t0 + LINGER + TIMER_SLACK + us(1));
+        assert_eq!((r.misses, r.skip), (0, 0));
     }
 
     #[test]

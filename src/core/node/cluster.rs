@@ -17,10 +17,6 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::{Amnesia, Campaign, Held, Node, Peer, Role};
-
-/// Most entries compacted away that one flush drops (a turn flushes about twice): a
-/// compaction's hundred thousand are freed over some 25 turns, without a pause.
-const COMPACTED_DROPS_PER_FLUSH: usize = 2048;
 use crate::codec::{
     self, Append, AppendReply, Candidate, Elected, Forward, Heartbeat, PeerFrame, PeerStatus,
     StatusReport, Token,
@@ -29,6 +25,10 @@ use crate::core::election::{distance, majority, next_hop};
 use crate::core::log::{Command, Epoch, LogIndex};
 use crate::core::progress::Progress;
 use crate::core::{Action, NodeId, Now};
+
+/// Most entries compacted away that one flush drops (a turn flushes about twice): a
+/// compaction's hundred thousand are freed over some 25 turns, without a pause.
+const COMPACTED_DROPS_PER_FLUSH: usize = 2048;
 
 impl Node {
     /// A peer connection is up (the driver did the handshake). A node of the cluster this one
@@ -225,8 +225,8 @@ impl Node {
 
     /// Sends what this turn's input produced: the leader appends pending proposals and
     /// replicates; a follower forwards its proposals to the leader (both in rounds, see
-    /// [`Rounds`]). Call after the input of a
-    /// loop turn and again after [`Node::handle_persisted`].
+    /// [`crate::core::round`]). Call after the input of a loop turn and again after
+    /// [`Node::handle_persisted`].
     pub fn flush(&mut self, now: Now) {
         self.log.release(COMPACTED_DROPS_PER_FLUSH);
         self.maybe_snapshot();
