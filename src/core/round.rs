@@ -314,20 +314,24 @@ mod tests {
         assert!(!r.holding(t0));
     }
 
-    #[test]
-    fn adaptive_rounds_skip_twice_as_many_rounds_after_each_round_that_went_at_the_linger() {
-        let (t0, mut log, mut r) = (
-            Instant::now(),
-            Log::new(),
-            Rounds::new(LINGER, 1).adaptive(),
-        );
-        let t1 = t0 + LINGER;
+    /// Adaptive rounds in which writers 1 and 2 wrote in a round sent at `t0`, and writer 1
+    /// wrote again at `at`.
+    fn one_of_two_wrote_again(t0: Instant, at: Instant) -> (Log, Rounds) {
+        let (mut log, mut r) = (Log::new(), Rounds::new(LINGER, 1).adaptive());
         say(&mut log, &[1, 2]);
         r.appended(t0, &log);
         r.sent(t0);
-        // Writer 2 does not write again: the round goes at the linger, a miss.
         say(&mut log, &[1]);
-        r.appended(t0, &log);
+        r.appended(at, &log);
+        (log, r)
+    }
+
+    #[test]
+    fn adaptive_rounds_skip_twice_as_many_rounds_after_each_round_that_went_at_the_linger() {
+        let t0 = Instant::now();
+        let t1 = t0 + LINGER;
+        // Writer 2 does not write again: the round goes at the linger, a miss.
+        let (mut log, mut r) = one_of_two_wrote_again(t0, t0);
         assert!(r.holding(t0));
         r.sent(t1);
         assert_eq!((r.misses, r.skip), (1, 2));
@@ -353,22 +357,12 @@ mod tests {
         let t0 = Instant::now();
         let t1 = t0 + LINGER * IDLE_LINGERS;
         for lull in [Duration::ZERO, us(1)] {
-            let (mut log, mut r) = (Log::new(), Rounds::new(LINGER, 1).adaptive());
-            say(&mut log, &[1, 2]);
-            r.appended(t0, &log);
-            r.sent(t0);
-            say(&mut log, &[1]);
-            r.appended(t1 + lull, &log);
+            let (_, r) = one_of_two_wrote_again(t0, t1 + lull);
             assert_eq!(r.holding(t1 + lull), lull.is_zero(), "after {lull:?} more");
         }
         // A round that goes long after its deadline (no leader to forward to, say) waited for
         // something else: no miss.
-        let (mut log, mut r) = (Log::new(), Rounds::new(LINGER, 1).adaptive());
-        say(&mut log, &[1, 2]);
-        r.appended(t0, &log);
-        r.sent(t0);
-        say(&mut log, &[1]);
-        r.appended(t0, &log);
+        let (_, mut r) = one_of_two_wrote_again(t0, t0);
         assert!(r.holding(t0));
         r.sent(t0 + LINGER + TIMER_SLACK + us(1));
         assert_eq!((r.misses, r.skip), (0, 0));
