@@ -126,7 +126,7 @@ pub struct HardState {
     pub amnesiac: bool,
 }
 
-/// Marks how far a [`Persist`] reached, for [`Log::persisted_through`].
+/// Marks how far a `Persist` (of the node) reached, for [`Log::persisted_through`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PersistMark {
     /// Last index written.

@@ -52,7 +52,7 @@ impl OutQueue {
         self.chunks.push_back(bytes);
     }
 
-    /// [`OutQueue::push`], taking an idle queue's buffer from `pool` rather than growing a new
+    /// `OutQueue::push`, taking an idle queue's buffer from `pool` rather than growing a new
     /// one.
     pub fn push_reusing(&mut self, bytes: SharedBytes, pool: &mut OutputPool) {
         if self.chunks.capacity() == 0 {
@@ -85,7 +85,7 @@ impl OutQueue {
 
     /// Writes until the queue is empty or the writer would block. `Interrupted` is retried; any
     /// other error is returned and the connection should be dropped. Two savings from `pool`:
-    /// - small frames are first gathered into one buffer (up to [`GATHER_BYTES`]) and written
+    /// - small frames are first gathered into one buffer (up to `GATHER_BYTES`) and written
     ///   with one plain write, because the kernel's per-slice cost of a vectored write of
     ///   many small frames is larger than the copy; big frames go out with `write_vectored`
     ///   (up to [`MAX_IOV`] a call), uncopied;

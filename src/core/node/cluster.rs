@@ -225,7 +225,7 @@ impl Node {
 
     /// Sends what this turn's input produced: the leader appends pending proposals and
     /// replicates; a follower forwards its proposals to the leader (both in rounds, see
-    /// [`crate::core::round`]). Call after the input of a loop turn and again after
+    /// `core::round`). Call after the input of a loop turn and again after
     /// [`Node::handle_persisted`].
     pub fn flush(&mut self, now: Now) {
         self.log.release(COMPACTED_DROPS_PER_FLUSH);

@@ -139,7 +139,7 @@ impl Node {
 
     /// A new node asks to join (sent to any member). The leader adds it as a learner and
     /// replicates to it; once it has caught up it becomes a member (see
-    /// [`Node::maybe_promote`]). Other nodes point it to the leader.
+    /// `Node::maybe_promote`). Other nodes point it to the leader.
     pub fn handle_join(&mut self, now: Instant, req: JoinRequest) -> JoinReply {
         let refuse = |retry: bool, message: String, leader: Option<(NodeId, String)>| JoinReply {
             ok: false,
