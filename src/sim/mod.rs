@@ -73,6 +73,9 @@ pub struct SimConfig {
     /// Whether leaders replicate only what they stored durably, letting a follower of three
     /// commit on arrival (by seed, so runs cover both ways).
     pub replicate_after_persist: bool,
+    /// Whether snapshots wait for the log to grow by the last image (by seed: with it,
+    /// snapshots grow rare as histories grow, so half the runs go without).
+    pub snapshot_after_growth: bool,
     /// Percentage of random faults that are membership changes: a new node joins, or an
     /// admin asks to remove a member (the cluster stays within 3 to 5 members).
     pub membership: u8,
@@ -102,6 +105,7 @@ impl SimConfig {
             snapshot_step: 256,
             replication_linger: Duration::from_millis(seed % 3),
             replicate_after_persist: seed / 3 % 2 == 1,
+            snapshot_after_growth: seed / 6 % 2 == 1,
             membership: 8,
             verbose: false,
         }

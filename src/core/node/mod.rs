@@ -79,6 +79,10 @@ pub struct NodeConfig {
     /// Take a snapshot once entries of about this many bytes were applied since the last one
     /// (0: no limit): bounds the log to replay and hold in memory when messages are long.
     pub snapshot_bytes: u64,
+    /// Either limit takes a snapshot only once the entries applied since the last one are at
+    /// least that image's size: each encodes the whole state, so their cost per entry stays
+    /// bounded as the history grows.
+    pub snapshot_after_growth: bool,
     /// Entries kept in memory behind a snapshot, so a follower slightly behind gets entries
     /// rather than the whole snapshot.
     pub compact_keep: u64,
@@ -115,6 +119,7 @@ impl Default for NodeConfig {
             seed: 1,
             snapshot_entries: 100_000,
             snapshot_bytes: 64 << 20,
+            snapshot_after_growth: true,
             compact_keep: 10_000,
             snapshot_chunk: 256 * 1024,
             snapshot_window: 4,

@@ -58,17 +58,26 @@ impl Node {
     }
 
     /// Starts a snapshot of the applied state when the log has grown past the threshold since
-    /// the last one, or one was requested: it is encoded a step per turn (see
-    /// [`Node::encode_snapshot_step`]).
+    /// the last one, and by at least the last image's size, or one was requested: it is
+    /// encoded a step per turn (see [`Node::encode_snapshot_step`]).
     pub(super) fn maybe_snapshot(&mut self) {
         let applied = self.log.applied();
         let last = self.snapshot_meta().map_or(0, |m| m.index);
         let jittered =
             |every: u64| every + every.saturating_mul(self.snapshot_jitter_permille) / 1000;
         let (entries, bytes) = (self.cfg.snapshot_entries, self.cfg.snapshot_bytes);
+        // Each snapshot encodes the whole state: taken no more often than the log grows by the
+        // last image's size, they cost about the same per entry however long the history (as
+        // Redis rewrites its append-only file at 100 % growth).
+        let grown = !self.cfg.snapshot_after_growth
+            || self
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| self.applied_bytes >= s.bytes.len() as u64);
         let due = self.snapshot_requested
-            || (entries > 0 && applied >= last + jittered(entries))
-            || (bytes > 0 && self.applied_bytes >= jittered(bytes));
+            || (grown
+                && ((entries > 0 && applied >= last + jittered(entries))
+                    || (bytes > 0 && self.applied_bytes >= jittered(bytes))));
         if !due
             || applied <= last
             || self.pending_snapshot.is_some()

@@ -494,6 +494,45 @@ fn long_messages_trigger_a_snapshot_by_size_before_the_entry_count() {
     assert_eq!(h.node.snapshot_meta(), Some(first));
 }
 
+#[test]
+fn snapshots_wait_until_the_log_has_grown_by_the_last_images_size() {
+    let cfg = NodeConfig {
+        snapshot_entries: 10,
+        compact_keep: 2,
+        ..NodeConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.connect(1, "alice");
+    h.join(1, "g");
+    let long = "x".repeat(1000);
+    let mut seq = 0;
+    let mut say = |h: &mut Harness, text: &str| {
+        seq += 1;
+        h.say(1, "g", seq, text);
+        h.step();
+    };
+    for _ in 0..20 {
+        say(&mut h, &long);
+        if h.node.snapshot_meta().is_some() {
+            break;
+        }
+    }
+    let first = h
+        .node
+        .snapshot_meta()
+        .expect("a snapshot within 20 entries");
+    // Thirty entries, but fewer bytes than the first image holds: not yet.
+    for _ in 0..30 {
+        say(&mut h, "short");
+    }
+    assert_eq!(h.node.snapshot_meta(), Some(first));
+    for _ in 0..8 {
+        say(&mut h, &long);
+    }
+    let second = h.node.snapshot_meta().unwrap();
+    assert!(second.index > first.index, "{second:?}");
+}
+
 /// An idle turn `d` later: due timers run, then a driver turn.
 fn idle_turn(h: &mut Harness, d: Duration) {
     h.now.mono += d;

@@ -898,6 +898,7 @@ pub(super) fn node_config(
         snapshot_step: cfg.snapshot_step,
         replication_linger: cfg.replication_linger,
         replicate_after_persist: cfg.replicate_after_persist,
+        snapshot_after_growth: cfg.snapshot_after_growth,
         seed,
         ..NodeConfig::default()
     }
