@@ -351,7 +351,7 @@ impl ChatState {
         }
         // The same device reconnecting takes over its own slot instead of using another.
         let replaced = match self.reg.by_client.get(&client_id).copied() {
-            Some(old) if self.user_of(old) == Some(user) => {
+            Some(old) if self.reg.user_is(&old, user) => {
                 let exits = self.close(old).unwrap_or_default();
                 Some((old, exits))
             }
