@@ -144,6 +144,8 @@ pub struct Log {
     /// Epoch of the entry at `offset` (0 when `offset` is 0).
     offset_epoch: Epoch,
     persisted: LogIndex,
+    /// Last index handed to storage (at least `persisted`): writes in flight cover up to it.
+    submitted: LogIndex,
     committed: LogIndex,
     applied: LogIndex,
     /// Lowest index removed since the last persist, which storage must drop too.
@@ -177,6 +179,7 @@ impl Log {
             offset: index,
             offset_epoch: epoch,
             persisted: last,
+            submitted: last,
             committed: index,
             applied: index,
             ..Log::default()
@@ -251,6 +254,7 @@ impl Log {
         self.offset = index;
         self.offset_epoch = epoch;
         self.persisted = self.persisted.min(index.saturating_sub(1));
+        self.submitted = self.submitted.min(self.persisted);
         self.committed = index;
         self.applied = index;
         // The snapshot replaces the stored log wholesale: no separate truncation.
@@ -368,34 +372,48 @@ impl Log {
         let keep = (index - self.offset - 1) as usize;
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(index - 1);
+        self.submitted = self.submitted.min(index - 1);
         self.truncated_from = Some(self.truncated_from.map_or(index, |t| t.min(index)));
         self.generation += 1;
     }
 
-    /// Where storage must cut before appending [`Log::unpersisted`], if anywhere.
+    /// Where storage must cut before appending what [`Log::submit`] hands out next, if anywhere.
     pub fn truncated_from(&self) -> Option<LogIndex> {
         self.truncated_from
     }
 
-    /// Entries not yet persisted, for the driver to write.
-    pub fn unpersisted(&self) -> &[Entry] {
-        let from = self.persisted.saturating_sub(self.offset) as usize;
-        &self.entries[from.min(self.entries.len())..]
+    /// True when storage has not been handed every entry, or a truncation, yet.
+    pub fn has_unsubmitted(&self) -> bool {
+        self.truncated_from.is_some() || self.submitted < self.last_index()
     }
 
-    /// The mark to hand back once what is unpersisted now has been made durable.
-    pub fn persist_mark(&self) -> PersistMark {
-        PersistMark {
-            index: self.last_index(),
+    /// Hands storage what it lacks: where to cut first, the entries after those already handed
+    /// out, and the mark to give back once they are durable. Writes in flight stay in flight:
+    /// the next call hands out only what came after.
+    pub fn submit(&mut self) -> (Option<LogIndex>, Vec<Entry>, PersistMark) {
+        let from = self.submitted.saturating_sub(self.offset) as usize;
+        let entries = self.entries[from.min(self.entries.len())..].to_vec();
+        self.submitted = self.last_index();
+        let mark = PersistMark {
+            index: self.submitted,
             generation: self.generation,
-        }
+        };
+        (self.truncated_from.take(), entries, mark)
     }
 
-    /// Storage holds everything up to the mark durably (and applied any truncation).
+    /// Storage failed: whatever was handed out and not reported durable is handed out again,
+    /// after a cut to the durable end (what storage holds beyond it may be half written).
+    pub fn resubmit(&mut self) {
+        self.submitted = self.persisted;
+        let from = self.persisted + 1;
+        self.truncated_from = Some(self.truncated_from.map_or(from, |t| t.min(from)));
+    }
+
+    /// Storage holds everything up to the mark durably. A mark from before a truncation is
+    /// not trusted: what it covered may have been replaced since.
     pub fn persisted_through(&mut self, mark: PersistMark) {
         if mark.generation == self.generation {
-            self.truncated_from = None;
-            self.persisted = self.persisted.max(mark.index.min(self.last_index()));
+            self.persisted = self.persisted.max(mark.index.min(self.submitted));
         }
     }
 
@@ -458,10 +476,10 @@ mod tests {
         let mut log = Log::new();
         assert_eq!(log.append(1, None, Command::Noop), 1);
         assert_eq!(log.append(1, None, Command::Noop), 2);
-        assert_eq!(log.unpersisted().len(), 2);
-        let mark = log.persist_mark();
+        let (_, entries, mark) = log.submit();
+        assert_eq!(entries.len(), 2);
         log.persisted_through(PersistMark { index: 1, ..mark });
-        assert_eq!(log.unpersisted()[0].index, 2);
+        assert_eq!(log.persisted(), 1);
         log.commit_to(9);
         assert_eq!(log.committed(), 2);
         assert_eq!(log.next_to_apply().map(|e| e.index), Some(1));
@@ -479,22 +497,45 @@ mod tests {
         assert_eq!(log.last_index(), 4);
         assert_eq!(log.truncated_from(), Some(3));
         assert_eq!(log.persisted(), 2);
-        assert_eq!(
-            log.unpersisted()
-                .iter()
-                .map(|e| e.index)
-                .collect::<Vec<_>>(),
-            vec![3, 4]
-        );
-        log.persisted_through(log.persist_mark());
+        let (cut, entries, mark) = log.submit();
+        assert_eq!(cut, Some(3));
+        assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), [3, 4]);
+        assert!(!log.has_unsubmitted());
+        log.persisted_through(mark);
         assert_eq!((log.persisted(), log.truncated_from()), (4, None));
+    }
+
+    #[test]
+    fn writes_in_flight_are_not_handed_out_twice_unless_storage_fails() {
+        let mut log = Log::recovered(vec![e(1, 1)]);
+        log.append(1, None, Command::Noop);
+        let (_, first, first_mark) = log.submit();
+        assert_eq!(first.iter().map(|e| e.index).collect::<Vec<_>>(), [2]);
+        log.append(1, None, Command::Noop);
+        let (cut, second, _) = log.submit();
+        assert_eq!(
+            (cut, second.iter().map(|e| e.index).collect::<Vec<_>>()),
+            (None, vec![3])
+        );
+        // The first write went through, the second failed: everything after the durable
+        // end is handed out again, after a cut there.
+        log.persisted_through(first_mark);
+        log.resubmit();
+        assert!(log.has_unsubmitted());
+        let (cut, again, mark) = log.submit();
+        assert_eq!(
+            (cut, again.iter().map(|e| e.index).collect::<Vec<_>>()),
+            (Some(3), vec![3])
+        );
+        log.persisted_through(mark);
+        assert_eq!(log.persisted(), 3);
     }
 
     #[test]
     fn a_stale_persist_mark_does_not_cover_entries_replaced_after_it() {
         let mut log = Log::recovered(vec![e(1, 1)]);
         log.append(1, None, Command::Noop);
-        let stale = log.persist_mark();
+        let (_, _, stale) = log.submit();
         log.merge(&[e(2, 2)]).unwrap();
         log.persisted_through(stale);
         assert_eq!(log.persisted(), 1);
@@ -548,8 +589,9 @@ mod tests {
         assert_eq!((log.committed(), log.applied()), (10, 10));
         assert!(log.persisted() < 10);
         log.merge(&[e(11, 3)]).unwrap();
-        assert_eq!(log.unpersisted().len(), 1);
-        log.persisted_through(log.persist_mark());
+        let (_, entries, mark) = log.submit();
+        assert_eq!(entries.len(), 1);
+        log.persisted_through(mark);
         assert_eq!(log.persisted(), 11);
         let r = Log::after_snapshot(10, 3, vec![e(11, 3)]);
         assert_eq!(

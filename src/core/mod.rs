@@ -1,15 +1,27 @@
 //! The sans-IO core: a node's whole behaviour as a state machine.
 //!
-//! Contract (quinn-proto style): every entry point takes `now`; `handle_*` methods feed input
-//! (client frames, peer frames, connection events, persistence completions, timers);
-//! `poll_action` drains output (bytes for a client or a peer, connections to close);
-//! `to_persist` hands the driver what must become durable and `handle_persisted` reports it
-//! done; `poll_timeout` is the next deadline. The core never reads the clock, never touches a
-//! socket or a file, and draws randomness from a seeded generator, so a test can run a whole
-//! cluster in one process on a virtual clock.
+//! Contract (in the spirit of quinn-proto and raft-rs's `Ready`): every entry point takes
+//! `now`; the core never reads the clock, never touches a socket, a file or a thread, and draws
+//! randomness from a seeded generator, so a test can run a whole cluster in one process on a
+//! virtual clock. A shell (the daemon's event loop, the simulator, the node tests) drives it in
+//! turns, always in this order:
 //!
-//! One loop turn of a driver: feed every input, `handle_timeout` if due, `flush`, carry out
-//! `to_persist` (one sync) and `handle_persisted`, `flush` again, then drain `poll_action`.
+//! 1. Feed the inputs that arrived, each with `now`: `handle_connect`, `handle_frame`,
+//!    `handle_bad_frame`, `handle_disconnect` (clients); `handle_peer_connected`,
+//!    `handle_peer_frame`, `handle_peer_disconnected` (peers); and the completions of earlier
+//!    turns' work: `handle_persisted` / `handle_persist_failed` for each storage job, in the
+//!    order the jobs were taken.
+//! 2. Call [`Node::turn`] once: it runs the timers that are due, sends what the inputs
+//!    produced (rounds of replication, forwards) and returns one owned [`Ready`].
+//! 3. Carry the `Ready` out: hand `persist` to storage (which may sync on another thread;
+//!    jobs are carried out in order, and one sync may cover several), queue `actions` on their
+//!    connections in order, follow `peers`, stop on `removed`, ask to join again on `rejoin`.
+//!    Nothing in `actions` depends on a write not yet reported durable: the core holds such
+//!    sends back and releases them in the turn after the completion that allows them.
+//! 4. Wait for input or until `deadline`, then start again at 1.
+//!
+//! A shell whose storage completes at once (memory storage) feeds the completion and turns
+//! again before it waits.
 
 pub mod chat;
 mod election;
@@ -21,7 +33,7 @@ mod outbox;
 mod progress;
 mod round;
 
-pub use node::{Node, NodeConfig, NodeStats, Persist, PersistToken, Role, SnapshotWrite};
+pub use node::{Node, NodeConfig, NodeStats, PersistJob, PersistToken, Ready, Role, SnapshotWrite};
 
 use std::rc::Rc;
 use std::time::Instant;

@@ -2,26 +2,32 @@
 //!
 //! One `Poll` on one thread around one [`Node`]. Connections live in a `Slab`; a connection's
 //! token is its slab key, and a few reserved tokens name the listener, the signal pipe and the
-//! stop waker. Links to the other cluster members are kept by the peer mesh ([`peers`]), in
-//! the same loop, with their own token range. Every loop turn, in this order:
+//! waker (a stop request, or storage reporting writes durable). Links to the other cluster
+//! members are kept by the peer mesh ([`peers`]), in the same loop, with their own token range.
+//! The node's writes are made durable by `persister`: on a storage thread with file storage,
+//! so the loop never waits for a disk. Every loop turn, in this order (the core's contract, see
+//! [`crate::core`]):
 //!
-//! 1. poll, with the timeout the nearest deadline (core timer, peer dials and handshakes,
-//!    shutdown, lingering closes);
+//! 1. poll, with the timeout the nearest deadline (the node's, peer dials and handshakes,
+//!    a storage retry, shutdown, lingering closes);
 //! 2. accept and read every ready socket (clients and peers) until `WouldBlock`, feeding
-//!    frames to the node; start due peer dials, drop timed-out handshakes;
-//! 3. run the node's timers if due;
-//! 4. append what the node has not persisted yet and `sync` ONCE, then report it persisted;
-//! 5. drain the node's actions into per-connection and per-peer output queues (the same `Rc`
-//!    bytes for every recipient of a delivery) and mark closes;
+//!    frames to the node; start due peer dials, drop timed-out handshakes; feed the node what
+//!    storage finished;
+//! 3. `Node::turn`, which runs the node's due timers and returns its [`Ready`];
+//! 4. hand its storage job to the persister (at most a few in flight: the node keeps the rest
+//!    and hands them out as one job later, which is group commit);
+//! 5. queue its actions on per-connection and per-peer output queues (the same `Rc` bytes for
+//!    every recipient of a delivery) and mark closes; follow peer-set changes;
 //! 6. flush each connection and peer link that got output this turn with one
 //!    `write_vectored` per batch of up to 64 frames, arming WRITABLE only while a queue stays
-//!    non-empty.
+//!    non-empty; steps 3-6 again while they gave the node more input (dropped connections,
+//!    writes completed inline by memory storage).
 //!
 //! Reads stop at `WouldBlock`, EOF, or a short read (fewer bytes than the buffer: the receive
 //! queue was emptied, and later data raises a new edge) unless the event also reported a FIN or
 //! an error, in which case reading goes on to EOF / the error.
 //!
-//! Batching steps 4-6 per turn is what makes a delivery to many members cost one write system
+//! Batching steps 5-6 per turn is what makes a delivery to many members cost one write system
 //! call per member per turn rather than per message.
 //!
 //! Connection ids given to the core are `(generation << 32) | slab key`, so a slab key reused
@@ -32,6 +38,7 @@ pub mod config;
 pub mod conn;
 mod join;
 pub mod peers;
+mod persister;
 
 pub use config::{ConfigError, DaemonArgs, DaemonConfig, FileConfig, StorageKind};
 
@@ -52,10 +59,11 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::codec::{self, ErrorCode, ErrorFrame, Redirect, ServerFrame};
-use crate::core::{Action, ConnId, Node, NodeId, Now};
-use crate::storage::{self, FileOptions, FileStorage, Storage, StorageError, Volatile};
+use crate::core::{Action, ConnId, Node, NodeId, Now, Ready};
+use crate::storage::{FileOptions, FileStorage, Storage, StorageError, Volatile};
 use conn::{InBuf, OutQueue, OutputPool};
 use peers::Mesh;
+use persister::{Completion, Persister};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -67,8 +75,6 @@ pub const SCRATCH_LEN: usize = 64 * 1024;
 const READS_PER_TURN: usize = 8;
 /// How long a closing connection may take to flush what is queued for it.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// Pause before retrying storage after an error.
-const STORAGE_RETRY: Duration = Duration::from_secs(1);
 /// Pause before retrying `accept` after a resource error (e.g. out of file descriptors).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Bytes of unread input discarded before closing, so the close is a FIN rather than a RST
@@ -215,10 +221,7 @@ fn join_cluster(
 /// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully. Its log and
 /// snapshots are kept in files in the data directory.
 pub fn run(config: DaemonConfig) -> Result<(), DriverError> {
-    match config.storage {
-        StorageKind::File => Driver::new(config)?.run(),
-        StorageKind::Memory => Driver::with_storage(config, Volatile)?.run(),
-    }
+    Driver::new(config)?.run()
 }
 
 /// Asks a running [`Driver`] to stop gracefully, from any thread (like SIGTERM).
@@ -302,11 +305,9 @@ struct Conn {
 }
 
 /// The event loop around one node. See the module docs for the turn structure.
-pub struct Driver<S: Storage = FileStorage> {
+pub struct Driver {
     cfg: DaemonConfig,
     id: NodeId,
-    /// The node's peer set version the mesh's links follow.
-    peers_seen: u64,
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
@@ -321,8 +322,10 @@ pub struct Driver<S: Storage = FileStorage> {
     node: Node,
     /// Links to the other cluster members.
     mesh: Mesh,
-    storage: S,
-    storage_retry_at: Option<Instant>,
+    /// The node's storage (on a thread of its own for a disk).
+    persister: Persister,
+    /// When the node's next turn is due (from its last [`Ready`]).
+    node_deadline: Option<Instant>,
     accept_retry_at: Option<Instant>,
     /// Connections with new output this turn.
     dirty: Vec<ConnId>,
@@ -389,32 +392,34 @@ fn write_port_file(path: &Path, addr: SocketAddr) -> Result<(), DriverError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-impl Driver<FileStorage> {
-    /// Locks the data directory, opens the log in it (checking it, and cutting a torn tail),
-    /// binds the listener and builds the node. Nothing is served until [`Driver::run`].
-    pub fn new(config: DaemonConfig) -> Result<Driver<FileStorage>, DriverError> {
+impl Driver {
+    /// Locks the data directory, opens its storage (`--storage file`: the log, checked, with a
+    /// torn tail cut; `memory`: nothing kept), binds the listener and builds the node. Nothing
+    /// is served until [`Driver::run`].
+    pub fn new(config: DaemonConfig) -> Result<Driver, DriverError> {
         let lock = DataDirLock::acquire(&config.data_dir)?;
-        let options = FileOptions {
-            background_snapshots: true,
-            ..FileOptions::default()
-        };
-        let storage = FileStorage::open(&config.data_dir, options).map_err(DriverError::Storage)?;
-        Driver::build(config, lock, storage)
-    }
-}
-
-impl<S: Storage> Driver<S> {
-    /// Like [`Driver::new`] with the given storage; the node recovers from `storage.load()`.
-    pub fn with_storage(config: DaemonConfig, storage: S) -> Result<Driver<S>, DriverError> {
-        let lock = DataDirLock::acquire(&config.data_dir)?;
-        Driver::build(config, lock, storage)
+        match config.storage {
+            StorageKind::File => {
+                let options = FileOptions {
+                    background_snapshots: true,
+                    ..FileOptions::default()
+                };
+                let storage =
+                    FileStorage::open(&config.data_dir, options).map_err(DriverError::Storage)?;
+                Driver::build(config, lock, storage, true)
+            }
+            StorageKind::Memory => Driver::build(config, lock, Volatile, false),
+        }
     }
 
-    fn build(
+    /// Builds the node from what `storage` holds; `threaded` puts the storage on a thread of
+    /// its own (a disk), else its writes run inline (they cost nothing).
+    fn build<S: Storage + Send + 'static>(
         config: DaemonConfig,
         lock: DataDirLock,
         mut storage: S,
-    ) -> Result<Driver<S>, DriverError> {
+        threaded: bool,
+    ) -> Result<Driver, DriverError> {
         let id = config.id;
         raise_fd_limit(id, config.max_connections);
 
@@ -438,7 +443,14 @@ impl<S: Storage> Driver<S> {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(io_err("registering the signal pipe"))?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?);
+        let persister = if threaded {
+            Persister::threaded(id, storage, waker.clone())
+                .map_err(io_err("starting the storage thread"))?
+        } else {
+            Persister::inline(id, Box::new(storage))
+        };
         let mesh = Mesh::new(&config, poll.registry(), Instant::now(), local_addr)?;
         if !config.peers.is_empty() {
             info!(
@@ -475,7 +487,7 @@ impl<S: Storage> Driver<S> {
             stop: StopHandle {
                 node: id,
                 flag: Arc::new(AtomicBool::new(false)),
-                waker: Arc::new(waker),
+                waker,
             },
             conns: Slab::new(),
             generation: 0,
@@ -483,8 +495,8 @@ impl<S: Storage> Driver<S> {
             output_pool: OutputPool::default(),
             node,
             mesh,
-            storage,
-            storage_retry_at: None,
+            persister,
+            node_deadline: None,
             accept_retry_at: None,
             dirty: Vec::new(),
             closing: Vec::new(),
@@ -494,7 +506,6 @@ impl<S: Storage> Driver<S> {
             server_full,
             full_warned_at: None,
             refused: 0,
-            peers_seen: u64::MAX,
             cfg: config,
             _lock: lock,
         })
@@ -555,6 +566,7 @@ impl<S: Storage> Driver<S> {
             }
             self.mesh.reread(now, &mut self.node);
             self.mesh.on_timer(now, &mut self.node);
+            self.take_completions(now);
             if self.accept_retry_at.is_some_and(|t| t <= now.mono) {
                 self.accept_retry_at = None;
                 self.accept_all(now);
@@ -572,14 +584,9 @@ impl<S: Storage> Driver<S> {
                 }
             }
 
-            // (3) Timers.
-            if self.node.poll_timeout().is_some_and(|t| t <= now.mono) {
-                self.node.handle_timeout(now);
-            }
-
-            // (4)-(6) Storage, actions, flushes; again if drops made more work.
+            // (3)-(6) The node's turn, then storage, sends and flushes; again while that
+            // gave the node more input.
             self.settle(now);
-            self.follow_membership(now);
 
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
@@ -604,22 +611,37 @@ impl<S: Storage> Driver<S> {
         }
     }
 
+    /// Storage's completions become the node's input.
+    fn take_completions(&mut self, now: Now) {
+        for done in self.persister.completions(now.mono) {
+            match done {
+                Completion::Persisted(token) => self.node.handle_persisted(now, token),
+                Completion::Failed(why) => {
+                    warn!(
+                        "node {}: {why}; the last writes are not durable, retrying in {:?}",
+                        self.id,
+                        persister::STORAGE_RETRY
+                    );
+                    self.node.handle_persist_failed(now, why);
+                }
+            }
+        }
+    }
+
     /// Links follow membership changes; a node removed from the cluster stops, saying why; a
     /// joining node whose join stalled asks again.
-    fn follow_membership(&mut self, now: Now) {
-        if let Some(via) = self.cfg.join.filter(|_| self.node.join_stalled(now.mono)) {
+    fn follow_membership(&mut self, now: Now, ready: &mut Ready) {
+        if let Some(via) = self.cfg.join.filter(|_| ready.rejoin) {
             // Blocking, but only while the node is no member and serves no one.
             if let Err(e) = join_cluster(&self.cfg, via, &self.mesh, &mut self.node, REJOIN_LIMIT) {
                 warn!("node {}: {e}", self.id);
             }
         }
-        if self.node.peers_version() != self.peers_seen {
-            self.peers_seen = self.node.peers_version();
-            let wanted = self.node.peer_addresses();
+        if let Some(wanted) = ready.peers.take() {
             self.mesh.sync_peers(now, &wanted, &mut self.node);
         }
-        if self.shutdown_deadline.is_none() {
-            if let Some(why) = self.node.removed() {
+        if let Some(why) = ready.removed.take() {
+            if self.shutdown_deadline.is_none() {
                 warn!("node {}: {why}; stopping", self.id);
                 self.begin_shutdown(now);
             }
@@ -628,10 +650,7 @@ impl<S: Storage> Driver<S> {
 
     /// The poll timeout: zero while work is pending, else until the nearest deadline.
     fn poll_timeout(&self, at: Instant) -> Option<Duration> {
-        if !self.reread.is_empty()
-            || self.mesh.has_reread()
-            || (self.storage_retry_at.is_none() && self.node.to_persist().is_some())
-        {
+        if !self.reread.is_empty() || self.mesh.has_reread() {
             return Some(Duration::ZERO);
         }
         let closes = self
@@ -639,9 +658,9 @@ impl<S: Storage> Driver<S> {
             .iter()
             .filter_map(|id| self.conn(*id).and_then(|c| c.close_by));
         [
-            self.node.poll_timeout(),
+            self.node_deadline,
             self.mesh.next_deadline(),
-            self.storage_retry_at,
+            self.persister.retry_at(),
             self.accept_retry_at,
             self.shutdown_deadline,
         ]
@@ -812,10 +831,12 @@ impl<S: Storage> Driver<S> {
             }
             match c.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    debug!("node {}: conn {} closed by the peer", self.id, id.0);
+                    // Half-closed: the node closes it once the answers to what it asked
+                    // are out (they may wait on the cluster and the disk).
+                    debug!("node {}: conn {} ended its input", self.id, id.0);
                     c.rx_done = true;
                     c.input.clear();
-                    self.start_closing(now, key);
+                    self.node.handle_input_end(now, id);
                     return;
                 }
                 Ok(n) => {
@@ -858,12 +879,18 @@ impl<S: Storage> Driver<S> {
         }
     }
 
-    /// Steps 4-6, repeated while dropped connections give the node more to do.
+    /// Steps 3-6: the node's turn and what it asks for, repeated while that gave the node
+    /// more input (dropped connections, writes that storage completed inline).
     fn settle(&mut self, now: Now) {
         loop {
             let drops = self.drops + self.mesh.drops();
-            self.persist(now);
-            self.drain_actions(now);
+            let mut ready = self.node.turn(now, self.persister.can_take(now.mono));
+            self.node_deadline = ready.deadline;
+            // Storage first: a thread starts syncing while the sends go out.
+            if let Some(job) = ready.persist.take() {
+                self.persister.submit(now.mono, job);
+            }
+            self.drain_actions(now, std::mem::take(&mut ready.actions));
             // `flush` never adds to `dirty`, so the list's allocation is reused.
             let mut dirty = std::mem::take(&mut self.dirty);
             for id in dirty.drain(..) {
@@ -872,46 +899,18 @@ impl<S: Storage> Driver<S> {
             self.dirty = dirty;
             self.mesh.flush_dirty(now, &mut self.node);
             self.reap(now);
-            if self.drops + self.mesh.drops() == drops {
+            self.follow_membership(now, &mut ready);
+            let completed = self.persister.has_completions();
+            self.take_completions(now);
+            if !completed && self.drops + self.mesh.drops() == drops {
                 return;
             }
         }
-    }
-
-    /// Step 4: write what the node must make durable, one sync, then tell the node; and let
-    /// the node send what that released.
-    fn persist(&mut self, now: Now) {
-        self.node.flush(now);
-        // What may leave already (the core holds back whatever waits on durability) leaves
-        // before the fsync: followers then write the new entries while we do.
-        self.drain_actions(now);
-        self.mesh.flush_dirty(now, &mut self.node);
-        if let Some(t) = self.storage_retry_at {
-            if now.mono < t {
-                return;
-            }
-            self.storage_retry_at = None;
-        }
-        let Some(p) = self.node.to_persist() else {
-            return;
-        };
-        let token = p.token;
-        if let Err(e) = storage::write(&mut self.storage, &p) {
-            warn!(
-                "node {}: {e}; the last writes are not durable, retrying in {:?}",
-                self.id, STORAGE_RETRY
-            );
-            self.storage_retry_at = Some(now.mono + STORAGE_RETRY);
-            self.node.handle_persist_failed(now, e.to_string());
-            return;
-        }
-        self.node.handle_persisted(now, token);
-        self.node.flush(now);
     }
 
     /// Step 5: the node's actions into output queues and closes.
-    fn drain_actions(&mut self, now: Now) {
-        while let Some(action) = self.node.poll_action() {
+    fn drain_actions(&mut self, now: Now, actions: Vec<Action>) {
+        for action in actions {
             match action {
                 Action::Send { conn, bytes } => {
                     let Some(key) = self.key_of(conn) else {

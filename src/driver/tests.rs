@@ -236,12 +236,17 @@ fn every_disconnect_reaches_the_core_so_device_slots_free_up() {
 #[test]
 fn a_slow_consumer_is_dropped_and_the_others_get_everything() {
     const N: u64 = 3000;
-    let d = Running::start(|c| c.max_output_bytes = 64 * 1024);
+    /// Says the writer has in flight at most: it reads what it gets while it writes, as a
+    /// client with flow control does, so only the slow one falls behind.
+    const WINDOW: u64 = 64;
+    let d = Running::start(|c| c.max_output_bytes = 1024 * 1024);
     let mut slow = Client::welcomed(d.addr, "slow", 1);
     slow.join("r");
     let mut writer = Client::welcomed(d.addr, "writer", 2);
     writer.join("r");
     let reader_sock = writer.s.try_clone().unwrap();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let acked_seen = acked.clone();
     let reader = thread::spawn(move || {
         let mut r = Client {
             s: reader_sock,
@@ -253,6 +258,7 @@ fn a_slow_consumer_is_dropped_and_the_others_get_everything() {
                 ServerFrame::Ack(a) => {
                     acks += 1;
                     assert_eq!(a.client_seq, acks);
+                    acked_seen.store(acks, std::sync::atomic::Ordering::Release);
                 }
                 ServerFrame::Message(m) => {
                     msgs += 1;
@@ -266,6 +272,14 @@ fn a_slow_consumer_is_dropped_and_the_others_get_everything() {
     });
     let text = "x".repeat(4000);
     for seq in 1..=N {
+        let waiting_since = std::time::Instant::now();
+        while seq > acked.load(std::sync::atomic::Ordering::Acquire) + WINDOW {
+            assert!(
+                waiting_since.elapsed() < Duration::from_secs(30),
+                "acks stopped"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
         writer.send(&ClientFrame::Say(Say {
             room: "r".into(),
             client_seq: seq,

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::core::log::{Entry, Epoch, HardState, LogIndex};
-use crate::core::Persist;
+use crate::core::PersistJob;
 
 /// A storage failure, with what was being done and where.
 #[derive(Debug)]
@@ -101,7 +101,7 @@ pub struct Recovered {
 }
 
 /// Where a node keeps its log, election state and snapshots. Log writes may be buffered; only
-/// `sync` makes them durable, and the driver reports a [`Persist`] done only after `sync`
+/// `sync` makes them durable, and the driver reports a [`PersistJob`] done only after `sync`
 /// returned Ok. A failed call leaves what was durable before it intact.
 pub trait Storage {
     /// Removes every entry with index >= `from`.
@@ -127,25 +127,25 @@ pub trait Storage {
     fn load(&mut self) -> Result<Recovered, StorageError>;
 }
 
-/// Carries out one [`Persist`] bundle: its writes, one sync, then compaction (which does
+/// Carries out one [`PersistJob`]: its writes, one sync, then compaction (which does
 /// something only once per snapshot, when that snapshot is durable).
-pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<(), StorageError> {
+pub fn write<S: Storage + ?Sized>(storage: &mut S, p: &PersistJob) -> Result<(), StorageError> {
     stage(storage, p)?;
     storage.sync()?;
     storage.compact()
 }
 
-/// The writes of a [`Persist`] bundle without the sync: snapshot, truncate, append, election
+/// The writes of a [`PersistJob`] without the sync: snapshot, truncate, append, election
 /// state (what a crash right before the sync leaves half done).
-pub fn stage<S: Storage + ?Sized>(storage: &mut S, p: &Persist<'_>) -> Result<(), StorageError> {
+pub fn stage<S: Storage + ?Sized>(storage: &mut S, p: &PersistJob) -> Result<(), StorageError> {
     if let Some(s) = &p.snapshot {
-        storage.save_snapshot(s.snapshot, s.replaces_log)?;
+        storage.save_snapshot(&s.snapshot, s.replaces_log)?;
     }
     if let Some(from) = p.truncate_from {
         storage.truncate(from)?;
     }
     if !p.entries.is_empty() {
-        storage.append(p.entries)?;
+        storage.append(&p.entries)?;
     }
     if let Some(hs) = &p.hard_state {
         storage.save_hard_state(hs)?;

@@ -163,7 +163,7 @@ impl Node {
     }
 
     /// Runs every timer that is due.
-    pub fn handle_timeout(&mut self, now: Now) {
+    pub(super) fn handle_timeout(&mut self, now: Now) {
         let t = now.mono;
         let tick = t >= self.heartbeat_due;
         if tick {
@@ -197,7 +197,7 @@ impl Node {
     }
 
     /// The next instant [`Node::handle_timeout`] must be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.heartbeat_due;
         if self.role != Role::Leader {
             if let Some(d) = self.election_due {
@@ -227,7 +227,7 @@ impl Node {
     /// replicates; a follower forwards its proposals to the leader (both in rounds, see
     /// `core::round`). Call after the input of a loop turn and again after
     /// [`Node::handle_persisted`].
-    pub fn flush(&mut self, now: Now) {
+    pub(super) fn flush(&mut self, now: Now) {
         self.log.release(COMPACTED_DROPS_PER_FLUSH);
         self.maybe_snapshot();
         self.encode_snapshot_step(now.mono);

@@ -5,7 +5,10 @@
 
 mod cluster;
 mod members;
+mod ready;
 mod snapshot;
+
+pub use ready::{PersistJob, Ready, SnapshotWrite};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
@@ -150,38 +153,13 @@ impl Role {
     }
 }
 
-/// Hands back what a [`Persist`] covered once it is durable.
+/// Hands back what a [`PersistJob`] covered once it is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PersistToken {
     log: PersistMark,
     hard_version: u64,
     /// The index of the snapshot the bundle stored, if it stored one.
     snapshot: Option<LogIndex>,
-}
-
-/// A snapshot the driver must store (before the log writes of the same [`Persist`]).
-#[derive(Debug)]
-pub struct SnapshotWrite<'a> {
-    /// The snapshot.
-    pub snapshot: &'a StoredSnapshot,
-    /// It was installed from the leader and replaces the whole stored log.
-    pub replaces_log: bool,
-}
-
-/// What the driver must make durable now: carry it out (see `storage::write`), sync once, then
-/// call [`Node::handle_persisted`] with the token.
-#[derive(Debug)]
-pub struct Persist<'a> {
-    /// A snapshot to store first, if one was taken or installed.
-    pub snapshot: Option<SnapshotWrite<'a>>,
-    /// New election state to save, if it changed.
-    pub hard_state: Option<HardState>,
-    /// Drop stored entries from this index on first (a follower's diverging suffix).
-    pub truncate_from: Option<LogIndex>,
-    /// Entries to append.
-    pub entries: &'a [Entry],
-    /// Identifies this bundle.
-    pub token: PersistToken,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -259,6 +237,8 @@ pub struct Node {
     incarnation: u64,
     hard: HardState,
     hard_version: u64,
+    /// The election state version last handed to storage, and the last known durable.
+    hard_submitted: u64,
     hard_persisted: u64,
     role: Role,
     leader: Option<NodeId>,
@@ -266,6 +246,9 @@ pub struct Node {
     chat: ChatState,
     outbox: Outbox,
     conns: HashMap<ConnId, ConnState>,
+    /// Connections whose input ended (half-closed): they get the answers to what they asked,
+    /// then close once their session's end is applied.
+    ending: BTreeSet<ConnId>,
     peers: BTreeMap<NodeId, Peer>,
     progress: BTreeMap<NodeId, Progress>,
     /// When the leader was last heard from (followers).
@@ -328,8 +311,9 @@ pub struct Node {
     members: Vec<NodeId>,
     /// Configuration version `members` and `peers` were derived from.
     configs_seen: u64,
-    /// Counts changes of the peer set (for the driver's links).
+    /// Counts changes of the peer set (for the shell's links), and the count last reported.
     peers_version: u64,
+    peers_reported: u64,
     /// Leader: joining nodes being caught up before they vote, with their peer addresses.
     learners: BTreeMap<NodeId, String>,
     /// Leader: removed nodes still told of their removal (its index, and until when at most).
@@ -337,8 +321,9 @@ pub struct Node {
     /// Joining node: the leader that accepted us, and when.
     join_leader: Option<(NodeId, String)>,
     join_accepted_at: Option<Instant>,
-    /// Why this node is out of the cluster, once it is.
+    /// Why this node is out of the cluster, once it is, and whether the shell was told.
     removed: Option<String>,
+    removal_reported: bool,
 }
 
 /// An election this node started: its epoch, and whether it is the pre-election.
@@ -415,6 +400,7 @@ impl Node {
             incarnation,
             hard,
             hard_version: 1,
+            hard_submitted: 0,
             hard_persisted: 0,
             role: Role::Follower,
             leader: None,
@@ -422,6 +408,7 @@ impl Node {
             chat,
             outbox,
             conns: HashMap::new(),
+            ending: BTreeSet::new(),
             peers: BTreeMap::new(),
             progress: BTreeMap::new(),
             leader_heard: now.mono,
@@ -453,11 +440,13 @@ impl Node {
             storage_error: None,
             configs_seen: u64::MAX,
             peers_version: 0,
+            peers_reported: u64::MAX,
             learners: BTreeMap::new(),
             leaving: BTreeMap::new(),
             join_leader: None,
             join_accepted_at: None,
             removed: None,
+            removal_reported: false,
             cfg,
         };
         node.snapshot_jitter_permille = node.rng.u64(0..=250);
@@ -534,10 +523,24 @@ impl Node {
     /// A client connection ended (closed by either side); its session closes.
     pub fn handle_disconnect(&mut self, _now: Now, conn: ConnId) {
         if let Some(state) = self.conns.remove(&conn) {
-            if state != ConnState::New {
+            if !self.ending.remove(&conn) && state != ConnState::New {
                 let session = self.session(conn);
                 self.propose(Command::CloseSession { session });
             }
+        }
+    }
+
+    /// A client will send nothing more (its input ended): it still gets the answers to what it
+    /// asked, which may wait on the cluster and the disk; the node closes the connection once
+    /// its session's end is applied (at once if it never said Hello).
+    pub fn handle_input_end(&mut self, _now: Now, conn: ConnId) {
+        match self.conns.get(&conn) {
+            Some(ConnState::New) => self.close(conn, "closed by the client".into()),
+            Some(_) if self.ending.insert(conn) => {
+                let session = self.session(conn);
+                self.propose(Command::CloseSession { session });
+            }
+            _ => {}
         }
     }
 
@@ -676,37 +679,8 @@ impl Node {
         }
     }
 
-    /// What must become durable now, if anything.
-    pub fn to_persist(&self) -> Option<Persist<'_>> {
-        let hard_state = (self.hard_version != self.hard_persisted).then_some(self.hard);
-        let entries = self.log.unpersisted();
-        let truncate_from = self.log.truncated_from();
-        let snapshot = self.pending_snapshot.as_ref().map(|p| SnapshotWrite {
-            snapshot: &p.snapshot,
-            replaces_log: p.replaces_log,
-        });
-        if hard_state.is_none()
-            && entries.is_empty()
-            && truncate_from.is_none()
-            && snapshot.is_none()
-        {
-            return None;
-        }
-        let token = PersistToken {
-            log: self.log.persist_mark(),
-            hard_version: self.hard_version,
-            snapshot: snapshot.as_ref().map(|s| s.snapshot.meta.index),
-        };
-        Some(Persist {
-            snapshot,
-            hard_state,
-            truncate_from,
-            entries,
-            token,
-        })
-    }
-
-    /// Storage made a [`Persist`] durable: commit what that allows, release what waited on it.
+    /// Storage made a [`PersistJob`] durable: commit what that allows, release what waited on
+    /// it (the next [`Node::turn`] hands it out).
     pub fn handle_persisted(&mut self, _now: Now, token: PersistToken) {
         if let Some(why) = self.storage_error.take() {
             info!(
@@ -740,10 +714,17 @@ impl Node {
         self.apply_committed();
     }
 
-    /// Storage could not make a [`Persist`] durable (disk full, I/O error). Nothing it covered
-    /// is acknowledged; the driver retries it. Meanwhile the node takes no writes from clients
-    /// and steps down if it leads (it could not store its own entries), and refuses to lead.
+    /// Storage could not make a [`PersistJob`] durable (disk full, I/O error). Nothing it
+    /// covered is acknowledged; everything not reported durable is handed out again by the next
+    /// turn that may persist (the shell waits a little first). Meanwhile the node takes no
+    /// writes from clients and steps down if it leads (it could not store its own entries), and
+    /// refuses to lead.
     pub fn handle_persist_failed(&mut self, now: Now, why: String) {
+        self.log.resubmit();
+        self.hard_submitted = self.hard_persisted;
+        if let Some(p) = &mut self.pending_snapshot {
+            p.submitted = false;
+        }
         if self.storage_error.is_none() {
             error!(
                 "node {}: storage failed: {why}; refusing writes until it works again",
@@ -793,11 +774,6 @@ impl Node {
             self.fail(conn, ErrorCode::ShuttingDown, None, msg);
             self.close(conn, "shutdown".into());
         }
-    }
-
-    /// The next action for the driver, in order.
-    pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
     }
 
     fn session(&self, conn: ConnId) -> SessionId {
@@ -890,7 +866,12 @@ impl Node {
                     self.close(session.conn, "device limit".into());
                 }
             }
-            Outcome::SessionClosed { exits, .. } => self.announce_exits(&exits),
+            Outcome::SessionClosed { session, exits } => {
+                self.announce_exits(&exits);
+                if self.is_local(session) && self.ending.contains(&session.conn) {
+                    self.close(session.conn, "closed by the client".into());
+                }
+            }
             Outcome::Joined {
                 session,
                 room,

@@ -41,6 +41,8 @@ pub(super) struct Encoding {
 pub(super) struct PendingSnapshot {
     pub(super) snapshot: Rc<StoredSnapshot>,
     pub(super) replaces_log: bool,
+    /// Handed to storage already (a write of it is in flight).
+    pub(super) submitted: bool,
 }
 
 /// Most bytes reserved ahead for an incoming snapshot image, whatever size its sender states.
@@ -154,6 +156,7 @@ impl Node {
         self.pending_snapshot = Some(PendingSnapshot {
             snapshot,
             replaces_log: false,
+            submitted: false,
         });
     }
 
@@ -359,6 +362,7 @@ impl Node {
                 bytes: inc.bytes.into(),
             }),
             replaces_log: true,
+            submitted: false,
         });
         self.check_amnesia();
         self.reply_matched(from, inc.meta.index);

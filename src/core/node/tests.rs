@@ -6,7 +6,8 @@ use super::*;
 use crate::codec::{decode, ClientFrame, Forward, Hello, Join, Leave, PeerFrame, Say, ServerFrame};
 use crate::storage::{self, MemStorage, Recovered, Storage};
 
-/// Drives one node like the driver does: persist everything each step, collect frames per conn.
+/// Drives one node like a shell with memory storage does (every job written at once), and
+/// collects frames per conn.
 struct Harness {
     node: Node,
     now: Now,
@@ -36,9 +37,14 @@ impl Harness {
         }
     }
 
-    /// Collects actions without persisting (what clients see before durability).
+    /// A turn without persisting (what clients see before durability).
     fn drain(&mut self) {
-        while let Some(a) = self.node.poll_action() {
+        let ready = self.node.turn(self.now, false);
+        self.collect(ready.actions);
+    }
+
+    fn collect(&mut self, actions: Vec<Action>) {
+        for a in actions {
             match a {
                 Action::Send { conn, bytes } => {
                     let mut rest = &bytes[..];
@@ -58,15 +64,16 @@ impl Harness {
         }
     }
 
-    /// One driver turn: flush, persist (one sync), flush, collect the actions.
+    /// Turns until nothing is left to persist or to close, collecting the actions.
     fn step(&mut self) {
-        self.drain();
         for _ in 0..10 {
-            if !persist_once(&mut self.node, &mut self.store, self.now) {
+            let ready = self.node.turn(self.now, true);
+            let closes = self.closed.len();
+            self.collect(ready.actions);
+            let persisted = persist(&mut self.node, &mut self.store, self.now, ready.persist);
+            if !persisted && self.closed.len() == closes {
                 break;
             }
-            self.node.flush(self.now);
-            self.drain();
         }
     }
 
@@ -119,16 +126,14 @@ impl Harness {
     }
 }
 
-/// What the driver does to persist: flush, write what the node asks for (one sync), report
-/// it done. False when there was nothing to persist.
-fn persist_once(node: &mut Node, store: &mut MemStorage, now: Now) -> bool {
-    node.flush(now);
-    let Some(p) = node.to_persist() else {
+/// What a shell with memory storage does with a turn's job: write it (one sync) and report it
+/// done at once. False when there was none.
+fn persist(node: &mut Node, store: &mut MemStorage, now: Now, job: Option<PersistJob>) -> bool {
+    let Some(job) = job else {
         return false;
     };
-    let token = p.token;
-    storage::write(store, &p).unwrap();
-    node.handle_persisted(now, token);
+    storage::write(store, &job).unwrap();
+    node.handle_persisted(now, job.token);
     true
 }
 
@@ -533,12 +538,9 @@ fn snapshots_wait_until_the_log_has_grown_by_the_last_images_size() {
     assert!(second.index > first.index, "{second:?}");
 }
 
-/// An idle turn `d` later: due timers run, then a driver turn.
+/// An idle turn `d` later (due timers run in it).
 fn idle_turn(h: &mut Harness, d: Duration) {
     h.now.mono += d;
-    if h.node.poll_timeout().is_some_and(|t| t <= h.now.mono) {
-        h.node.handle_timeout(h.now);
-    }
     h.step();
 }
 
@@ -734,19 +736,19 @@ impl Member {
         m
     }
 
-    /// One driver turn: persist everything, then collect the peer frames sent.
+    /// Turns until nothing is left to persist, collecting the peer frames sent.
     fn step(&mut self) {
         for _ in 0..10 {
-            if !persist_once(&mut self.node, &mut self.store, self.now) {
-                break;
-            }
-        }
-        self.node.flush(self.now);
-        while let Some(a) = self.node.poll_action() {
-            if let Action::SendPeer { to, bytes } = a {
-                if let Some((f, _)) = decode::<PeerFrame>(&bytes).unwrap() {
-                    self.sent.push((to, f));
+            let ready = self.node.turn(self.now, true);
+            for a in ready.actions {
+                if let Action::SendPeer { to, bytes } = a {
+                    if let Some((f, _)) = decode::<PeerFrame>(&bytes).unwrap() {
+                        self.sent.push((to, f));
+                    }
                 }
+            }
+            if !persist(&mut self.node, &mut self.store, self.now, ready.persist) {
+                break;
             }
         }
     }
@@ -783,7 +785,6 @@ impl Member {
     /// Time passes; due timers run.
     fn advance(&mut self, d: Duration) {
         self.now.mono += d;
-        self.node.handle_timeout(self.now);
         self.step();
     }
 
@@ -1587,11 +1588,8 @@ fn a_leader_replicating_after_its_sync_says_so_and_spares_commit_notices_in_a_cl
         let now = m.now;
         m.node
             .handle_peer_frame(now, 2, PeerFrame::Forward(forward));
-        m.node.flush(now);
-        assert!(
-            m.node.poll_action().is_none(),
-            "nothing leaves before the sync"
-        );
+        let ready = m.node.turn(now, false);
+        assert!(ready.actions.is_empty(), "nothing leaves before the sync");
         m.step();
         let index = last + 1;
         for &p in &members[1..] {

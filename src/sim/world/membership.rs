@@ -30,28 +30,26 @@ impl World {
     /// Links follow the node's peer set, as the driver's mesh does (a new peer is dialed; a
     /// peer no longer listed keeps its link as a guest's, which the other end may still
     /// list); a node that learned it was removed stops for good.
-    pub(super) fn follow_membership(&mut self, id: NodeId) {
+    pub(super) fn follow_membership(
+        &mut self,
+        id: NodeId,
+        peers: Option<Vec<(NodeId, String)>>,
+        removed: Option<String>,
+    ) {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
         if n.gone {
             return;
         }
-        let Some(node) = &n.node else {
-            return;
-        };
-        if let Some(why) = node.removed() {
-            let why = why.to_owned();
+        if let Some(why) = removed {
             return self.stop_for_good(id, &why);
         }
-        let version = node.peers_version();
-        if version == n.peers_seen {
+        let Some(peers) = peers else {
             return;
-        }
-        n.peers_seen = version;
+        };
         // A new peer needs an address to be dialed; one already linked keeps its slot.
-        let wanted: BTreeSet<NodeId> = node
-            .peer_addresses()
+        let wanted: BTreeSet<NodeId> = peers
             .into_iter()
             .filter(|(p, addr)| !addr.is_empty() || n.peers.contains(p))
             .map(|(p, _)| p)

@@ -10,6 +10,7 @@ mod membership;
 mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
 
 use log::debug;
 
@@ -20,7 +21,7 @@ use super::faults::{CrashPoint, FaultPlan, Heal};
 use super::network::Network;
 use super::{Failure, Report, SimConfig};
 use crate::codec::{JoinReply, JoinRequest, PeerFrame};
-use crate::core::{ConnId, Node, NodeConfig, NodeId, Role, SharedBytes};
+use crate::core::{ConnId, Node, NodeConfig, NodeId, PersistJob, Role, SharedBytes};
 use crate::storage::{MemStorage, Recovered, Storage};
 
 /// Rooms the talkers use.
@@ -44,6 +45,10 @@ enum Input {
     Accept(ConnId),
     Frame(ConnId, Vec<u8>),
     Closed(ConnId),
+    /// The node's storage finished its oldest job in flight (of the node's run `restarts`).
+    Persisted {
+        restarts: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -120,9 +125,16 @@ struct SimNode {
     last_view: Option<(Role, u64, Option<NodeId>)>,
     /// Consecutive timer firings at one instant (a busy loop shows up here).
     spin: (Micros, u32),
-    /// The peers the driver links it to (the core's peer set), and the version they are of.
+    /// When its next turn is due (from its last `Ready`).
+    deadline: Option<Instant>,
+    /// Storage jobs handed over and not completed, oldest first, and when the disk finishes
+    /// the last of them.
+    in_flight: VecDeque<PersistJob>,
+    disk_busy_until: Micros,
+    /// After a failed write, storage takes no job before this time (as the driver waits).
+    retry_at: Option<Micros>,
+    /// The peers the driver links it to (the core's peer set).
     peers: BTreeSet<NodeId>,
-    peers_seen: u64,
     /// Started with `--join` (asks to be added until a committed configuration has it).
     join: Option<Joining>,
     /// Stopped for good (removed): never restarted, its id never reused.
@@ -153,8 +165,11 @@ impl SimNode {
             restarts: 0,
             last_view: None,
             spin: (0, 0),
+            deadline: None,
+            in_flight: VecDeque::new(),
+            disk_busy_until: 0,
+            retry_at: None,
             peers: BTreeSet::new(),
-            peers_seen: u64::MAX,
             gone: false,
             wiped: false,
         }
@@ -506,7 +521,7 @@ impl World {
             if n.paused {
                 continue;
             }
-            if let Some(t) = n.node.as_ref().and_then(|node| node.poll_timeout()) {
+            if let Some(t) = n.deadline.filter(|_| n.node.is_some()) {
                 consider((self.clock.micros_of(t).max(now), 1, u64::from(id)));
             }
         }

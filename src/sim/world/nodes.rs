@@ -3,11 +3,19 @@
 
 use crate::codec::{self, ClientFrame, PeerFrame};
 use crate::core::{Action, Node, NodeId};
+use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::CrashPoint;
 use crate::storage::{self, Storage};
 
+/// Jobs the simulated storage holds in flight at most (as the driver's storage thread).
+const MAX_IN_FLIGHT: usize = 8;
+/// How long the simulated disk takes to write and sync one job, in microseconds.
+const FSYNC_LATENCY: std::ops::RangeInclusive<Micros> = 50..=600;
+/// Pause before storage takes writes again after a failure (as the driver's).
+const STORAGE_RETRY: Micros = ms(1000);
+
 use super::{
-    client_addr, Input, NodeSide, SimNode, World, TAG_LINK, TAG_PEER, TAG_TIMER, TAG_TO_NODE,
+    client_addr, Event, Input, NodeSide, World, TAG_LINK, TAG_PEER, TAG_TIMER, TAG_TO_NODE,
 };
 
 impl World {
@@ -28,7 +36,6 @@ impl World {
         n.backlog.clear();
         n.last_view = None;
         n.peers.clear();
-        n.peers_seen = u64::MAX;
         self.checker.node_restarted(id);
         self.turn(id);
         self.joiner_started(id);
@@ -124,26 +131,44 @@ impl World {
                     }
                 }
             }
+            Input::Persisted { restarts } => self.storage_done(id, restarts),
+        }
+    }
+
+    /// The disk finished the node's oldest job: written and synced (or failed), then reported,
+    /// as the driver's storage thread does. A failure discards the jobs queued behind it; the
+    /// node hands everything not durable out again after the retry pause.
+    fn storage_done(&mut self, id: NodeId, restarts: u64) {
+        let now = self.clock.now();
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.restarts != restarts {
+            return; // of a run that crashed
+        }
+        let (Some(node), Some(job)) = (n.node.as_mut(), n.in_flight.pop_front()) else {
+            return;
+        };
+        match storage::write(&mut n.storage, &job) {
+            Ok(()) => node.handle_persisted(now, job.token),
+            Err(e) => {
+                n.in_flight.clear();
+                n.retry_at = Some(self.clock.micros() + STORAGE_RETRY);
+                node.handle_persist_failed(now, e.to_string());
+            }
         }
     }
 
     pub(super) fn node_timer(&mut self, id: NodeId) {
-        let now = self.clock.now();
         let t = self.clock.micros();
-        let Some(n) = self.nodes.get_mut(&id) else {
+        let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else {
             return;
         };
-        let Some(node) = n.node.as_mut() else {
-            return;
-        };
-        if node.poll_timeout().is_some_and(|d| d <= now.mono) {
-            node.handle_timeout(now);
-        }
         if n.spin.0 == t {
             n.spin.1 += 1;
             if n.spin.1 > 64 {
                 return self.fail(format!(
-                    "node {id}: poll_timeout stays due at the same instant after handle_timeout \
+                    "node {id}: its deadline stays due at the same instant after its turn \
                      (a busy loop)"
                 ));
             }
@@ -155,12 +180,14 @@ impl World {
         self.turn(id);
     }
 
-    /// One driver turn, in the driver's order: flush, carry out what may leave already (the
-    /// core holds back what waits on durability), persist with one sync, flush, carry out the
-    /// rest; again while closes give the node more to do. A pending crash strikes after the
-    /// first sends, before the sync (or after the sync, before the rest).
+    /// One driver turn (`Node::turn`, then what its `Ready` asks for), as the daemon's loop
+    /// does it: the storage job goes to the simulated disk, which completes it after a random
+    /// latency as an input of a later turn; again while closes give the node more to do. A
+    /// pending crash strikes with the jobs in flight written but not synced (`BeforeSync`), or
+    /// synced but not reported (`BeforeSend`), before the turn's sends leave.
     pub(super) fn turn(&mut self, id: NodeId) {
         let now = self.clock.now();
+        let micros = self.clock.micros();
         for _ in 0..32 {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
@@ -172,54 +199,41 @@ impl World {
             let Some(node) = n.node.as_mut() else {
                 return;
             };
-            node.flush(now);
-            let early = drain_actions(node);
-            let mut closed = self.carry_out(id, early);
+            let can_take =
+                n.in_flight.len() < MAX_IN_FLIGHT && n.retry_at.is_none_or(|t| micros >= t);
+            let ready = node.turn(now, can_take);
+            n.deadline = ready.deadline;
+            if let Some(job) = ready.persist {
+                n.retry_at = None;
+                n.in_flight.push_back(job);
+                let done = n.disk_busy_until.max(micros) + self.rng.u64(FSYNC_LATENCY);
+                n.disk_busy_until = done;
+                let input = Input::Persisted {
+                    restarts: n.restarts,
+                };
+                self.schedule(done, Event::Input { node: id, input });
+            }
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
-            let SimNode {
-                node,
-                storage,
-                crash_pending,
-                ..
-            } = n;
-            let Some(node) = node.as_mut() else {
-                return;
-            };
-            if let Some(point) = crash_pending.take() {
-                if let Some(p) = node.to_persist() {
-                    match point {
-                        CrashPoint::BeforeSync => {
-                            // Written, never synced: the crash loses it.
-                            let _ = storage::stage(storage, &p);
-                        }
-                        CrashPoint::BeforeSend => {
-                            let _ = storage::write(storage, &p);
-                        }
-                        CrashPoint::Idle => {}
-                    }
+            if let Some(point) = n.crash_pending.take() {
+                for job in &n.in_flight {
+                    let _ = match point {
+                        // Written, never synced: the crash loses it.
+                        CrashPoint::BeforeSync => storage::stage(&mut n.storage, job),
+                        CrashPoint::BeforeSend => storage::write(&mut n.storage, job),
+                        CrashPoint::Idle => Ok(()),
+                    };
                 }
                 return self.crash_now(id, point);
             }
-            if let Some(p) = node.to_persist() {
-                let token = p.token;
-                match storage::write(storage, &p) {
-                    Ok(()) => {
-                        node.handle_persisted(now, token);
-                        node.flush(now);
-                    }
-                    Err(e) => node.handle_persist_failed(now, e.to_string()),
-                }
-            }
-            let actions = drain_actions(node);
-            closed |= self.carry_out(id, actions);
+            let closed = self.carry_out(id, ready.actions);
+            self.follow_membership(id, ready.peers, ready.removed);
             if !closed {
                 break;
             }
         }
         self.watch_role(id);
-        self.follow_membership(id);
     }
 
     /// Carries out `actions` of node `id`; true if one closed a connection.
@@ -337,6 +351,9 @@ impl World {
         n.backlog.clear();
         n.crash_pending = None;
         n.last_view = None;
+        n.deadline = None;
+        n.in_flight.clear();
+        n.retry_at = None;
         n.peers.clear();
         self.stats.crashes += 1;
         self.note(format!("node {id}: CRASHED ({point:?})"));
@@ -367,13 +384,4 @@ impl World {
         self.start_node(id);
         self.reconnect_links_of(id);
     }
-}
-
-/// Everything the node has to carry out now.
-fn drain_actions(node: &mut Node) -> Vec<Action> {
-    let mut actions = Vec::new();
-    while let Some(a) = node.poll_action() {
-        actions.push(a);
-    }
-    actions
 }
