@@ -21,7 +21,10 @@ mod outbox;
 mod progress;
 mod round;
 
-pub use node::{Node, NodeConfig, NodeStats, Persist, PersistToken, Role, SnapshotWrite};
+pub use node::{
+    Node, NodeConfig, NodeConfigError, NodeStats, Persist, PersistToken, Role, SnapshotWrite,
+    MAX_HISTORY_SIZE, MAX_TEXT_LIMIT,
+};
 
 use std::rc::Rc;
 use std::time::Instant;
