@@ -33,7 +33,7 @@ pub mod conn;
 mod join;
 pub mod peers;
 
-pub use config::{ConfigError, DaemonArgs, DaemonConfig, FileConfig, StorageKind};
+pub use config::{ConfigError, DaemonArgs, DaemonConfig, StorageKind};
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
