@@ -95,6 +95,7 @@ stops at once.
 
 Exit status: 0 after a graceful stop, 1 on a runtime error (e.g. the address is in use or the \
 data directory is locked by another daemon), 2 on an invalid flag or configuration file.";
+
 /// The command line of `ringchatd`: `--config` and the flag of every setting.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
 #[command(name = "ringchatd", version, about = "ringchat chat server daemon (one cluster node)", long_about = LONG_ABOUT)]
@@ -288,6 +289,8 @@ impl DaemonConfig {
     /// These settings with the flags given on the command line (`matches`) written over them,
     /// validated.
     pub fn overridden_by(mut self, matches: &ArgMatches) -> Result<DaemonConfig, ConfigError> {
+        // Clap fills in every default; without those the matches hold only the flags given,
+        // which is all update_from_arg_matches then writes.
         let mut given = matches.clone();
         let defaulted: Vec<String> = given
             .ids()
@@ -303,7 +306,7 @@ impl DaemonConfig {
         Ok(self)
     }
 
-    /// Checks the daemon's own settings, then the core's rules, with messages naming flags.
+    /// Checks the core's rules, then the daemon's own settings, with messages naming flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         self.node_config()
@@ -631,6 +634,13 @@ mod tests {
         let m = matches(&["--config", path.to_str().unwrap()]).unwrap();
         let e = DaemonConfig::from_matches(&m).unwrap_err();
         assert!(e.0.contains("histroy_size"), "{e}");
+    }
+
+    #[test]
+    fn the_installed_example_file_is_valid() {
+        let text = include_str!("../../systemd/ringchatd.toml.example");
+        let c = DaemonConfig::parse_toml(text, "ringchatd.toml.example").unwrap();
+        assert_eq!(c.clone().overridden_by(&matches(&[]).unwrap()), Ok(c));
     }
 
     #[test]
