@@ -5,15 +5,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::CommandFactory;
 use log::{error, info};
 
 use ringchat::driver::{self, DaemonArgs, DaemonConfig};
 
 fn main() -> ExitCode {
-    let args = DaemonArgs::parse(); // exits 2 with a usage message on a bad flag
+    // Exits 2 with a usage message on a bad flag or value (0 after --help).
+    let matches = DaemonArgs::command().get_matches();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match DaemonConfig::from_args(args) {
+    let config = match DaemonConfig::from_matches(&matches) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringchatd: {e}");

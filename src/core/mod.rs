@@ -33,7 +33,10 @@ mod outbox;
 mod progress;
 mod round;
 
-pub use node::{Node, NodeConfig, NodeStats, PersistJob, PersistToken, Ready, Role, SnapshotWrite};
+pub use node::{
+    Node, NodeConfig, NodeConfigError, NodeStats, PersistJob, PersistToken, Ready, Role,
+    SnapshotWrite, MAX_HISTORY_SIZE, MAX_TEXT_LIMIT,
+};
 
 use std::rc::Rc;
 use std::time::Instant;

@@ -40,7 +40,7 @@ mod join;
 pub mod peers;
 mod persister;
 
-pub use config::{ConfigError, DaemonArgs, DaemonConfig, FileConfig, StorageKind};
+pub use config::{ConfigError, DaemonArgs, DaemonConfig, StorageKind};
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -420,7 +420,7 @@ impl Node {
         self.election = None;
         self.progress.clear();
         self.leader_heard = now;
-        self.election_due = Some(now + self.cfg.failure_timeout * 2);
+        self.election_due = Some(now + self.cfg.election_timeout());
     }
 
     /// Moves to a newer epoch (durably); whoever led or campaigned before stops.
@@ -452,7 +452,7 @@ impl Node {
     /// later depose a healthy leader.
     pub(super) fn start_election(&mut self, now: Now) {
         let t = now.mono;
-        self.election_due = Some(t + self.cfg.failure_timeout * 2 + self.election_delay());
+        self.election_due = Some(t + self.cfg.election_timeout() + self.election_delay());
         if self.amnesia != Amnesia::No || self.storage_error.is_some() || !self.is_member() {
             return;
         }
@@ -485,7 +485,7 @@ impl Node {
         }
         self.election = Some(Campaign { epoch, pre: false });
         self.progress.clear();
-        self.election_due = Some(now + self.cfg.failure_timeout * 2 + self.election_delay());
+        self.election_due = Some(now + self.cfg.election_timeout() + self.election_delay());
         info!(
             "node {}: starting an election for epoch {epoch}",
             self.cfg.id
@@ -899,7 +899,7 @@ impl Node {
         }
         self.leader_confirmed = true;
         self.leader_heard = now;
-        self.election_due = Some(now + self.cfg.failure_timeout * 2);
+        self.election_due = Some(now + self.cfg.election_timeout());
         true
     }
 

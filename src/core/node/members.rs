@@ -224,8 +224,8 @@ impl Node {
         if !self.cfg.joining || self.joined() || self.removed.is_some() {
             return false;
         }
-        let patience = self.cfg.failure_timeout * 25;
-        self.join_accepted_at.is_none_or(|t| now >= t + patience)
+        self.join_accepted_at
+            .is_none_or(|t| now >= t + self.cfg.join_patience())
     }
 
     /// Joining node: a committed configuration has it. Only that ends a join: an entry adding

@@ -4,6 +4,7 @@
 //! The cluster half (ring election, replication, timers) is in `cluster.rs`.
 
 mod cluster;
+mod config;
 mod members;
 mod ready;
 mod snapshot;
@@ -29,7 +30,9 @@ use crate::storage::{Recovered, StoredSnapshot};
 
 use snapshot::{Encoding, Incoming, PendingSnapshot};
 
-/// Tunables of the core.
+pub use config::{NodeConfigError, MAX_HISTORY_SIZE, MAX_TEXT_LIMIT};
+
+/// Tunables of the core (checked by [`NodeConfig::validate`], in `config.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
     /// This node's id.
