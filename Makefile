@@ -38,6 +38,7 @@ help:
 	@echo "make bench-commit  file vs memory storage on 3 nodes: throughput, CPU, latency (scripts/bench-durable.sh)"
 	@echo "make bench-restart SIGKILL and restart a node holding MESSAGES=1000000 messages: restart time"
 	@echo "make bench-catchup a wiped follower catches up MESSAGES=1000000: time, leader's added latency"
+	@echo "make bench-partition (as root) a follower cut silently for CUTS=\"1 8 30\" s (network namespaces): heal -> first ack"
 	@echo "make verify-units  systemd-analyze verify the systemd unit"
 	@echo "make install       install binaries, unit and example config (PREFIX=$(PREFIX) DESTDIR=)"
 	@echo "make uninstall     remove what install put in place (configs are kept)"
@@ -110,6 +111,14 @@ bench-restart:
 
 bench-catchup:
 	scripts/bench-durable.sh catchup
+
+# A follower cut off by a silent partition (packets dropped, no RST) in network namespaces:
+# time from the heal to its client's first ack (scripts/bench-partition.sh; needs root and nft
+# or iptables; knobs are its environment variables, e.g. `sudo make bench-partition CUTS=8
+# ROUNDS=5`). Builds nothing, so that cargo does not run as root: `make build` first.
+.PHONY: bench-partition
+bench-partition:
+	scripts/bench-partition.sh
 
 # Builds only if a binary is missing, so that `sudo make install` after `make build` does not
 # run cargo as root. The unit's paths follow PREFIX. An existing example config is kept.

@@ -1,4 +1,4 @@
-# Shell functions shared by scripts/bench.sh and scripts/bench-durable.sh; source it, do not run it.
+# Shell functions shared by scripts/bench.sh, bench-durable.sh and bench-partition.sh; source it, do not run it.
 #
 # The caller sets `daemon` (the ringchatd binary; `client`, the ringchat binary, defaults to
 # target/release/ringchat) and declares `cluster_pids=()`; it stops the
