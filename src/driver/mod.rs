@@ -924,6 +924,9 @@ impl Driver {
                     }
                 }
                 Action::SendPeer { to, bytes } => self.mesh.send(to, bytes),
+                Action::ResetPeer { to, reason } => {
+                    self.mesh.reset(now, to, &reason, &mut self.node)
+                }
                 Action::Close { conn, reason } => {
                     let Some(key) = self.key_of(conn) else {
                         continue;

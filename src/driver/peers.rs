@@ -47,11 +47,10 @@ pub(super) const PEER_LISTENER: Token = Token(usize::MAX - 4);
 /// First token of peer links (a link's token is `PEER_BASE + key`).
 pub(super) const PEER_BASE: usize = usize::MAX / 2;
 
-/// First retry delay after a failed dial or a lost link.
+/// First retry delay after a failed dial or a lost link (the largest is
+/// `NodeConfig::dial_backoff_max`, and a connect is abandoned after `NodeConfig::dial_timeout`).
 pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(20);
-/// Largest retry delay.
-pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Longest a dial may take to connect, and a new link to complete the handshake.
+/// Longest a new link may take to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A node dials a peer with a lower id (which normally dials it) once no link to it came up
 /// for this long: the peer may not list it, and then only this node's dial links them.
@@ -181,6 +180,13 @@ pub struct Mesh {
     rng: fastrand::Rng,
     accept_retry_at: Option<Instant>,
     max_output: usize,
+    /// A connect not done by then is abandoned (`NodeConfig::dial_timeout`).
+    dial_timeout: Duration,
+    /// Largest pause between dials (`NodeConfig::dial_backoff_max`).
+    backoff_max: Duration,
+    /// The kernel aborts a link whose sent data stays unacknowledged this long
+    /// (`TCP_USER_TIMEOUT`, `NodeConfig::link_silence_limit`).
+    user_timeout: Duration,
     drops: u64,
     /// When a refused inbound link was last logged at warn, and refusals since.
     refusal_warned_at: Option<Instant>,
@@ -278,6 +284,7 @@ impl Mesh {
             }
             None => (None, None),
         };
+        let timing = cfg.node_config();
         let slots = cfg
             .peers
             .iter()
@@ -300,6 +307,9 @@ impl Mesh {
             rng: fastrand::Rng::with_seed(0x7269_6e67 ^ u64::from(cfg.id)),
             accept_retry_at: None,
             max_output: MAX_PEER_OUTPUT,
+            dial_timeout: timing.dial_timeout(),
+            backoff_max: timing.dial_backoff_max().max(DIAL_BACKOFF_MIN),
+            user_timeout: timing.link_silence_limit(),
             drops: 0,
             refusal_warned_at: None,
             refusals: 0,
@@ -481,6 +491,14 @@ impl Mesh {
         }
     }
 
+    /// Closes the link to `peer` (the node found it silent) and plans a dial as for any lost
+    /// link.
+    pub fn reset(&mut self, now: Now, peer: NodeId, why: &str, node: &mut Node) {
+        if let Some(key) = self.slots.get(&peer).and_then(|s| s.up) {
+            self.drop_link(now, key, node, Level::Warn, why);
+        }
+    }
+
     /// Queues `bytes` for `to`; dropped when there is no established link to it (the core
     /// sends again what matters once it hears the link is up).
     pub fn send(&mut self, to: NodeId, bytes: SharedBytes) {
@@ -548,6 +566,7 @@ impl Mesh {
             return;
         }
         debug!("node {}: peer connection accepted from {addr}", self.id);
+        self.set_user_timeout(&stream, addr);
         self.insert(now, stream, addr, None, State::Handshake, node);
     }
 
@@ -559,6 +578,7 @@ impl Mesh {
         match TcpStream::connect(addr) {
             Ok(stream) => {
                 debug!("node {}: dialing peer {peer} at {addr}", self.id);
+                self.set_user_timeout(&stream, addr);
                 let key = self.insert_connecting(now, stream, addr, peer);
                 if let Some(slot) = self.slots.get_mut(&peer) {
                     slot.dialing = key;
@@ -597,9 +617,19 @@ impl Mesh {
             out: OutQueue::new(),
             write_armed: true,
             dirty: false,
-            deadline: Some(now.mono + HANDSHAKE_TIMEOUT),
+            deadline: Some(now.mono + self.dial_timeout),
         });
         Some(key)
+    }
+
+    /// Makes the kernel give up on a link whose data goes unacknowledged as long as the node
+    /// lets a link be silent: without it, a connection cut by a partition that drops packets
+    /// waits out TCP's retransmission backoff (minutes), on either side.
+    fn set_user_timeout(&self, stream: &TcpStream, addr: SocketAddr) {
+        let sock = socket2::SockRef::from(stream);
+        if let Err(e) = sock.set_tcp_user_timeout(Some(self.user_timeout)) {
+            debug!("node {}: TCP_USER_TIMEOUT on {addr}: {e}", self.id);
+        }
     }
 
     /// Adds a connected link, queues our Hello and flushes it.
@@ -723,7 +753,7 @@ impl Mesh {
             FALLBACK_DIAL_AFTER
         };
         slot.next_dial = Some(now + wait + jittered(&mut self.rng, slot.backoff));
-        slot.backoff = (slot.backoff * 2).min(DIAL_BACKOFF_MAX);
+        slot.backoff = (slot.backoff * 2).min(self.backoff_max);
     }
 
     /// Reads until `WouldBlock`, EOF, an error or the budget; frames go to the node.

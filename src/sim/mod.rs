@@ -79,6 +79,9 @@ pub struct SimConfig {
     /// Percentage of random faults that are membership changes: a new node joins, or an
     /// admin asks to remove a member (the cluster stays within 3 to 5 members).
     pub membership: u8,
+    /// Nodes close and redial peer links silent past the limit (off only to show the stall
+    /// after a silent partition that the rule prevents).
+    pub reset_silent_links: bool,
     /// Print the trace of the run on stderr.
     pub verbose: bool,
 }
@@ -107,6 +110,7 @@ impl SimConfig {
             replicate_after_persist: seed / 3 % 2 == 1,
             snapshot_after_growth: seed / 6 % 2 == 1,
             membership: 8,
+            reset_silent_links: true,
             verbose: false,
         }
     }

@@ -18,13 +18,13 @@ use log::{debug, info, warn};
 
 use super::{Amnesia, Campaign, Held, Node, Peer, Role};
 use crate::codec::{
-    self, Append, AppendReply, Candidate, Elected, Forward, Heartbeat, PeerFrame, PeerStatus,
-    StatusReport, Token,
+    self, Append, AppendReply, Candidate, Elected, ErrorCode, Forward, Heartbeat, PeerFrame,
+    PeerStatus, StatusReport, Token,
 };
 use crate::core::election::{distance, majority, next_hop};
 use crate::core::log::{Command, Epoch, LogIndex};
 use crate::core::progress::Progress;
-use crate::core::{Action, NodeId, Now};
+use crate::core::{Action, ConnId, NodeId, Now};
 
 /// Most entries compacted away that one flush drops (a turn flushes about twice): a
 /// compaction's hundred thousand are freed over some 25 turns, without a pause.
@@ -40,8 +40,12 @@ impl Node {
         let p = self.peers.entry(peer).or_default();
         p.connected = true;
         client_addr.clone_into(&mut p.client_addr);
+        // Heard from (so a link that stays silent from the start is reset too), but alive
+        // only once its first heartbeat says it hears us: a peer whose frames never arrive
+        // (a one-way cut) would otherwise look alive after every reset of its link, and get
+        // election tokens that are lost.
         p.last_heard = Some(now.mono);
-        p.hears_us = true;
+        p.hears_us = false;
         // It may have restarted without its state: it votes once a heartbeat says so.
         p.votes = false;
         if p.listed {
@@ -176,6 +180,10 @@ impl Node {
                 }
             }
         }
+        if tick {
+            self.reset_silent_links(now);
+            self.check_leaderless(t);
+        }
         match self.role {
             // Once per heartbeat: a round's deadline or a snapshot step also wakes a leader,
             // up to every turn, and the lost-node check scans the sessions.
@@ -194,6 +202,69 @@ impl Node {
         if self.role != Role::Leader && self.election_due.is_some_and(|d| t >= d) {
             self.start_election(now);
         }
+    }
+
+    /// Asks the shell to close and redial the links silent past the limit (see
+    /// [`NodeConfig::link_silence_limit`]); they count as disconnected from now on.
+    fn reset_silent_links(&mut self, now: Now) {
+        if !self.cfg.reset_silent_links {
+            return;
+        }
+        let limit = self.cfg.link_silence_limit();
+        let silent: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connected && p.last_heard.is_none_or(|h| now.mono >= h + limit))
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in silent {
+            let reason = format!("no frame for {} ms", limit.as_millis());
+            warn!(
+                "node {}: link to peer {peer} silent: {reason}; closing it and dialing again",
+                self.cfg.id
+            );
+            self.actions
+                .push_back(Action::ResetPeer { to: peer, reason });
+            self.handle_peer_disconnected(now, peer);
+        }
+    }
+
+    /// A node that has known no leader for [`NodeConfig::leaderless_limit`] is cut off from a
+    /// majority: its clients' writes would wait indefinitely, so it tells them to go to another
+    /// node (and new ones, until it follows a leader again).
+    fn check_leaderless(&mut self, now: Instant) {
+        if self.leader.is_some() {
+            self.leaderless_since = None;
+            self.told_no_leader = false;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        if self.told_no_leader || now < since + self.cfg.leaderless_limit() {
+            return;
+        }
+        self.told_no_leader = true;
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort();
+        warn!(
+            "node {}: no leader for {} ms; sending its {} clients to other nodes",
+            self.cfg.id,
+            now.duration_since(since).as_millis(),
+            conns.len()
+        );
+        let msg = self.no_leader_message();
+        for conn in conns {
+            self.fail(conn, ErrorCode::NoLeader, None, msg.clone());
+            self.close(conn, "no leader".into());
+        }
+    }
+
+    pub(super) fn no_leader_message(&self) -> String {
+        format!(
+            "node {} has had no leader for over {} ms (cut off from the cluster?); \
+             reconnect to another node",
+            self.cfg.id,
+            self.cfg.leaderless_limit().as_millis()
+        )
     }
 
     /// The next instant [`Node::handle_timeout`] must be called.

@@ -99,6 +99,9 @@ pub struct NodeConfig {
     /// Bytes of snapshot image encoded per loop turn (about): bounds the pause of a snapshot
     /// of a long history.
     pub snapshot_step: usize,
+    /// Close and redial a peer link silent for [`NodeConfig::link_silence_limit`]. Off only
+    /// in the simulator, to show the stall after a silent partition it prevents.
+    pub reset_silent_links: bool,
 }
 
 impl Default for NodeConfig {
@@ -130,6 +133,7 @@ impl Default for NodeConfig {
             snapshot_chunk: 256 * 1024,
             snapshot_window: 4,
             snapshot_step: 256 * 1024,
+            reset_silent_links: true,
         }
     }
 }
@@ -283,6 +287,10 @@ pub struct Node {
     orphans_check_at: Option<Instant>,
     /// When this node became leader.
     leader_since: Instant,
+    /// Since when this node knows no leader, and whether its clients were told to go (after
+    /// [`NodeConfig::leaderless_limit`]).
+    leaderless_since: Option<Instant>,
+    told_no_leader: bool,
     actions: VecDeque<Action>,
     rng: fastrand::Rng,
     shutting_down: bool,
@@ -427,6 +435,8 @@ impl Node {
             expiring: BTreeSet::new(),
             orphans_check_at: None,
             leader_since: now.mono,
+            leaderless_since: None,
+            told_no_leader: false,
             actions: VecDeque::new(),
             rng,
             shutting_down: false,
@@ -598,6 +608,10 @@ impl Node {
                 }
                 if self.busy(conn, None) {
                     return self.close(conn, "busy".into());
+                }
+                if self.told_no_leader {
+                    self.fail(conn, ErrorCode::NoLeader, None, self.no_leader_message());
+                    return self.close(conn, "no leader".into());
                 }
                 self.conns.insert(conn, ConnState::Opening);
                 self.propose(Command::OpenSession {

@@ -914,6 +914,7 @@ pub(super) fn node_config(
         replication_linger: cfg.replication_linger,
         replicate_after_persist: cfg.replicate_after_persist,
         snapshot_after_growth: cfg.snapshot_after_growth,
+        reset_silent_links: cfg.reset_silent_links,
         seed,
         ..NodeConfig::default()
     }

@@ -242,6 +242,10 @@ impl World {
         for a in actions {
             match a {
                 Action::SendPeer { to, bytes } => self.send_peer(id, to, bytes),
+                Action::ResetPeer { to, reason } => {
+                    self.note(format!("node {id}: resets its link to node {to}: {reason}"));
+                    self.reset_link(id, to, true);
+                }
                 Action::Send { conn, bytes } => self.send_to_client(id, conn, bytes),
                 Action::Close { conn, reason } => {
                     if self.node_closes(id, conn) {
