@@ -25,6 +25,7 @@
 
 pub mod chat;
 mod election;
+pub mod join;
 pub mod log;
 pub mod membership;
 pub mod names;

@@ -59,9 +59,11 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::codec::{self, ErrorCode, ErrorFrame, Redirect, ServerFrame};
+use crate::core::join::JoinOutcome;
 use crate::core::{Action, ConnId, Node, NodeId, Now, Ready};
 use crate::storage::{FileOptions, FileStorage, Storage, StorageError, Volatile};
 use conn::{InBuf, OutQueue, OutputPool};
+use join::{Joiner, JOIN};
 use peers::Mesh;
 use persister::{Completion, Persister};
 
@@ -181,41 +183,25 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> DriverError {
     move |source| DriverError::Io { context, source }
 }
 
-/// Longest a new node tries to get itself added before giving up.
-const JOIN_LIMIT: Duration = Duration::from_secs(60);
-/// Longest one renewed join request (from the event loop) may block.
-const REJOIN_LIMIT: Duration = Duration::from_secs(3);
-
-/// `--join`: unless the node's data says it is a member already, asks the cluster at `via` to
-/// add it and links it to the leader that accepted it.
+/// `--join`: the node's join client; unless the node's data says it is a member already, it
+/// asks the cluster at `via` to add the node (blocking: nothing is served yet) and links it to
+/// the leader that accepted it.
 fn join_cluster(
     config: &DaemonConfig,
     via: SocketAddr,
     mesh: &Mesh,
     node: &mut Node,
-    limit: Duration,
-) -> Result<(), DriverError> {
+) -> Result<Joiner, DriverError> {
+    let mut joiner = Joiner::new(config, via, mesh)?;
     if node.configs().applied().has(config.id) {
         info!(
             "node {}: already a member (from its data); --join {via} ignored",
             config.id
         );
-        return Ok(());
+    } else {
+        joiner.join_before_serving(node)?;
     }
-    let peer_addr = mesh.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let req = codec::JoinRequest {
-        cluster_id: config.cluster_id,
-        node_id: config.id,
-        peer_addr,
-        client_addr: mesh.client_addr().to_owned(),
-    };
-    info!(
-        "node {}: asking {via} to join cluster {}",
-        config.id, config.cluster_id
-    );
-    let (leader, addr) = join::join(via, &req, limit).map_err(|e| DriverError::Join(e.0))?;
-    node.handle_join_accepted(now().mono, leader, addr);
-    Ok(())
+    Ok(joiner)
 }
 
 /// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully. Its log and
@@ -322,6 +308,8 @@ pub struct Driver {
     node: Node,
     /// Links to the other cluster members.
     mesh: Mesh,
+    /// The join client (`--join`), asking again in the loop when the node's join stalls.
+    joiner: Option<Joiner>,
     /// The node's storage (on a thread of its own for a disk).
     persister: Persister,
     /// When the node's next turn is due (from its last [`Ready`]).
@@ -475,9 +463,10 @@ impl Driver {
         if let Some(path) = &config.port_file {
             write_port_file(path, local_addr)?;
         }
-        if let Some(via) = config.join {
-            join_cluster(&config, via, &mesh, &mut node, JOIN_LIMIT)?;
-        }
+        let joiner = match config.join {
+            Some(via) => Some(join_cluster(&config, via, &mesh, &mut node)?),
+            None => None,
+        };
         Ok(Driver {
             id,
             poll,
@@ -495,6 +484,7 @@ impl Driver {
             output_pool: OutputPool::default(),
             node,
             mesh,
+            joiner,
             persister,
             node_deadline: None,
             accept_retry_at: None,
@@ -561,11 +551,17 @@ impl Driver {
                     SIGNALS => stop |= self.take_signals(),
                     WAKER => stop |= self.stop.flag.load(Ordering::SeqCst),
                     t if Mesh::owns(t) => self.mesh.ready(now, event, &mut self.node),
+                    JOIN => {
+                        if let Some(j) = &mut self.joiner {
+                            j.ready(now.mono, event, self.poll.registry());
+                        }
+                    }
                     Token(key) => self.ready(now, key, event),
                 }
             }
             self.mesh.reread(now, &mut self.node);
             self.mesh.on_timer(now, &mut self.node);
+            self.pump_join(now);
             self.take_completions(now);
             if self.accept_retry_at.is_some_and(|t| t <= now.mono) {
                 self.accept_retry_at = None;
@@ -629,13 +625,11 @@ impl Driver {
     }
 
     /// Links follow membership changes; a node removed from the cluster stops, saying why; a
-    /// joining node whose join stalled asks again.
+    /// joining node whose join stalled asks again (the request goes out at the next pass of
+    /// the loop: the client's deadline is now).
     fn follow_membership(&mut self, now: Now, ready: &mut Ready) {
-        if let Some(via) = self.cfg.join.filter(|_| ready.rejoin) {
-            // Blocking, but only while the node is no member and serves no one.
-            if let Err(e) = join_cluster(&self.cfg, via, &self.mesh, &mut self.node, REJOIN_LIMIT) {
-                warn!("node {}: {e}", self.id);
-            }
+        if let Some(j) = self.joiner.as_mut().filter(|_| ready.rejoin) {
+            j.rejoin(now.mono);
         }
         if let Some(wanted) = ready.peers.take() {
             self.mesh.sync_peers(now, &wanted, &mut self.node);
@@ -645,6 +639,26 @@ impl Driver {
                 warn!("node {}: {why}; stopping", self.id);
                 self.begin_shutdown(now);
             }
+        }
+    }
+
+    /// The join client's turn: its sockets opened and closed; a leader that accepted the node
+    /// is handed to it, a refusal for good stops the node.
+    fn pump_join(&mut self, now: Now) {
+        let Some(j) = &mut self.joiner else {
+            return;
+        };
+        match j.pump(now.mono, self.poll.registry()) {
+            Some(JoinOutcome::Accepted { leader, addr }) => {
+                self.node.handle_join_accepted(now.mono, leader, addr)
+            }
+            Some(JoinOutcome::Refused(why)) | Some(JoinOutcome::GaveUp(why)) => {
+                if self.shutdown_deadline.is_none() {
+                    error!("node {}: cannot join the cluster: {why}; stopping", self.id);
+                    self.begin_shutdown(now);
+                }
+            }
+            None => {}
         }
     }
 
@@ -663,6 +677,7 @@ impl Driver {
             self.persister.retry_at(),
             self.accept_retry_at,
             self.shutdown_deadline,
+            self.joiner.as_ref().and_then(Joiner::deadline),
         ]
         .into_iter()
         .flatten()
