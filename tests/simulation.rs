@@ -773,7 +773,8 @@ fn a_member_that_missed_a_join_catches_up_with_a_leader_that_joined_after_it() {
     let leader = w.leader().unwrap();
     let stale = followers(&w, leader)[0];
     let cut = w.cut(&[stale]);
-    let new = w.add_joining_node();
+    // Through the leader: a node asking only the cut-off member would wait for the heal.
+    let new = w.add_joining_node_through(leader);
     assert!(applied_config(&mut w, leader, &[1, 2, 3, new], 3000));
     // Equal logs: the election picks the highest id, the new node.
     w.crash(leader, CrashPoint::Idle);

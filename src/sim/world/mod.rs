@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use log::debug;
 
+use membership::Joining;
+
 use super::checker::Checker;
 use super::client::{ClientKind, ClientParams, ClientSpec, SimClient};
 use super::clock::{ms, Clock, Micros, TraceHash};
@@ -21,6 +23,7 @@ use super::faults::{CrashPoint, FaultPlan, Heal};
 use super::network::Network;
 use super::{Failure, Report, SimConfig};
 use crate::codec::{JoinReply, JoinRequest, PeerFrame};
+use crate::core::join::JoinFailure;
 use crate::core::{ConnId, Node, NodeConfig, NodeId, PersistJob, Role, SharedBytes};
 use crate::storage::{MemStorage, Recovered, Storage};
 
@@ -72,23 +75,21 @@ enum Event {
     NextFault,
     /// A fault ends.
     Heal(Heal),
-    /// A joining node's timer: it asks (again) when its join stalled.
+    /// A joining node's join client is due (its deadline).
     JoinTick(NodeId),
-    /// A join request reaches a member.
+    /// A join request reaches a member, on the joiner's connection `conn`.
     JoinAsk {
         joiner: NodeId,
-        attempt: u64,
+        conn: u64,
         to: NodeId,
-        hops: u8,
         req: JoinRequest,
     },
-    /// The answer reaches the joining node.
+    /// The answer (or the connection's failure) reaches the joining node.
     JoinAnswer {
         joiner: NodeId,
-        attempt: u64,
+        conn: u64,
         from: NodeId,
-        hops: u8,
-        reply: JoinReply,
+        answer: Result<JoinReply, JoinFailure>,
     },
 }
 
@@ -141,15 +142,6 @@ struct SimNode {
     gone: bool,
     /// Its disk was wiped since it last ran: the admin decides how it comes back.
     wiped: bool,
-}
-
-/// The join requests of a node started to join (the driver's `--join`).
-#[derive(Debug, Default)]
-struct Joining {
-    /// The request waiting for an answer: its number, and when the node sent it.
-    asking: Option<(u64, Micros)>,
-    /// Requests sent so far (numbers them).
-    attempts: u64,
 }
 
 impl SimNode {
@@ -624,18 +616,16 @@ impl World {
             Event::JoinTick(id) => self.join_tick(id),
             Event::JoinAsk {
                 joiner,
-                attempt,
+                conn,
                 to,
-                hops,
                 req,
-            } => self.join_ask(joiner, attempt, to, hops, req),
+            } => self.join_ask(joiner, conn, to, req),
             Event::JoinAnswer {
                 joiner,
-                attempt,
+                conn,
                 from,
-                hops,
-                reply,
-            } => self.join_answer(joiner, attempt, from, hops, reply),
+                answer,
+            } => self.join_answer(joiner, conn, from, answer),
         }
     }
 

@@ -228,7 +228,7 @@ impl World {
                 return self.crash_now(id, point);
             }
             let closed = self.carry_out(id, ready.actions);
-            self.follow_membership(id, ready.peers, ready.removed);
+            self.follow_membership(id, ready.peers, ready.removed, ready.rejoin);
             if !closed {
                 break;
             }
