@@ -20,7 +20,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::conn::InBuf;
-use super::peers::Mesh;
+use super::peers::{Mesh, PEER_BASE};
 use super::{DaemonConfig, DriverError};
 use crate::codec::{FrameSet, JoinReply, JoinRequest, PeerFrame};
 use crate::core::join::{
@@ -28,8 +28,9 @@ use crate::core::join::{
 };
 use crate::core::{Node, NodeId, SharedBytes};
 
-/// The token of the join client's connection (one at a time).
-pub(super) const JOIN: Token = Token(usize::MAX - 5);
+/// The token of the join client's connection (one at a time): just below the mesh's range
+/// (which ends at the reserved tokens at the top), far above any client connection's key.
+pub(super) const JOIN: Token = Token(PEER_BASE - 1);
 
 /// Longest a new node tries to get itself added at startup before the daemon gives up.
 const JOIN_LIMIT: Duration = Duration::from_secs(60);
@@ -349,3 +350,6 @@ fn ask_blocking(addr: &str, request: &[u8], by: Instant) -> Result<Option<JoinRe
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -486,7 +486,9 @@ impl Driver {
             mesh,
             joiner,
             persister,
-            node_deadline: None,
+            // The first turn is due at once: the startup join's acceptance is an input the
+            // node acts on (linking to the leader) only in a turn, and nothing else may come.
+            node_deadline: Some(Instant::now()),
             accept_retry_at: None,
             dirty: Vec::new(),
             closing: Vec::new(),
@@ -652,13 +654,13 @@ impl Driver {
             Some(JoinOutcome::Accepted { leader, addr }) => {
                 self.node.handle_join_accepted(now.mono, leader, addr)
             }
-            Some(JoinOutcome::Refused(why)) | Some(JoinOutcome::GaveUp(why)) => {
-                if self.shutdown_deadline.is_none() {
-                    error!("node {}: cannot join the cluster: {why}; stopping", self.id);
-                    self.begin_shutdown(now);
-                }
+            Some(JoinOutcome::Refused(why)) | Some(JoinOutcome::GaveUp(why))
+                if self.shutdown_deadline.is_none() =>
+            {
+                error!("node {}: cannot join the cluster: {why}; stopping", self.id);
+                self.begin_shutdown(now);
             }
-            None => {}
+            _ => {}
         }
     }
 
