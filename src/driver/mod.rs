@@ -4,6 +4,8 @@
 //! token is its slab key, and a few reserved tokens name the listener, the signal pipe and the
 //! waker (a stop request, or storage reporting writes durable). Links to the other cluster
 //! members are kept by the peer mesh ([`peers`]), in the same loop, with their own token range.
+//! A node started with `--join` whose join stalls asks again from the loop, on one non-blocking
+//! connection with a token of its own (the join client's shell, `join.rs`).
 //! The node's writes are made durable by `persister`: on a storage thread with file storage,
 //! so the loop never waits for a disk. Every loop turn, in this order (the core's contract, see
 //! [`crate::core`]):
