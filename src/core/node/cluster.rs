@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use super::{Amnesia, Campaign, Held, Node, Peer, Role};
+use super::{Amnesia, Campaign, Held, Node, Peer, Role, Timer};
 use crate::codec::{
     self, Append, AppendReply, Candidate, Elected, ErrorCode, Forward, Heartbeat, PeerFrame,
     PeerStatus, StatusReport, Token,
@@ -126,7 +126,7 @@ impl Node {
                 } else if h.epoch == self.hard.epoch && h.leader == Some(from) {
                     // The leader is alive even while it has nothing to append (a snapshot
                     // transfer waiting on our acknowledgements).
-                    self.leader_heard = now.mono;
+                    self.heard_leader(now.mono);
                 }
             }
             PeerFrame::Append(a) => self.handle_append(now.mono, from, a),
@@ -166,12 +166,14 @@ impl Node {
         );
     }
 
-    /// Runs every timer that is due.
+    /// Runs every timer that is due. The rounds and the snapshot step are the next flush's
+    /// work (every turn flushes), so their slots only wake the node.
     pub(super) fn handle_timeout(&mut self, now: Now) {
         let t = now.mono;
-        let tick = t >= self.heartbeat_due;
+        let tick = self.timers.take_expired(Timer::Heartbeat, t);
         if tick {
-            self.heartbeat_due = t + self.cfg.heartbeat_interval;
+            self.timers
+                .set(Timer::Heartbeat, Some(t + self.cfg.heartbeat_interval));
             let peers: Vec<NodeId> = self.peers.keys().copied().collect();
             for p in peers {
                 self.send_heartbeat(p, t);
@@ -179,29 +181,37 @@ impl Node {
                     self.send_append(t, p, Nudge::Heartbeat);
                 }
             }
-        }
-        if tick {
             self.reset_silent_links(now);
             self.check_leaderless(t);
-        }
-        match self.role {
-            // Once per heartbeat: a round's deadline or a snapshot step also wakes a leader,
-            // up to every turn, and the lost-node check scans the sessions.
-            Role::Leader if tick => {
+            if self.role == Role::Leader {
+                // Once per heartbeat: the lost-node check scans the sessions.
                 self.check_majority(t);
                 self.expire_lost_nodes(t);
                 self.release_leaving(t);
             }
-            Role::Leader => {}
-            _ => {
-                if self.leader.is_some() && t >= self.leader_heard + self.cfg.failure_timeout {
-                    self.lose_leader(t, "no word from the leader within the failure timeout");
-                }
-            }
         }
-        if self.role != Role::Leader && self.election_due.is_some_and(|d| t >= d) {
+        if self.timers.take_expired(Timer::LeaderLoss, t)
+            && self.role != Role::Leader
+            && self.leader.is_some()
+        {
+            self.lose_leader(t, "no word from the leader within the failure timeout");
+        }
+        if self.role != Role::Leader && self.timers.take_expired(Timer::Election, t) {
             self.start_election(now);
         }
+    }
+
+    /// Plans an election at `at` plus this node's turn (see [`Node::election_delay`]).
+    pub(super) fn election_after(&mut self, at: Instant) {
+        let delay = self.election_delay();
+        self.timers.set(Timer::Election, Some(at + delay));
+    }
+
+    /// The leader showed it is alive: it is lost if it stays silent for the failure timeout.
+    fn heard_leader(&mut self, now: Instant) {
+        self.leader_heard = now;
+        let loss = now + self.cfg.failure_timeout;
+        self.timers.set(Timer::LeaderLoss, Some(loss));
     }
 
     /// Asks the shell to close and redial the links silent past the limit (see
@@ -269,29 +279,21 @@ impl Node {
 
     /// The next instant [`Node::handle_timeout`] must be called.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        let mut next = self.heartbeat_due;
-        if self.role != Role::Leader {
-            if let Some(d) = self.election_due {
-                next = next.min(d);
-            }
-            if self.leader.is_some() {
-                next = next.min(self.leader_heard + self.cfg.failure_timeout);
-            }
-        }
-        if let Some(t) = self.rounds.deadline().filter(|_| self.role == Role::Leader) {
-            next = next.min(t);
-        }
-        if let Some(t) = self
+        self.timers.next()
+    }
+
+    /// The rounds and the snapshot encoding keep their own deadlines (they move with every
+    /// flush): after one, their slots take them, for the roles that act on them.
+    pub(super) fn sync_timers(&mut self) {
+        let round = self.rounds.deadline().filter(|_| self.role == Role::Leader);
+        let forward = self
             .forwards
             .deadline()
-            .filter(|_| self.forward_to().is_some())
-        {
-            next = next.min(t);
-        }
-        if let Some(step) = self.snapshot_step_due() {
-            next = next.min(step);
-        }
-        Some(next)
+            .filter(|_| self.forward_to().is_some());
+        let step = self.snapshot_step_due();
+        self.timers.set(Timer::Round, round);
+        self.timers.set(Timer::Forward, forward);
+        self.timers.set(Timer::SnapshotStep, step);
     }
 
     /// Sends what this turn's input produced: the leader appends pending proposals and
@@ -474,7 +476,8 @@ impl Node {
         let delay = self.election_delay();
         self.leader = None;
         self.outbox.resend_all();
-        self.election_due = Some(now + delay);
+        self.timers.set(Timer::LeaderLoss, None);
+        self.timers.set(Timer::Election, Some(now + delay));
     }
 
     fn follow(&mut self, now: Instant, leader: NodeId) {
@@ -490,8 +493,9 @@ impl Node {
         self.leader = Some(leader);
         self.election = None;
         self.progress.clear();
-        self.leader_heard = now;
-        self.election_due = Some(now + self.cfg.election_timeout());
+        self.heard_leader(now);
+        self.timers
+            .set(Timer::Election, Some(now + self.cfg.election_timeout()));
     }
 
     /// Moves to a newer epoch (durably); whoever led or campaigned before stops.
@@ -514,7 +518,7 @@ impl Node {
             self.leader = None;
             self.outbox.resend_all();
         }
-        self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+        self.election_after(now + self.cfg.failure_timeout);
     }
 
     /// Starts a pre-election: a token that goes around the ring changing nothing, to learn
@@ -523,7 +527,7 @@ impl Node {
     /// later depose a healthy leader.
     pub(super) fn start_election(&mut self, now: Now) {
         let t = now.mono;
-        self.election_due = Some(t + self.cfg.election_timeout() + self.election_delay());
+        self.election_after(t + self.cfg.election_timeout());
         if self.amnesia != Amnesia::No || self.storage_error.is_some() || !self.is_member() {
             return;
         }
@@ -556,7 +560,7 @@ impl Node {
         }
         self.election = Some(Campaign { epoch, pre: false });
         self.progress.clear();
-        self.election_due = Some(now + self.cfg.election_timeout() + self.election_delay());
+        self.election_after(now + self.cfg.election_timeout());
         info!(
             "node {}: starting an election for epoch {epoch}",
             self.cfg.id
@@ -777,7 +781,7 @@ impl Node {
             if self.role == Role::Candidate {
                 self.role = Role::Follower;
             }
-            self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+            self.election_after(now + self.cfg.failure_timeout);
             return;
         }
         if token.pre {
@@ -860,7 +864,8 @@ impl Node {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.election = None;
-        self.election_due = None;
+        self.timers.set(Timer::Election, None);
+        self.timers.set(Timer::LeaderLoss, None);
         self.incoming = None;
         let last = self.log.last_index();
         self.progress = self
@@ -877,7 +882,7 @@ impl Node {
         self.log.append(self.hard.epoch, None, Command::Noop);
         self.log_initial_config();
         self.outbox.resend_all();
-        self.heartbeat_due = now;
+        self.timers.set(Timer::Heartbeat, Some(now));
     }
 
     /// True while a majority (this leader included) answered within the failure timeout.
@@ -955,7 +960,7 @@ impl Node {
         self.election = None;
         self.progress.clear();
         self.outbox.resend_all();
-        self.election_due = Some(now + self.cfg.failure_timeout + self.election_delay());
+        self.election_after(now + self.cfg.failure_timeout);
     }
 
     /// A frame from `from` claiming leadership of `epoch`: follow it unless the epoch is stale
@@ -969,8 +974,9 @@ impl Node {
             self.follow(now, from);
         }
         self.leader_confirmed = true;
-        self.leader_heard = now;
-        self.election_due = Some(now + self.cfg.election_timeout());
+        self.heard_leader(now);
+        self.timers
+            .set(Timer::Election, Some(now + self.cfg.election_timeout()));
         true
     }
 

@@ -78,6 +78,7 @@ impl Node {
             self.handle_timeout(now);
         }
         self.flush(now);
+        self.sync_timers();
         let persist = if take_persist {
             self.take_persist()
         } else {

@@ -123,8 +123,6 @@ struct SimNode {
     restarts: u64,
     /// Last (role, epoch, leader) reported, for the trace.
     last_view: Option<(Role, u64, Option<NodeId>)>,
-    /// Consecutive timer firings at one instant (a busy loop shows up here).
-    spin: (Micros, u32),
     /// When its next turn is due (from its last `Ready`).
     deadline: Option<Instant>,
     /// Storage jobs handed over and not completed, oldest first, and when the disk finishes
@@ -164,7 +162,6 @@ impl SimNode {
             crash_pending: None,
             restarts: 0,
             last_view: None,
-            spin: (0, 0),
             deadline: None,
             in_flight: VecDeque::new(),
             disk_busy_until: 0,

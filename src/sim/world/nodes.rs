@@ -161,19 +161,8 @@ impl World {
 
     pub(super) fn node_timer(&mut self, id: NodeId) {
         let t = self.clock.micros();
-        let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else {
+        if self.nodes.get(&id).is_none_or(|n| n.node.is_none()) {
             return;
-        };
-        if n.spin.0 == t {
-            n.spin.1 += 1;
-            if n.spin.1 > 64 {
-                return self.fail(format!(
-                    "node {id}: its deadline stays due at the same instant after its turn \
-                     (a busy loop)"
-                ));
-            }
-        } else {
-            n.spin = (t, 1);
         }
         self.trace.mix(TAG_TIMER);
         self.trace.mix(t ^ u64::from(id));
@@ -202,6 +191,12 @@ impl World {
             let can_take =
                 n.in_flight.len() < MAX_IN_FLIGHT && n.retry_at.is_none_or(|t| micros >= t);
             let ready = node.turn(now, can_take);
+            if ready.deadline.is_some_and(|d| d <= now.mono) {
+                // A turn runs everything due: a deadline not in the future is a busy loop.
+                return self.fail(format!(
+                    "node {id}: its next deadline is not after its turn"
+                ));
+            }
             n.deadline = ready.deadline;
             if let Some(job) = ready.persist {
                 n.retry_at = None;
