@@ -24,13 +24,13 @@
 //! again before it waits.
 
 pub mod chat;
-mod election;
 pub mod log;
 pub mod membership;
 pub mod names;
 mod node;
 mod outbox;
 mod progress;
+mod ring;
 mod round;
 
 pub use node::{
