@@ -24,6 +24,7 @@
 //! again before it waits.
 
 pub mod chat;
+pub mod durable;
 pub mod log;
 pub mod membership;
 pub mod names;

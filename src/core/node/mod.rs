@@ -32,7 +32,7 @@ use super::progress::Progress;
 use super::round::Rounds;
 use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
-use crate::storage::{Recovered, StoredSnapshot};
+use crate::core::durable::{Recovered, StoredSnapshot};
 
 use snapshot::{Encoding, Incoming, PendingSnapshot};
 use timers::{Timer, Timers};

@@ -6,9 +6,9 @@ use std::time::Instant;
 use log::debug;
 
 use super::{Node, PersistToken};
+use crate::core::durable::StoredSnapshot;
 use crate::core::log::{Entry, HardState, LogIndex};
 use crate::core::{Action, NodeId, Now};
-use crate::storage::StoredSnapshot;
 
 /// A snapshot storage must store before the log writes of the same [`PersistJob`].
 #[derive(Clone, Debug)]
