@@ -219,6 +219,8 @@ pub struct WorldStats {
     pub removed_stopped: u64,
     /// Removed nodes that never learned it and were stopped when everything healed.
     pub zombies_stopped: u64,
+    /// Storage jobs a crash caught in flight (handed to the disk, not reported durable).
+    pub jobs_cut_by_crashes: u64,
 }
 
 /// The whole simulated system.
