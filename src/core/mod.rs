@@ -25,7 +25,7 @@
 //! again before it waits.
 
 pub mod chat;
-mod election;
+pub mod durable;
 pub mod join;
 pub mod log;
 pub mod membership;
@@ -33,6 +33,7 @@ pub mod names;
 mod node;
 mod outbox;
 mod progress;
+mod ring;
 mod round;
 
 pub use node::{

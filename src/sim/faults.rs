@@ -8,9 +8,11 @@ use crate::core::NodeId;
 pub enum CrashPoint {
     /// Between turns.
     Idle,
-    /// After the turn's writes reached storage but before the sync: they are lost.
+    /// At the first turn with writes in flight, before their sync: they are lost (a torn
+    /// write leaves nothing of them).
     BeforeSync,
-    /// After the sync, before the turn's sends left: the disk has what no one was told.
+    /// At the first turn with writes in flight, after their sync but before the node heard:
+    /// the disk has what no one was told.
     BeforeSend,
 }
 

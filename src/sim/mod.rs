@@ -58,6 +58,8 @@ pub struct SimConfig {
     pub heartbeat: Duration,
     /// Nodes' failure timeout.
     pub failure_timeout: Duration,
+    /// How long the simulated disk takes to write and sync one storage job (min, max).
+    pub fsync_latency: (Micros, Micros),
     /// Nodes' session timeout (sessions of a node lost this long end).
     pub session_timeout: Duration,
     /// Nodes snapshot after this many applied entries (small, so runs compact and install).
@@ -101,6 +103,7 @@ impl SimConfig {
             client_latency: (ms(1) / 4, ms(3)),
             heartbeat: Duration::from_millis(30),
             failure_timeout: Duration::from_millis(200),
+            fsync_latency: (50, 600),
             session_timeout: Duration::from_millis(1500),
             snapshot_entries: 64,
             compact_keep: 16,
