@@ -25,6 +25,7 @@ use super::{Failure, Report, SimConfig};
 use crate::codec::{JoinReply, JoinRequest, PeerFrame};
 use crate::core::join::JoinFailure;
 use crate::core::{ConnId, Node, NodeConfig, NodeId, PersistJob, Role, SharedBytes};
+use crate::driver::conn::InBuf;
 use crate::storage::{MemStorage, Recovered, Storage};
 
 /// Rooms the talkers use.
@@ -46,7 +47,8 @@ enum Input {
     /// The peer closed the connection of this generation (after its last frames arrived).
     PeerClosed(NodeId, u64),
     Accept(ConnId),
-    Frame(ConnId, Vec<u8>),
+    /// Bytes the client sent are readable on the connection (a read takes some of them).
+    Readable(ConnId),
     Closed(ConnId),
     /// The node's storage finished its oldest job in flight (of the node's run `restarts`).
     Persisted {
@@ -111,6 +113,11 @@ struct ConnInfo {
     /// Last delivery time each way, so frames never overtake each other.
     to_node_at: Micros,
     to_client_at: Micros,
+    /// Bytes the client sent that the node has not read, and whether a read is planned.
+    to_node: Vec<u8>,
+    reading: bool,
+    /// The node side's framing: the driver's own, fed reads of any size.
+    node_in: InBuf,
 }
 
 /// One simulated node: the core, its storage, and what the simulation knows of it.

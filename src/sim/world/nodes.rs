@@ -1,7 +1,7 @@
 //! Nodes: their inputs (queued while paused), timers, the driver turn (persist, then send),
 //! crashes at a chosen point of a turn, restarts from storage, pauses and failing disks.
 
-use crate::codec::{self, ClientFrame, PeerFrame};
+use crate::codec::{self, PeerFrame};
 use crate::core::{Action, Node, NodeId};
 use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::CrashPoint;
@@ -105,22 +105,49 @@ impl World {
                     }
                 }
             }
-            Input::Frame(conn, bytes) => {
-                if self
-                    .conns
-                    .get(&conn)
-                    .is_none_or(|ci| ci.node_side != NodeSide::Open)
-                {
+            Input::Readable(conn) => {
+                let Some(ci) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                ci.reading = false;
+                if ci.node_side != NodeSide::Open {
+                    ci.to_node.clear();
                     return;
                 }
-                self.trace.event(TAG_TO_NODE, t, &bytes);
-                match codec::decode::<ClientFrame>(&bytes) {
-                    Ok(Some((frame, _))) => node.handle_frame(now, conn, frame),
-                    other => self.fail(format!("undecodable client frame: {other:?}")),
+                // A read takes what arrived, or (one time in two) only a piece of it: frames
+                // cut anywhere, several in one read, several inputs in one turn.
+                let n = ci.to_node.len();
+                let take = if n > 1 && self.rng.bool() {
+                    self.rng.usize(1..n)
+                } else {
+                    n
+                };
+                let chunk: Vec<u8> = ci.to_node.drain(..take).collect();
+                self.trace.event(TAG_TO_NODE, t, &chunk);
+                let fed = ci.node_in.feed(&chunk, |f| node.handle_frame(now, conn, f));
+                if let Err(e) = fed {
+                    return self.fail(format!("conn {}: a client sent a bad frame: {e}", conn.0));
+                }
+                if !ci.to_node.is_empty() {
+                    ci.reading = true;
+                    let at = self.clock.micros() + self.rng.u64(0..=20);
+                    let input = Input::Readable(conn);
+                    self.schedule(at, Event::Input { node: id, input });
                 }
             }
             Input::Closed(conn) => {
                 if let Some(ci) = self.conns.get_mut(&conn) {
+                    // What the client sent before closing is read first, as the driver reads
+                    // to the end of the stream.
+                    let rest = std::mem::take(&mut ci.to_node);
+                    if ci.node_side == NodeSide::Open && !rest.is_empty() {
+                        self.trace.event(TAG_TO_NODE, t, &rest);
+                        let fed = ci.node_in.feed(&rest, |f| node.handle_frame(now, conn, f));
+                        if let Err(e) = fed {
+                            let why = format!("conn {}: a client sent a bad frame: {e}", conn.0);
+                            return self.fail(why);
+                        }
+                    }
                     if ci.node_side == NodeSide::Open {
                         ci.node_side = NodeSide::Closed;
                         node.handle_disconnect(now, conn);
