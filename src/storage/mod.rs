@@ -3,10 +3,12 @@
 //! truncation, snapshot files) serves the daemon; `MemStorage` (keeps what was synced, loses the
 //! rest on a simulated crash) serves tests and the simulation; `Volatile` keeps nothing.
 
+mod disk;
 mod file;
 mod memory;
 mod volatile;
 
+pub use disk::{Disk, DiskFile, OsDisk};
 pub use file::{FileOptions, FileStorage};
 pub use memory::MemStorage;
 pub use volatile::Volatile;

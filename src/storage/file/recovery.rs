@@ -20,7 +20,7 @@ use std::path::Path;
 
 use crate::codec::disk::{decode_record, decode_snapshot_file, DiskError, RecordKind, WalRecord};
 use crate::core::log::{Entry, HardState};
-use crate::storage::{SnapshotMeta, StorageError, StoredSnapshot};
+use crate::storage::{Disk, SnapshotMeta, StorageError, StoredSnapshot};
 
 use super::segment::SegmentMeta;
 
@@ -187,12 +187,13 @@ pub(super) fn scan_segment(
 }
 
 /// Reads and validates the snapshot file at `path`, which its name says covers `index`.
-pub(super) fn read_snapshot(
+pub(super) fn read_snapshot<D: Disk>(
+    disk: &D,
     op: &'static str,
     path: &Path,
     index: u64,
 ) -> Result<StoredSnapshot, StorageError> {
-    let mut buf = std::fs::read(path).map_err(|e| StorageError::at(op, path, e))?;
+    let mut buf = disk.read(path).map_err(|e| StorageError::at(op, path, e))?;
     let file = decode_snapshot_file(&buf).map_err(|e| corrupt(op, path, 0, e))?;
     if file.index != index {
         return Err(corrupt(

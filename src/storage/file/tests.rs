@@ -75,7 +75,7 @@ fn reload(dir: &Path) -> Recovered {
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    segment::list(&dir.join("wal"), SEGMENT_EXT)
+    segment::list(&OsDisk, &dir.join("wal"), SEGMENT_EXT)
         .unwrap()
         .into_iter()
         .map(|(_, p)| p)
@@ -83,7 +83,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
-    segment::list(&dir.join("snapshot"), SNAPSHOT_EXT)
+    segment::list(&OsDisk, &dir.join("snapshot"), SNAPSHOT_EXT)
         .unwrap()
         .into_iter()
         .map(|(_, p)| p)
