@@ -6,11 +6,13 @@
 mod disk;
 mod file;
 mod memory;
+mod sim_disk;
 mod volatile;
 
 pub use disk::{Disk, DiskFile, OsDisk};
 pub use file::{FileOptions, FileStorage};
 pub use memory::MemStorage;
+pub use sim_disk::{SimDisk, SimDiskStats, SimFile};
 pub use volatile::Volatile;
 
 use std::fmt;
