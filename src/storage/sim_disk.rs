@@ -119,6 +119,8 @@ struct Fs {
     full: bool,
     fail_next_sync: bool,
     corrupt_reads: f64,
+    /// Only files whose name ends with this are read corrupt.
+    corrupt_suffix: &'static str,
     stats: SimDiskStats,
 }
 
@@ -133,6 +135,8 @@ pub struct SimDisk {
 pub struct SimFile {
     fs: Arc<Mutex<Fs>>,
     ino: u64,
+    /// The path it was opened by (what corrupt reads go by).
+    path: PathBuf,
     /// The run it was opened in.
     boot: u64,
 }
@@ -207,6 +211,7 @@ impl Fs {
             full: false,
             fail_next_sync: false,
             corrupt_reads: 0.0,
+            corrupt_suffix: "",
             stats: SimDiskStats::default(),
         }
     }
@@ -267,14 +272,20 @@ impl Fs {
         self.dirs.get_mut(dir).ok_or_else(|| not_found(dir))
     }
 
-    /// A copy of the file's bytes as a read returns them (with a flipped bit, maybe).
-    fn read(&mut self, ino: u64) -> Vec<u8> {
+    /// A copy of the bytes of file `ino` (at `path`) as a read returns them (with a flipped
+    /// bit, maybe).
+    fn read(&mut self, ino: u64, path: &Path) -> Vec<u8> {
         let Some(inode) = self.inodes.get(&ino) else {
             return Vec::new();
         };
         let mut bytes = inode.data.clone();
         let below = (inode.last_write as usize).min(bytes.len());
-        if below > 0 && self.corrupt_reads > 0.0 && self.rng.f64() < self.corrupt_reads {
+        let eligible = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(self.corrupt_suffix));
+        if below > 0 && eligible && self.corrupt_reads > 0.0 && self.rng.f64() < self.corrupt_reads
+        {
             let at = self.rng.usize(..below);
             bytes[at] ^= 1 << self.rng.u8(..8);
             self.stats.flipped_reads += 1;
@@ -466,10 +477,13 @@ impl SimDisk {
         self.lock().power == Power::Off
     }
 
-    /// Each read flips one bit with probability `rate` (0 for none), only before the start of
-    /// the file's last durable write.
-    pub fn set_corrupt_reads(&self, rate: f64) {
-        self.lock().corrupt_reads = rate;
+    /// Each read of a file whose name ends with `suffix` ("" for every file) flips one bit
+    /// with probability `rate` (0 for none), only before the start of the file's last durable
+    /// write.
+    pub fn set_corrupt_reads(&self, rate: f64, suffix: &'static str) {
+        let mut fs = self.lock();
+        fs.corrupt_reads = rate;
+        fs.corrupt_suffix = suffix;
     }
 
     /// A new disk holding what this one holds durably (what a crash now would leave), without
@@ -481,6 +495,7 @@ impl SimDisk {
         fs.fail_next_sync = false;
         fs.corrupt_reads = 0.0;
         fs.crash(false);
+        fs.stats = SimDiskStats::default();
         SimDisk {
             fs: Arc::new(Mutex::new(fs)),
         }
@@ -566,7 +581,7 @@ impl Disk for SimDisk {
         let mut fs = self.lock();
         fs.alive()?;
         let ino = fs.file(path)?;
-        Ok(fs.read(ino))
+        Ok(fs.read(ino, path))
     }
 
     fn open(&self, path: &Path) -> io::Result<SimFile> {
@@ -576,6 +591,7 @@ impl Disk for SimDisk {
         Ok(SimFile {
             fs: self.fs.clone(),
             ino,
+            path: path.to_path_buf(),
             boot: fs.boot,
         })
     }
@@ -618,6 +634,7 @@ impl Disk for SimDisk {
         Ok(SimFile {
             fs: self.fs.clone(),
             ino,
+            path: path.to_path_buf(),
             boot: fs.boot,
         })
     }
@@ -681,7 +698,7 @@ impl SimFile {
 impl DiskFile for SimFile {
     fn read_all(&self) -> io::Result<Vec<u8>> {
         let mut fs = self.fs()?;
-        Ok(fs.read(self.ino))
+        Ok(fs.read(self.ino, &self.path))
     }
 
     fn write_all_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
@@ -855,7 +872,10 @@ mod tests {
             d.crash();
             assert_eq!(d.read(&p("/d/a")).unwrap(), b"base-more-data");
         }
-        assert!(lost > 8, "the retried fsync saved what the failed one lost: {lost}");
+        assert!(
+            lost > 8,
+            "the retried fsync saved what the failed one lost: {lost}"
+        );
     }
 
     #[test]
@@ -928,7 +948,7 @@ mod tests {
         let f = durable_file(&d, "a", b"first write ");
         f.write_all_at(b"last write", 12).unwrap();
         f.sync_data().unwrap();
-        d.set_corrupt_reads(1.0);
+        d.set_corrupt_reads(1.0, "");
         for _ in 0..50 {
             let got = d.read(&p("/d/a")).unwrap();
             assert_eq!(&got[12..], b"last write");

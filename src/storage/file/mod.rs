@@ -134,9 +134,9 @@ impl<D: Disk> FileStorage<D> {
             let p = p.to_path_buf();
             move |e| StorageError::at("open", p, e)
         };
-        disk.create_dir_all(dir).map_err(at(dir))?;
+        segment::ensure_dir(&disk, dir).map_err(at(dir))?;
         for d in [&wal_dir, &snap_dir] {
-            segment::ensure_dir(&disk, dir, d).map_err(at(d))?;
+            segment::ensure_dir(&disk, d).map_err(at(d))?;
             segment::remove_temp_files(&disk, d).map_err(at(d))?;
         }
 

@@ -80,11 +80,19 @@ pub(super) fn remove_temp_files<D: Disk>(disk: &D, dir: &Path) -> io::Result<()>
     Ok(())
 }
 
-/// Creates `dir` if it is missing, and makes its entry in `parent` durable.
-pub(super) fn ensure_dir<D: Disk>(disk: &D, parent: &Path, dir: &Path) -> io::Result<()> {
+/// Creates `dir` (and its missing parents) if it is missing, making each new entry durable in
+/// its parent: a directory created and not synced into its parent may vanish at a power loss
+/// with every file in it, however well those were synced.
+pub(super) fn ensure_dir<D: Disk>(disk: &D, dir: &Path) -> io::Result<()> {
     if disk.is_dir(dir) {
         return Ok(());
     }
+    let parent = match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return disk.create_dir_all(dir), // a root
+    };
+    ensure_dir(disk, parent)?;
     disk.create_dir_all(dir)?;
     disk.sync_dir(parent)
 }

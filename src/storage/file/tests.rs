@@ -8,7 +8,7 @@ use super::*;
 use crate::codec::disk::{decode_record, encode_record, WalRecord, RECORD_HEADER_LEN};
 use crate::core::log::{Command, ProposalId};
 use crate::core::{ConnId, SessionId};
-use crate::storage::MemStorage;
+use crate::storage::{Disk, MemStorage, OsDisk, SimDisk};
 
 fn say(index: LogIndex, epoch: u64, text: &str) -> Entry {
     Entry {
@@ -800,19 +800,31 @@ impl View {
     }
 }
 
+/// Where the model check runs: a disk, its data directory, and what a crash does to it.
+struct Machine<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+    /// Takes the disk through a crash (the process dies; for a simulated disk the power goes).
+    crash: fn(&D),
+}
+
+const MODEL_OPTIONS: FileOptions = FileOptions {
+    segment_bytes: 400,
+    background_snapshots: true,
+};
+
 /// Restarts both stores after a crash, checks they recover the same, and returns the view.
-fn restart(dir: &Path, file: &mut FileStorage, mem: &mut MemStorage, epoch: u64) -> View {
+fn restart<D: Disk>(
+    m: &Machine<D>,
+    file: &mut FileStorage<D>,
+    mem: &mut MemStorage,
+    epoch: u64,
+) -> View {
     mem.crash();
     // The model stores snapshots durably at once: crash after a background write is done.
     file.finish_writing();
-    *file = FileStorage::open(
-        dir,
-        FileOptions {
-            segment_bytes: 400,
-            background_snapshots: true,
-        },
-    )
-    .unwrap();
+    (m.crash)(&m.disk);
+    *file = FileStorage::open_on(m.disk.clone(), &m.dir, MODEL_OPTIONS).unwrap();
     let rf = file.load().unwrap();
     let rm = mem.load().unwrap();
     assert_eq!(rf, rm, "after a restart");
@@ -825,17 +837,8 @@ fn restart(dir: &Path, file: &mut FileStorage, mem: &mut MemStorage, epoch: u64)
     View::from(&rf, epoch)
 }
 
-fn check_against_mem_storage(ops: &[Op]) {
-    let d = TempDir::new().unwrap();
-    let dir = d.path();
-    let mut file = FileStorage::open(
-        dir,
-        FileOptions {
-            segment_bytes: 400,
-            background_snapshots: true,
-        },
-    )
-    .unwrap();
+fn check_against_mem_storage<D: Disk>(ops: &[Op], m: &Machine<D>) {
+    let mut file = FileStorage::open_on(m.disk.clone(), &m.dir, MODEL_OPTIONS).unwrap();
     let mut mem = MemStorage::new();
     let mut view = View {
         epoch: 1,
@@ -909,7 +912,7 @@ fn check_against_mem_storage(ops: &[Op]) {
                 file.save_snapshot(&s, true).unwrap();
                 mem.save_snapshot(&s, true).unwrap();
                 if crash {
-                    view = restart(dir, &mut file, &mut mem, view.epoch);
+                    view = restart(m, &mut file, &mut mem, view.epoch);
                     continue;
                 }
                 for st in [&mut file as &mut dyn Storage, &mut mem] {
@@ -919,19 +922,32 @@ fn check_against_mem_storage(ops: &[Op]) {
                 view.snap = Some(s.meta);
                 view.entries.clear();
             }
-            Op::Crash => view = restart(dir, &mut file, &mut mem, view.epoch),
+            Op::Crash => view = restart(m, &mut file, &mut mem, view.epoch),
         }
     }
     file.sync().unwrap();
     mem.sync().unwrap();
-    restart(dir, &mut file, &mut mem, view.epoch);
+    restart(m, &mut file, &mut mem, view.epoch);
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
     fn behaves_like_mem_storage_through_crashes(ops in proptest::collection::vec(op(), 1..60)) {
-        check_against_mem_storage(&ops);
+        let d = TempDir::new().unwrap();
+        // A crash of the process: the OS keeps what was written.
+        let m = Machine { disk: OsDisk, dir: d.path().to_path_buf(), crash: |_| {} };
+        check_against_mem_storage(&ops, &m);
+    }
+
+    #[test]
+    fn behaves_like_mem_storage_through_power_losses(
+        ops in proptest::collection::vec(op(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        // A crash of the machine: only what was synced, and synced into its directory, stays.
+        let m = Machine { disk: SimDisk::new(seed), dir: "/data/node".into(), crash: SimDisk::crash };
+        check_against_mem_storage(&ops, &m);
     }
 }
 
