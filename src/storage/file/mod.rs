@@ -19,6 +19,8 @@ mod pending;
 mod recovery;
 mod segment;
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io;
