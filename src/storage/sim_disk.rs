@@ -363,6 +363,8 @@ impl Fs {
         }
         self.boot += 1;
         self.power = Power::On;
+        // An fsync failure armed for the crashed run does not strike the next one's recovery.
+        self.fail_next_sync = false;
         let mut dirs = std::mem::take(&mut self.dirs);
         for d in dirs.values_mut() {
             let ops = std::mem::take(&mut d.queued);
@@ -456,7 +458,7 @@ impl SimDisk {
         self.lock().full
     }
 
-    /// Makes the next fsync (of a file or a directory) fail with an I/O error.
+    /// Makes the next fsync (of a file or a directory) of this run fail with an I/O error.
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
     }

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use crate::codec::{JoinReply, JoinRequest};
 use crate::core::{NodeConfig, NodeId};
 use crate::sim::clock::{ms, Micros};
-use crate::storage::MemStorage;
 
 use super::{
     client_addr, node_of_client_addr, peer_addr, Event, Joining, SimNode, World, CLUSTER_ID,
@@ -175,7 +174,7 @@ impl World {
         let seed = self.rng.u64(..);
         let cfg = self.joiner_config(id, seed);
         let others: Vec<NodeId> = self.members.clone();
-        self.nodes.insert(id, SimNode::new(cfg, MemStorage::new()));
+        self.nodes.insert(id, SimNode::new(cfg));
         self.members.push(id);
         self.net.add_node(id, &others);
         self.refresh_targets();
