@@ -251,6 +251,30 @@ fn a_record_failing_its_checksum_followed_only_by_zeros_is_a_torn_tail() {
 }
 
 #[test]
+fn a_write_torn_inside_the_length_of_a_record_with_zeros_after_is_a_torn_tail() {
+    // A record header across a page boundary: the page with the first bytes of its length
+    // reached the disk, the next one did not, and the file size covers it. Found by the
+    // simulator (seed 1115 of ringchat-sim, a failed fsync then a crash).
+    let (d, seg) = with_entries(4);
+    let recs = records(&seg);
+    let (start, _) = recs[recs.len() - 1];
+    let original = fs::read(&seg).unwrap();
+    for kept in 1..8 {
+        let mut bytes = original.clone();
+        bytes[start + kept..].fill(0);
+        fs::write(&seg, &bytes).unwrap();
+        assert_eq!(reload(d.path()).entries, run(1, 3, 1), "{kept} bytes kept");
+        assert_eq!(len(&seg), start as u64);
+    }
+    // Past the length and its CRC, a damaged length is corruption.
+    let mut bytes = original.clone();
+    bytes[start] ^= 0x40;
+    bytes[start + 12..].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    err_text(FileStorage::open(d.path(), FileOptions::default()));
+}
+
+#[test]
 fn a_damaged_record_before_the_end_is_corruption_naming_file_and_offset() {
     let (d, seg) = with_entries(5);
     let recs = records(&seg);
