@@ -46,8 +46,10 @@ impl World {
         self.schedule(at, Event::NextFault);
     }
 
-    /// Crashes `id` and empties its storage, unless it may not lose its data now (see
-    /// [`World::may_lose_data`]). True if it was wiped.
+    /// Crashes `id` and empties its storage, unless another node is without its data already
+    /// (wiped and not caught up, durably so) or the cluster has fewer than 3 voters: the
+    /// design keeps acknowledged writes only while a majority keeps its disks. True if it was
+    /// wiped.
     pub fn wipe(&mut self, id: NodeId) -> bool {
         if self.node(id).is_none() || !self.may_lose_data(id) {
             return false;
