@@ -187,12 +187,18 @@ impl ClientError {
     }
 
     /// True for a refusal by the server (as opposed to a connection problem or timeout; a
-    /// node shutting down or dropping a slow reader counts as a connection problem).
+    /// node shutting down, cut off from its leader or dropping a slow reader counts as a
+    /// connection problem).
     pub fn is_refusal(&self) -> bool {
         match self {
             ClientError::Server { code, .. } => !matches!(
                 ErrorCode::from_u16(*code),
-                Some(ErrorCode::ShuttingDown | ErrorCode::SlowConsumer | ErrorCode::StorageFailed)
+                Some(
+                    ErrorCode::ShuttingDown
+                        | ErrorCode::SlowConsumer
+                        | ErrorCode::StorageFailed
+                        | ErrorCode::NoLeader
+                )
             ),
             ClientError::NotJoined(_) => true,
             _ => false,
@@ -629,6 +635,7 @@ impl Client {
                                 | ErrorCode::Internal
                                 | ErrorCode::SlowConsumer
                                 | ErrorCode::StorageFailed
+                                | ErrorCode::NoLeader
                         )
                     );
                     let err = ClientError::server(e);
@@ -829,10 +836,11 @@ impl Client {
                 .map(|_| Incoming::Event(Event::Ack(a))),
             ServerFrame::Error(e)
                 if e.code == ErrorCode::ShuttingDown as u16
-                    || e.code == ErrorCode::StorageFailed as u16 =>
+                    || e.code == ErrorCode::StorageFailed as u16
+                    || e.code == ErrorCode::NoLeader as u16 =>
             {
-                // The node goes away, or cannot store writes: move to another one (or report
-                // it); what was not acknowledged is sent again there.
+                // The node goes away, cannot store writes, or is cut off from its leader: move
+                // to another one (or report it); what was not acknowledged is sent again there.
                 let err = ClientError::server(e);
                 self.broken(err)?;
                 None

@@ -123,13 +123,16 @@ pub enum ErrorCode {
     /// The node cannot write to its disk (full, or an I/O error): it takes no writes until
     /// it recovers; reconnect to another node.
     StorageFailed = 24,
+    /// The node has known no leader for longer than its bound (it is cut off from a majority
+    /// of the cluster): writes there would wait indefinitely; reconnect to another node.
+    NoLeader = 25,
     /// An internal error (e.g. storage failure); the request was not applied.
     Internal = 30,
 }
 
 impl ErrorCode {
     /// All codes, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -144,6 +147,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::SlowConsumer,
         ErrorCode::StorageFailed,
+        ErrorCode::NoLeader,
         ErrorCode::Internal,
     ];
 
@@ -169,6 +173,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::SlowConsumer => "SLOW_CONSUMER",
             ErrorCode::StorageFailed => "STORAGE_FAILED",
+            ErrorCode::NoLeader => "NO_LEADER",
             ErrorCode::Internal => "INTERNAL",
         }
     }

@@ -347,7 +347,7 @@ fn error_codes_are_stable_and_unique() {
     let nums: Vec<u16> = ErrorCode::ALL.iter().map(|c| *c as u16).collect();
     assert_eq!(
         nums,
-        [1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 30]
+        [1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 30]
     );
     for c in ErrorCode::ALL {
         assert_eq!(ErrorCode::from_u16(c as u16), Some(c));

@@ -24,13 +24,14 @@
 //! again before it waits.
 
 pub mod chat;
-mod election;
+pub mod durable;
 pub mod log;
 pub mod membership;
 pub mod names;
 mod node;
 mod outbox;
 mod progress;
+mod ring;
 mod round;
 
 pub use node::{
@@ -91,6 +92,15 @@ pub enum Action {
         to: NodeId,
         /// One complete encoded peer frame.
         bytes: SharedBytes,
+    },
+    /// Close the link to this peer now (it stayed silent past the limit) and dial it again as
+    /// usual: a fresh connection gets through a healed network at once, where the old one
+    /// would wait for TCP's retransmission backoff. The node already counts it disconnected.
+    ResetPeer {
+        /// The peer.
+        to: NodeId,
+        /// Why, for the log.
+        reason: String,
     },
     /// Close the connection once what is already queued for it has been flushed.
     Close {

@@ -62,7 +62,7 @@ use crate::codec::{self, ErrorCode, ErrorFrame, Redirect, ServerFrame};
 use crate::core::{Action, ConnId, Node, NodeId, Now, Ready};
 use crate::storage::{FileOptions, FileStorage, Storage, StorageError, Volatile};
 use conn::{InBuf, OutQueue, OutputPool};
-use peers::Mesh;
+use peers::{LinkEvent, Mesh};
 use persister::{Completion, Persister};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -560,12 +560,13 @@ impl Driver {
                     LISTENER => self.accept_all(now),
                     SIGNALS => stop |= self.take_signals(),
                     WAKER => stop |= self.stop.flag.load(Ordering::SeqCst),
-                    t if Mesh::owns(t) => self.mesh.ready(now, event, &mut self.node),
+                    t if Mesh::owns(t) => self.mesh.ready(now, event),
                     Token(key) => self.ready(now, key, event),
                 }
             }
-            self.mesh.reread(now, &mut self.node);
-            self.mesh.on_timer(now, &mut self.node);
+            self.mesh.reread(now);
+            self.mesh.on_timer(now);
+            self.feed_links(now);
             self.take_completions(now);
             if self.accept_retry_at.is_some_and(|t| t <= now.mono) {
                 self.accept_retry_at = None;
@@ -611,6 +612,39 @@ impl Driver {
         }
     }
 
+    /// What happened on the peer links becomes the node's input, in order; join requests get
+    /// the node's answer.
+    fn feed_links(&mut self, now: Now) {
+        loop {
+            let events = self.mesh.take_events();
+            if events.is_empty() {
+                return;
+            }
+            for event in events {
+                match event {
+                    LinkEvent::Up { peer, client_addr } => {
+                        self.node.handle_peer_connected(now, peer, &client_addr)
+                    }
+                    LinkEvent::Down { peer } => self.node.handle_peer_disconnected(now, peer),
+                    LinkEvent::Frame { peer, frame } => {
+                        self.node.handle_peer_frame(now, peer, frame)
+                    }
+                    LinkEvent::Join { link, req } => {
+                        let who = format!("node {} (peers at {})", req.node_id, req.peer_addr);
+                        let reply = self.node.handle_join(now.mono, req);
+                        info!(
+                            "node {}: join request of {who}: {} ({})",
+                            self.id,
+                            if reply.ok { "accepted" } else { "refused" },
+                            reply.message
+                        );
+                        self.mesh.answer_join(now, link, reply);
+                    }
+                }
+            }
+        }
+    }
+
     /// Storage's completions become the node's input.
     fn take_completions(&mut self, now: Now) {
         for done in self.persister.completions(now.mono) {
@@ -638,7 +672,7 @@ impl Driver {
             }
         }
         if let Some(wanted) = ready.peers.take() {
-            self.mesh.sync_peers(now, &wanted, &mut self.node);
+            self.mesh.sync_peers(now, &wanted);
         }
         if let Some(why) = ready.removed.take() {
             if self.shutdown_deadline.is_none() {
@@ -886,6 +920,7 @@ impl Driver {
             let drops = self.drops + self.mesh.drops();
             let mut ready = self.node.turn(now, self.persister.can_take(now.mono));
             self.node_deadline = ready.deadline;
+            self.mesh.set_epoch(self.node.epoch());
             // Storage first: a thread starts syncing while the sends go out.
             if let Some(job) = ready.persist.take() {
                 self.persister.submit(now.mono, job);
@@ -897,9 +932,10 @@ impl Driver {
                 self.flush(now, id);
             }
             self.dirty = dirty;
-            self.mesh.flush_dirty(now, &mut self.node);
+            self.mesh.flush_dirty(now);
             self.reap(now);
             self.follow_membership(now, &mut ready);
+            self.feed_links(now);
             let completed = self.persister.has_completions();
             self.take_completions(now);
             if !completed && self.drops + self.mesh.drops() == drops {
@@ -924,6 +960,7 @@ impl Driver {
                     }
                 }
                 Action::SendPeer { to, bytes } => self.mesh.send(to, bytes),
+                Action::ResetPeer { to, reason } => self.mesh.reset(now, to, &reason),
                 Action::Close { conn, reason } => {
                     let Some(key) = self.key_of(conn) else {
                         continue;

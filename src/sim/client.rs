@@ -650,7 +650,9 @@ impl SimClient {
                         env.notes.push(format!("{who}: refused: {}", e.message));
                         self.give_up(env, true);
                     }
-                    Some(ErrorCode::ShuttingDown | ErrorCode::StorageFailed) => {
+                    Some(
+                        ErrorCode::ShuttingDown | ErrorCode::StorageFailed | ErrorCode::NoLeader,
+                    ) => {
                         env.notes.push(format!("{who}: told to go: {}", e.message));
                         self.give_up(env, true);
                     }

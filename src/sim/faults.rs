@@ -8,12 +8,15 @@ use crate::core::NodeId;
 pub enum CrashPoint {
     /// Between turns.
     Idle,
-    /// After the turn's writes reached storage but before the sync: they are lost.
+    /// At the first turn with writes in flight, before their sync: the disk's power goes at
+    /// their first fsync, and the crash loses what they wrote.
     BeforeSync,
-    /// After the sync, before the turn's sends left: the disk has what no one was told.
+    /// At the first turn with writes in flight, after their sync but before the node heard:
+    /// the disk has what no one was told.
     BeforeSend,
-    /// In the middle of the storage writes, after a random number of changes to the disk;
-    /// the crash tears what was not synced (a random prefix of it survives).
+    /// At the first turn with writes in flight, in the middle of them: the power goes after a
+    /// random number of changes to the disk, and the crash tears what was not synced (a
+    /// random prefix of it survives).
     MidWrite,
 }
 
@@ -24,6 +27,9 @@ pub enum Fault {
     LinkReset(NodeId, NodeId),
     /// These nodes are cut from the others, both ways.
     Partition(Vec<NodeId>),
+    /// These nodes are cut from the others silently: packets are dropped both ways, nothing is
+    /// reset, and after the heal the old connections move only at their next retransmission.
+    Silent(Vec<NodeId>),
     /// Frames from the first node to the second are lost; the connection stays up.
     OneWay(NodeId, NodeId),
     /// Frames from the first node to the second are held back, then delivered late.
@@ -54,6 +60,7 @@ impl Fault {
         match self {
             Fault::LinkReset(..) => "link-reset",
             Fault::Partition(_) => "partition",
+            Fault::Silent(_) => "silent-partition",
             Fault::OneWay(..) => "one-way",
             Fault::Clog(..) => "clog",
             Fault::Pause(_) => "pause",
@@ -75,6 +82,8 @@ pub enum Heal {
     Reconnect(NodeId, NodeId),
     /// End a partition: these pairs may connect again.
     Partition(Vec<(NodeId, NodeId)>),
+    /// End a silent partition of these pairs.
+    Silent(Vec<(NodeId, NodeId)>),
     /// End a one-way partition (the connection is reset, as TCP would after losses).
     OneWay(NodeId, NodeId),
     /// Release a clog.
@@ -174,13 +183,19 @@ impl FaultPlan {
                 (Fault::LinkReset(a, b), span(rng, self.reconnect_after))
             }
             18..=33 => {
-                // A random non-empty proper subset, often a single node.
+                // A random non-empty proper subset, often a single node; a third of them
+                // silent.
                 let mut side: Vec<NodeId> =
                     members.iter().copied().filter(|_| rng.bool()).collect();
                 if side.is_empty() || side.len() == n {
                     side = vec![pick(rng)];
                 }
-                (Fault::Partition(side), span(rng, self.cut_for))
+                let dur = span(rng, self.cut_for);
+                if roll >= 28 {
+                    (Fault::Silent(side), dur)
+                } else {
+                    (Fault::Partition(side), dur)
+                }
             }
             34..=43 => {
                 let (a, b) = pair(rng);

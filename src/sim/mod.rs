@@ -60,6 +60,8 @@ pub struct SimConfig {
     pub heartbeat: Duration,
     /// Nodes' failure timeout.
     pub failure_timeout: Duration,
+    /// How long the simulated disk takes to write and sync one storage job (min, max).
+    pub fsync_latency: (Micros, Micros),
     /// Nodes' session timeout (sessions of a node lost this long end).
     pub session_timeout: Duration,
     /// Nodes snapshot after this many applied entries (small, so runs compact and install).
@@ -81,6 +83,9 @@ pub struct SimConfig {
     /// Percentage of random faults that are membership changes: a new node joins, or an
     /// admin asks to remove a member (the cluster stays within 3 to 5 members).
     pub membership: u8,
+    /// Nodes close and redial peer links silent past the limit (off only to show the stall
+    /// after a silent partition that the rule prevents).
+    pub reset_silent_links: bool,
     /// Print the trace of the run on stderr.
     pub verbose: bool,
 }
@@ -100,6 +105,7 @@ impl SimConfig {
             client_latency: (ms(1) / 4, ms(3)),
             heartbeat: Duration::from_millis(30),
             failure_timeout: Duration::from_millis(200),
+            fsync_latency: (50, 600),
             session_timeout: Duration::from_millis(1500),
             snapshot_entries: 64,
             compact_keep: 16,
@@ -109,6 +115,7 @@ impl SimConfig {
             replicate_after_persist: seed / 3 % 2 == 1,
             snapshot_after_growth: seed / 6 % 2 == 1,
             membership: 8,
+            reset_silent_links: true,
             verbose: false,
         }
     }

@@ -3,10 +3,15 @@
 //! everything in flight and the connection comes back only when both ends are up and no
 //! partition cuts it. What one connection delivers is always a prefix of what was sent on it,
 //! as with TCP: a direction that loses frames (one-way partition) is reset when it heals.
+//!
+//! A silent partition drops every packet between two nodes but resets nothing: the connection
+//! stays up, TCP keeps what was sent and retransmits it with exponential backoff (200 ms
+//! doubling, at most 120 s between tries, as Linux does), so after the heal the connection
+//! moves again only at its next retransmission. New connections cannot be made meanwhile.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::clock::Micros;
+use super::clock::{ms, Micros};
 use crate::core::{NodeId, SharedBytes};
 
 /// One direction of a connection.
@@ -20,6 +25,23 @@ struct Direction {
     held: VecDeque<SharedBytes>,
     /// Delivery time of the last frame scheduled, so frames never overtake each other.
     last_at: Micros,
+    /// Under a silent partition: since when its packets are lost (TCP's retransmission
+    /// backoff counts from then).
+    stalled_since: Option<Micros>,
+}
+
+/// Linux's smallest retransmission timeout, and the largest backoff between two tries.
+const RTO_MIN: Micros = ms(200);
+const RTO_MAX: Micros = ms(120_000);
+
+/// When a connection whose packets were lost since `since` next retransmits at or after `now`.
+pub fn next_retransmission(since: Micros, now: Micros) -> Micros {
+    let (mut at, mut rto) = (since + RTO_MIN, RTO_MIN);
+    while at < now {
+        rto = (rto * 2).min(RTO_MAX);
+        at += rto;
+    }
+    at
 }
 
 /// The connection between two nodes (stored under the smaller id first).
@@ -209,6 +231,8 @@ impl Network {
         };
         for d in &mut link.dirs {
             d.held.clear();
+            // The next connection starts with no backoff of its own.
+            d.stalled_since = None;
         }
         link.draining = None;
         if !link.connected {
@@ -259,7 +283,8 @@ impl Network {
     }
 
     /// One clog from `from` to `to` ends; when none is left, the held frames are scheduled in
-    /// order and returned with their delivery times and generation.
+    /// order and returned with their delivery times and generation. A direction stalled by a
+    /// silent partition moves again only at its next retransmission.
     pub fn unclog(
         &mut self,
         from: NodeId,
@@ -277,13 +302,53 @@ impl Network {
         if dir.clogged > 0 {
             return Vec::new();
         }
+        let start = match dir.stalled_since.take() {
+            Some(since) => next_retransmission(since, now),
+            None => now,
+        };
+        // Until then what is sent queues behind the held frames.
+        dir.last_at = dir.last_at.max(start);
         let mut out = Vec::new();
         while let Some(bytes) = dir.held.pop_front() {
-            let at = (now + rng.u64(lo..=hi)).max(dir.last_at);
+            let at = (start + rng.u64(lo..=hi)).max(dir.last_at);
             dir.last_at = at;
             out.push((at, l.generation, bytes));
         }
         out
+    }
+
+    /// A silent partition starts between `a` and `b`: no new connection, and the frames of
+    /// the current one are held (both ways) from `now`.
+    pub fn start_silent(&mut self, a: NodeId, b: NodeId, now: Micros) {
+        if let Some(l) = self.link_mut(a, b) {
+            l.cut += 1;
+            let connected = l.connected;
+            for d in &mut l.dirs {
+                d.clogged += 1;
+                if connected {
+                    d.stalled_since.get_or_insert(now);
+                }
+            }
+        }
+    }
+
+    /// One silent partition between `a` and `b` ends: the frames held are released at the
+    /// connection's next retransmission. Returns them, and whether nothing cuts the pair any
+    /// more.
+    pub fn end_silent(
+        &mut self,
+        a: NodeId,
+        b: NodeId,
+        now: Micros,
+        rng: &mut fastrand::Rng,
+    ) -> (Vec<Released>, bool) {
+        let mut out = Vec::new();
+        for (from, to) in [(a, b), (b, a)] {
+            for (at, g, bytes) in self.unclog(from, to, now, rng) {
+                out.push((from, to, at, g, bytes));
+            }
+        }
+        (out, self.uncut(a, b))
     }
 
     /// Clears every fault (liveness phase): returns the pairs that had a one-way partition
@@ -381,6 +446,45 @@ mod tests {
         n.start_dropping(1, 2);
         assert_eq!(n.send(1, 2, &bytes(), 0, &mut rng), Sent::Dropped);
         assert!(n.faulty(1, 2));
+    }
+
+    #[test]
+    fn after_a_silent_partition_a_connection_moves_at_its_next_retransmission() {
+        assert_eq!(next_retransmission(0, 0), ms(200));
+        assert_eq!(next_retransmission(0, ms(250)), ms(600));
+        // 0.2, 0.6, 1.4, 3.0, 6.2, 12.6, 25.4 s: a heal at 8 s waits until 12.6 s.
+        assert_eq!(next_retransmission(0, ms(8000)), ms(12_600));
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut n = Network::new(&[1, 2], (10, 10));
+        assert!(n.connect(1, 2));
+        n.start_silent(1, 2, 0);
+        assert_eq!(n.send(1, 2, &bytes(), 5, &mut rng), Sent::Held);
+        assert!(
+            !n.connect(1, 2) && n.connected(1, 2),
+            "stays up, and none new"
+        );
+        let (released, uncut) = n.end_silent(2, 1, ms(8000), &mut rng);
+        assert!(uncut);
+        assert_eq!(released.len(), 1);
+        assert_eq!(
+            released[0].2,
+            ms(12_600) + 10,
+            "held until the retransmission"
+        );
+        let Sent::Deliver { at, .. } = n.send(2, 1, &bytes(), ms(8000), &mut rng) else {
+            panic!("not sent");
+        };
+        assert!(at >= ms(12_600), "the other way waits for it too");
+        // A reset connection's successor owes nothing to the old one's backoff.
+        n.start_silent(1, 2, ms(20_000));
+        assert!(n.reset(1, 2));
+        let (released, _) = n.end_silent(1, 2, ms(50_000), &mut rng);
+        assert!(released.is_empty());
+        assert!(n.connect(1, 2));
+        let Sent::Deliver { at, .. } = n.send(1, 2, &bytes(), ms(50_000), &mut rng) else {
+            panic!("not sent");
+        };
+        assert_eq!(at, ms(50_000) + 10);
     }
 
     #[test]

@@ -160,6 +160,36 @@ impl NodeConfig {
         self.failure_timeout * 2
     }
 
+    /// Silence after which a peer link is closed and dialed again: one failure timeout, the
+    /// point where the peer counts as dead anyway. A link silent for longer is most likely cut
+    /// by a partition that drops packets (no RST), where TCP would wait for its retransmission
+    /// timer, which backs off to minutes; a fresh connection gets through as soon as the
+    /// network heals.
+    pub fn link_silence_limit(&self) -> Duration {
+        self.failure_timeout
+    }
+
+    /// How long a dial may take to connect before it is abandoned and tried again: one
+    /// failure timeout. A SYN lost to a partition is then resent by the next dial rather than by
+    /// the kernel's own SYN backoff (1 s, 3 s, 7 s, ...).
+    pub fn dial_timeout(&self) -> Duration {
+        self.failure_timeout
+    }
+
+    /// The longest pause between two dials to a peer: half a failure timeout, so that after a
+    /// partition heals a dial gets through within about 1.5 failure timeouts, and the node
+    /// follows its leader again within two.
+    pub fn dial_backoff_max(&self) -> Duration {
+        self.failure_timeout / 2
+    }
+
+    /// How long a node may know no leader before it tells its clients to go to another node
+    /// (`NO_LEADER`): five failure timeouts (1 s by default), well past an election's usual
+    /// few heartbeats, so only a node cut off from a majority does it.
+    pub fn leaderless_limit(&self) -> Duration {
+        self.failure_timeout * 5
+    }
+
     /// How long a joining node, once accepted, waits to be a member by a committed
     /// configuration before asking again: 25 failure timeouts (5 s by default) leave time to
     /// catch up from a snapshot first, yet recover from a leader change that dropped it.

@@ -1,13 +1,19 @@
 //! `Node`: one cluster member's state machine. Clients' frames become proposals; proposals reach
 //! the leader's log (directly, or forwarded by a follower); committed entries are applied to the
 //! chat state on every node, and each node turns the outcomes into frames for its own clients.
-//! The cluster half (ring election, replication, timers) is in `cluster.rs`.
+//! The cluster side is split by what it holds: `cluster.rs` (peer links, heartbeats, timers,
+//! each turn's flush), `election.rs` (the ring election, following, leading, stepping down),
+//! `replication.rs` (appends, acknowledgements, commit, held sends), `members.rs` (membership
+//! changes), `snapshot.rs`; `ready.rs` is the output contract and `timers.rs` the timer table.
 
 mod cluster;
 mod config;
+mod election;
 mod members;
 mod ready;
+mod replication;
 mod snapshot;
+mod timers;
 
 pub use ready::{PersistJob, Ready, SnapshotWrite};
 
@@ -26,9 +32,10 @@ use super::progress::Progress;
 use super::round::Rounds;
 use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
-use crate::storage::{Recovered, StoredSnapshot};
+use crate::core::durable::{Recovered, StoredSnapshot};
 
 use snapshot::{Encoding, Incoming, PendingSnapshot};
+use timers::{Timer, Timers};
 
 pub use config::{NodeConfigError, MAX_HISTORY_SIZE, MAX_TEXT_LIMIT};
 
@@ -99,6 +106,9 @@ pub struct NodeConfig {
     /// Bytes of snapshot image encoded per loop turn (about): bounds the pause of a snapshot
     /// of a long history.
     pub snapshot_step: usize,
+    /// Close and redial a peer link silent for [`NodeConfig::link_silence_limit`]. Off only
+    /// in the simulator, to show the stall after a silent partition it prevents.
+    pub reset_silent_links: bool,
 }
 
 impl Default for NodeConfig {
@@ -130,6 +140,7 @@ impl Default for NodeConfig {
             snapshot_chunk: 256 * 1024,
             snapshot_window: 4,
             snapshot_step: 256 * 1024,
+            reset_silent_links: true,
         }
     }
 }
@@ -256,11 +267,11 @@ pub struct Node {
     progress: BTreeMap<NodeId, Progress>,
     /// When the leader was last heard from (followers).
     leader_heard: Instant,
+    /// Every deadline of the node.
+    timers: Timers,
     /// The leader has shown it leads (an Append, or a heartbeat naming itself), so proposals
     /// forwarded to it are not dropped as sent to a node that does not know yet it won.
     leader_confirmed: bool,
-    /// When to start an election if nothing changes.
-    election_due: Option<Instant>,
     /// The election (or pre-election) this node started and waits on.
     election: Option<Campaign>,
     /// The last token this node passed on (epoch, initiator, pre) and when, to know it when
@@ -268,7 +279,6 @@ pub struct Node {
     token_passed: Option<(u64, NodeId, bool, Instant)>,
     /// Members the token of this node's campaign was sent to when it came home without them.
     revisited: Vec<NodeId>,
-    heartbeat_due: Instant,
     held: Vec<Held>,
     /// Highest commit index each peer knows of: sent to it, or committed by itself on the
     /// leader's word that the entries are durable here (see `leader_durable`).
@@ -283,6 +293,10 @@ pub struct Node {
     orphans_check_at: Option<Instant>,
     /// When this node became leader.
     leader_since: Instant,
+    /// Since when this node knows no leader, and whether its clients were told to go (after
+    /// [`NodeConfig::leaderless_limit`]).
+    leaderless_since: Option<Instant>,
+    told_no_leader: bool,
     actions: VecDeque<Action>,
     rng: fastrand::Rng,
     shutting_down: bool,
@@ -415,18 +429,19 @@ impl Node {
             peers: BTreeMap::new(),
             progress: BTreeMap::new(),
             leader_heard: now.mono,
+            timers: Timers::default(),
             leader_confirmed: false,
-            election_due: None,
             election: None,
             token_passed: None,
             revisited: Vec::new(),
-            heartbeat_due: now.mono,
             held: Vec::new(),
             commit_sent: BTreeMap::new(),
             leader_durable: (0, 0),
             expiring: BTreeSet::new(),
             orphans_check_at: None,
             leader_since: now.mono,
+            leaderless_since: None,
+            told_no_leader: false,
             actions: VecDeque::new(),
             rng,
             shutting_down: false,
@@ -466,7 +481,8 @@ impl Node {
             node.log.last_index(),
             node.members.len()
         );
-        node.election_due = Some(now.mono + node.election_delay());
+        node.election_after(now.mono);
+        node.timers.set(Timer::Heartbeat, Some(now.mono));
         if node.members == [node.cfg.id] {
             node.start_election(now);
         }
@@ -598,6 +614,10 @@ impl Node {
                 }
                 if self.busy(conn, None) {
                     return self.close(conn, "busy".into());
+                }
+                if self.told_no_leader {
+                    self.fail(conn, ErrorCode::NoLeader, None, self.no_leader_message());
+                    return self.close(conn, "no leader".into());
                 }
                 self.conns.insert(conn, ConnState::Opening);
                 self.propose(Command::OpenSession {

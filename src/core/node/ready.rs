@@ -6,9 +6,9 @@ use std::time::Instant;
 use log::debug;
 
 use super::{Node, PersistToken};
+use crate::core::durable::StoredSnapshot;
 use crate::core::log::{Entry, HardState, LogIndex};
 use crate::core::{Action, NodeId, Now};
-use crate::storage::StoredSnapshot;
 
 /// A snapshot storage must store before the log writes of the same [`PersistJob`].
 #[derive(Clone, Debug)]
@@ -78,6 +78,7 @@ impl Node {
             self.handle_timeout(now);
         }
         self.flush(now);
+        self.sync_timers();
         let persist = if take_persist {
             self.take_persist()
         } else {

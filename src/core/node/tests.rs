@@ -55,7 +55,9 @@ impl Harness {
                     assert!(rest.is_empty(), "a Send carried a partial frame");
                     self.sends.push((conn, bytes));
                 }
-                Action::SendPeer { to, .. } => panic!("a cluster of one sent to peer {to}"),
+                Action::SendPeer { to, .. } | Action::ResetPeer { to, .. } => {
+                    panic!("a cluster of one acted on peer {to}")
+                }
                 Action::Close { conn, .. } => {
                     self.closed.push(conn);
                     self.node.handle_disconnect(self.now, conn);
@@ -689,6 +691,10 @@ struct Member {
     now: Now,
     store: MemStorage,
     sent: Vec<(NodeId, PeerFrame)>,
+    /// Links the node asked to reset, and its clients' frames and closes.
+    resets: Vec<NodeId>,
+    to_clients: Vec<(ConnId, ServerFrame)>,
+    closed: Vec<ConnId>,
 }
 
 fn config_entry(index: LogIndex, epoch: u64, ids: &[NodeId]) -> Entry {
@@ -731,6 +737,9 @@ impl Member {
             now,
             store: MemStorage::new(),
             sent: Vec::new(),
+            resets: Vec::new(),
+            to_clients: Vec::new(),
+            closed: Vec::new(),
         };
         m.step();
         m
@@ -741,10 +750,21 @@ impl Member {
         for _ in 0..10 {
             let ready = self.node.turn(self.now, true);
             for a in ready.actions {
-                if let Action::SendPeer { to, bytes } = a {
-                    if let Some((f, _)) = decode::<PeerFrame>(&bytes).unwrap() {
-                        self.sent.push((to, f));
+                match a {
+                    Action::SendPeer { to, bytes } => {
+                        if let Some((f, _)) = decode::<PeerFrame>(&bytes).unwrap() {
+                            self.sent.push((to, f));
+                        }
                     }
+                    Action::ResetPeer { to, .. } => self.resets.push(to),
+                    Action::Send { conn, bytes } => {
+                        let mut rest = &bytes[..];
+                        while let Some((f, used)) = decode::<ServerFrame>(rest).unwrap() {
+                            self.to_clients.push((conn, f));
+                            rest = &rest[used..];
+                        }
+                    }
+                    Action::Close { conn, .. } => self.closed.push(conn),
                 }
             }
             if !persist(&mut self.node, &mut self.store, self.now, ready.persist) {
@@ -1662,6 +1682,7 @@ fn a_token_that_comes_home_without_a_live_member_is_sent_to_it_once() {
     let mut m = Member::new(1, &[1, 2, 3]);
     for p in [2, 3] {
         m.connect(p);
+        m.heartbeat_from(p, true);
     }
     m.node.start_election(m.now);
     m.step();
@@ -1749,4 +1770,78 @@ fn a_follower_still_gets_a_commit_notice_while_it_may_hold_an_older_configuratio
         change,
         "node 2 must be told, not left to the next heartbeat"
     );
+}
+
+#[test]
+fn a_peer_link_silent_past_the_limit_is_reset_once_and_one_that_talks_is_kept() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    m.connect(2);
+    m.connect(3);
+    let limit = m.node.cfg.link_silence_limit();
+    let tick = m.node.cfg.heartbeat_interval;
+    let mut waited = Duration::ZERO;
+    while waited < limit + tick {
+        m.heartbeat_from(2, true);
+        m.advance(tick);
+        waited += tick;
+    }
+    assert_eq!(m.resets, vec![3], "only the silent link, once");
+    assert!(!m.linked(3) && m.linked(2));
+    m.advance(limit);
+    assert_eq!(m.resets, vec![3, 2], "node 2 went silent too");
+    // A fresh link counts as heard from when it comes up.
+    m.connect(3);
+    m.advance(tick);
+    assert!(m.linked(3));
+    assert_eq!(m.resets.len(), 2);
+
+    let mut quiet = Member::new(1, &[1, 2, 3]);
+    quiet.node.cfg.reset_silent_links = false;
+    quiet.connect(2);
+    quiet.advance(limit * 3);
+    assert!(
+        quiet.resets.is_empty() && quiet.linked(2),
+        "the rule can be turned off"
+    );
+}
+
+#[test]
+fn a_node_without_a_leader_past_the_limit_sends_its_clients_elsewhere_until_it_has_one() {
+    let mut m = Member::new(1, &[1, 2, 3]);
+    let hello = |m: &mut Member, conn: u64| {
+        m.node.handle_connect(m.now, ConnId(conn));
+        let h = Hello {
+            user: format!("user{conn}"),
+            client_id: conn,
+        };
+        m.node
+            .handle_frame(m.now, ConnId(conn), ClientFrame::Hello(h));
+        m.step();
+    };
+    let no_leader = |m: &Member, conn: u64| {
+        m.to_clients.iter().any(|(c, f)| {
+            *c == ConnId(conn)
+                && matches!(f, ServerFrame::Error(e) if e.code == ErrorCode::NoLeader as u16)
+        }) && m.closed.contains(&ConnId(conn))
+    };
+    hello(&mut m, 7);
+    let limit = m.node.cfg.leaderless_limit();
+    let tick = m.node.cfg.heartbeat_interval;
+    let mut waited = Duration::ZERO;
+    while waited + tick < limit {
+        m.advance(tick);
+        waited += tick;
+    }
+    assert!(m.closed.is_empty(), "within the limit the client waits");
+    m.advance(tick * 2);
+    assert!(no_leader(&m, 7), "told and closed: {:?}", m.to_clients);
+    hello(&mut m, 8);
+    assert!(no_leader(&m, 8), "a new client is sent away too");
+    // Once it leads (or follows), new clients are taken again.
+    m.connect(2);
+    m.lead(vec![1, 2]);
+    m.advance(tick);
+    hello(&mut m, 9);
+    assert!(!no_leader(&m, 9));
+    assert!(!m.closed.contains(&ConnId(9)));
 }

@@ -104,6 +104,10 @@ impl World {
                 let pairs = self.cut(&side);
                 self.schedule(now + dur, Event::Heal(Heal::Partition(pairs)));
             }
+            Fault::Silent(side) => {
+                let pairs = self.cut_silently(&side);
+                self.schedule(now + dur, Event::Heal(Heal::Silent(pairs)));
+            }
             Fault::OneWay(from, to) => {
                 self.net.start_dropping(from, to);
                 self.schedule(now + dur, Event::Heal(Heal::OneWay(from, to)));
@@ -154,6 +158,7 @@ impl World {
                     }
                 }
             }
+            Heal::Silent(pairs) => self.end_silent_cut(pairs),
             Heal::OneWay(from, to) => {
                 self.net.stop_dropping(from, to);
                 // Frames were lost mid-stream: TCP would not go on after that.

@@ -146,6 +146,47 @@ impl World {
         pairs
     }
 
+    /// Cuts `side` from the other nodes silently (see [`Network::start_silent`]); returns
+    /// the pairs cut.
+    ///
+    /// [`Network::start_silent`]: crate::sim::network::Network::start_silent
+    pub fn cut_silently(&mut self, side: &[NodeId]) -> Vec<(NodeId, NodeId)> {
+        let now = self.clock.micros();
+        let mut pairs = Vec::new();
+        for (a, b) in self.net.pairs() {
+            if side.contains(&a) != side.contains(&b) {
+                self.net.start_silent(a, b, now);
+                pairs.push((a, b));
+            }
+        }
+        pairs
+    }
+
+    /// Ends the silent cut of these pairs: held frames move at their connection's next
+    /// retransmission; a pair whose connection a node reset meanwhile gets through at the
+    /// dialer's next try, within its dial timeout plus its longest backoff.
+    pub fn end_silent_cut(&mut self, pairs: Vec<(NodeId, NodeId)>) {
+        let now = self.clock.micros();
+        for (a, b) in pairs {
+            let (released, uncut) = self.net.end_silent(a, b, now, &mut self.net_rng);
+            for (from, to, at, generation, bytes) in released {
+                let input = Input::Peer {
+                    from,
+                    generation,
+                    bytes,
+                };
+                self.schedule(at, Event::Input { node: to, input });
+            }
+            if uncut && !self.net.connected(a, b) {
+                let cycle = self.nodes.get(&a.min(b)).map_or(ms(300), |n| {
+                    (n.cfg.dial_timeout() + n.cfg.dial_backoff_max()).as_micros() as Micros
+                });
+                let at = now + ms(1) + self.rng.u64(0..=cycle);
+                self.schedule(at, Event::LinkUp(a, b));
+            }
+        }
+    }
+
     /// Ends the cut of these pairs.
     pub fn uncut(&mut self, pairs: Vec<(NodeId, NodeId)>) {
         self.heal(Heal::Partition(pairs));

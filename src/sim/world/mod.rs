@@ -152,8 +152,6 @@ struct SimNode {
     restarts: u64,
     /// Last (role, epoch, leader) reported, for the trace.
     last_view: Option<(Role, u64, Option<NodeId>)>,
-    /// Consecutive timer firings at one instant (a busy loop shows up here).
-    spin: (Micros, u32),
     /// When its next turn is due (from its last `Ready`).
     deadline: Option<Instant>,
     /// Storage jobs handed over and not completed, oldest first, and when the disk finishes
@@ -194,7 +192,6 @@ impl SimNode {
             crash_pending: None,
             restarts: 0,
             last_view: None,
-            spin: (0, 0),
             deadline: None,
             in_flight: VecDeque::new(),
             disk_busy_until: 0,
@@ -252,6 +249,8 @@ pub struct WorldStats {
     pub removed_stopped: u64,
     /// Removed nodes that never learned it and were stopped when everything healed.
     pub zombies_stopped: u64,
+    /// Storage jobs a crash caught in flight (handed to the disk, not reported durable).
+    pub jobs_cut_by_crashes: u64,
 }
 
 /// The whole simulated system.
@@ -951,6 +950,7 @@ pub(super) fn node_config(
         replication_linger: cfg.replication_linger,
         replicate_after_persist: cfg.replicate_after_persist,
         snapshot_after_growth: cfg.snapshot_after_growth,
+        reset_silent_links: cfg.reset_silent_links,
         seed,
         ..NodeConfig::default()
     }

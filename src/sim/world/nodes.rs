@@ -13,8 +13,6 @@ use super::open_storage;
 
 /// Jobs the simulated storage holds in flight at most (as the driver's storage thread).
 const MAX_IN_FLIGHT: usize = 8;
-/// How long the simulated disk takes to write and sync one job, in microseconds.
-const FSYNC_LATENCY: std::ops::RangeInclusive<Micros> = 50..=600;
 /// Pause before storage takes writes again after a failure (as the driver's).
 const STORAGE_RETRY: Micros = ms(1000);
 /// One restart in this many reads its disk back corrupt (when the node may lose its data).
@@ -183,19 +181,8 @@ impl World {
 
     pub(super) fn node_timer(&mut self, id: NodeId) {
         let t = self.clock.micros();
-        let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else {
+        if self.nodes.get(&id).is_none_or(|n| n.node.is_none()) {
             return;
-        };
-        if n.spin.0 == t {
-            n.spin.1 += 1;
-            if n.spin.1 > 64 {
-                return self.fail(format!(
-                    "node {id}: its deadline stays due at the same instant after its turn \
-                     (a busy loop)"
-                ));
-            }
-        } else {
-            n.spin = (t, 1);
         }
         self.trace.mix(TAG_TIMER);
         self.trace.mix(t ^ u64::from(id));
@@ -205,10 +192,10 @@ impl World {
     /// One driver turn (`Node::turn`, then what its `Ready` asks for), as the daemon's loop
     /// does it: the storage job goes to the simulated disk, which completes it after a random
     /// latency as an input of a later turn; again while closes give the node more to do. A
-    /// pending crash strikes before the turn's sends leave, the disk losing its power with the
-    /// jobs in flight written up to their first fsync (`BeforeSync`), cut after a random
-    /// number of changes (`MidWrite`, a torn crash), or synced but not reported
-    /// (`BeforeSend`).
+    /// pending crash strikes at the first turn with jobs in flight, before the turn's sends
+    /// leave, the disk losing its power with those jobs written up to their first fsync
+    /// (`BeforeSync`), cut after a random number of changes (`MidWrite`, a torn crash), or
+    /// synced but not reported (`BeforeSend`).
     pub(super) fn turn(&mut self, id: NodeId) {
         let now = self.clock.now();
         let micros = self.clock.micros();
@@ -226,11 +213,18 @@ impl World {
             let can_take =
                 n.in_flight.len() < MAX_IN_FLIGHT && n.retry_at.is_none_or(|t| micros >= t);
             let ready = node.turn(now, can_take);
+            if ready.deadline.is_some_and(|d| d <= now.mono) {
+                // A turn runs everything due: a deadline not in the future is a busy loop.
+                return self.fail(format!(
+                    "node {id}: its next deadline is not after its turn"
+                ));
+            }
             n.deadline = ready.deadline;
             if let Some(job) = ready.persist {
                 n.retry_at = None;
                 n.in_flight.push_back(job);
-                let done = n.disk_busy_until.max(micros) + self.rng.u64(FSYNC_LATENCY);
+                let (lo, hi) = self.cfg.fsync_latency;
+                let done = n.disk_busy_until.max(micros) + self.rng.u64(lo..=hi);
                 n.disk_busy_until = done;
                 let input = Input::Persisted {
                     restarts: n.restarts,
@@ -247,7 +241,9 @@ impl World {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
-            if let Some(point) = n.crash_pending.take() {
+            // A crash in the middle of a sync waits for a turn with writes in flight.
+            let strikes = !n.in_flight.is_empty() || n.crash_pending == Some(CrashPoint::Idle);
+            if let Some(point) = n.crash_pending.take_if(|_| strikes) {
                 match point {
                     // Written, never synced: the crash loses it.
                     CrashPoint::BeforeSync => n.disk.lose_power_at_next_sync(),
@@ -278,6 +274,10 @@ impl World {
         for a in actions {
             match a {
                 Action::SendPeer { to, bytes } => self.send_peer(id, to, bytes),
+                Action::ResetPeer { to, reason } => {
+                    self.note(format!("node {id}: resets its link to node {to}: {reason}"));
+                    self.reset_link(id, to, true);
+                }
                 Action::Send { conn, bytes } => self.send_to_client(id, conn, bytes),
                 Action::Close { conn, reason } => {
                     if self.node_closes(id, conn) {
@@ -401,6 +401,7 @@ impl World {
         n.crash_pending = None;
         n.last_view = None;
         n.deadline = None;
+        self.stats.jobs_cut_by_crashes += n.in_flight.len() as u64;
         n.in_flight.clear();
         n.retry_at = None;
         n.peers.clear();
