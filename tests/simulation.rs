@@ -192,6 +192,7 @@ fn a_restarted_node_catches_up() {
         (21, CrashPoint::Idle),
         (22, CrashPoint::BeforeSync),
         (23, CrashPoint::BeforeSend),
+        (24, CrashPoint::MidWrite),
     ] {
         let mut w = quiet(seed, 3);
         let leader = w.leader().unwrap();
@@ -216,6 +217,55 @@ fn a_restarted_node_catches_up() {
         assert!(caught_up, "{point:?}: the restarted node did not catch up");
         ok(w.settle(ms(5000)));
     }
+}
+
+#[test]
+fn a_node_whose_disk_reads_back_corrupt_is_wiped_and_catches_up() {
+    let mut w = quiet(25, 3);
+    let leader = w.leader().unwrap();
+    let follower = followers(&w, leader)[0];
+    let c = w.add_talker("bob", &["lobby"], Some(leader), true);
+    ok(w.run_for(ms(500)));
+    w.crash(follower, CrashPoint::Idle);
+    ok(w.run_for(ms(200)));
+    // Every read of a log segment flips a bit (where it is not the last record): recovery
+    // must refuse the data, and the node comes back empty, as after a wipe.
+    w.disk(follower).unwrap().set_corrupt_reads(1.0, ".seg");
+    w.restart(follower);
+    assert!(w.disk(follower).unwrap().stats().flipped_reads > 0);
+    let blank = w.durable(follower).unwrap();
+    assert!(blank.entries.is_empty() && blank.snapshot.is_none());
+    let acked = w.client(c).stats.acked;
+    let caught_up = ok(w.run_until_cond(ms(3000), |w| {
+        w.node(follower)
+            .is_some_and(|n| n.chat().last_seq("lobby") >= acked)
+    }));
+    assert!(caught_up, "the wiped node did not catch up");
+    ok(w.settle(ms(5000)));
+}
+
+#[test]
+fn a_failed_fsync_on_the_leader_loses_no_acknowledged_message() {
+    let mut w = quiet(26, 3);
+    let leader = w.leader().unwrap();
+    let c = talker_on(&mut w, "erin", leader);
+    for round in 0..4 {
+        // The leader of now (a failed write costs a node its leadership for a while).
+        if let Some(l) = w.leader() {
+            w.fail_sync(l);
+        }
+        w.client_mut(c)
+            .say("lobby", &format!("said around a failed fsync {round}"));
+        ok(w.run_for(ms(1500)));
+    }
+    let failed: u64 = w
+        .members()
+        .iter()
+        .map(|&id| w.disk(id).unwrap().stats().failed_syncs)
+        .sum();
+    assert!(failed >= 3, "only {failed} fsyncs failed");
+    ok(w.settle(ms(8000)));
+    assert_eq!(w.checker().acked().len(), 4);
 }
 
 #[test]

@@ -2,16 +2,18 @@
 //!
 //! Several [`crate::core::Node`]s run on a virtual clock ([`clock`]) over a fake network
 //! ([`network`]: per-link latency and order, resets, symmetric and one-way partitions, clogs)
-//! with in-memory storage that keeps only synced data across a crash; simulated chat clients
-//! ([`client`]) say messages and fail over like the client library. One seed drives every
-//! choice; the invariants ([`checker`]) are checked after every step, and a failure names the
-//! seed that replays it. A run has two phases: a safety phase with random faults
-//! ([`faults`]: link resets, partitions, one-way partitions, clogs, pauses, crashes at a chosen
-//! point of a loop turn, failing disks, wiped disks, client connection resets, and membership
-//! changes: new nodes joining, members removed), then a liveness phase where every fault is
-//! healed and the cluster must converge (one leader, every node a member that agrees on the
-//! configuration, everything committed, applied and delivered, nothing unacked) within a
-//! bound. [`World`] also serves scenario tests: the same faults, injected by hand.
+//! with the real file storage on a simulated disk ([`crate::storage::SimDisk`]: a crash keeps
+//! only what was synced, or tears it; fsyncs fail; disks fill up; reads come back corrupt);
+//! simulated chat clients ([`client`]) say messages and fail over like the client library.
+//! One seed drives every choice; the invariants ([`checker`]) are checked after every step,
+//! and a failure names the seed that replays it. A run has two phases: a safety phase with
+//! random faults ([`faults`]: link resets, partitions, one-way partitions, clogs, pauses,
+//! crashes at a chosen point of a loop turn (torn writes among them), failed fsyncs, full
+//! disks, wiped disks, client connection resets, and membership changes: new nodes joining,
+//! members removed), then a liveness phase where every fault is healed and the cluster must
+//! converge (one leader, every node a member that agrees on the configuration, everything
+//! committed, applied and delivered, nothing unacked) within a bound. [`World`] also serves
+//! scenario tests: the same faults, injected by hand.
 //!
 //! ```no_run
 //! let report = ringchat::sim::run(ringchat::sim::SimConfig::new(42)).unwrap();

@@ -3,12 +3,16 @@
 //! truncation, snapshot files) serves the daemon; `MemStorage` (keeps what was synced, loses the
 //! rest on a simulated crash) serves tests and the simulation; `Volatile` keeps nothing.
 
+mod disk;
 mod file;
 mod memory;
+mod sim_disk;
 mod volatile;
 
+pub use disk::{Disk, DiskFile, OsDisk};
 pub use file::{FileOptions, FileStorage};
 pub use memory::MemStorage;
+pub use sim_disk::{SimDisk, SimDiskStats, SimFile};
 pub use volatile::Volatile;
 
 use std::fmt;

@@ -14,7 +14,6 @@ use crate::core::join::{
 };
 use crate::core::{NodeConfig, NodeId};
 use crate::sim::clock::{ms, Micros};
-use crate::storage::MemStorage;
 
 use super::{
     client_addr, node_of_client_addr, peer_addr, Event, SimNode, World, CLUSTER_ID, TAG_JOIN,
@@ -223,7 +222,7 @@ impl World {
         let seed = self.rng.u64(..);
         let cfg = self.joiner_config(id, seed);
         let others: Vec<NodeId> = self.members.clone();
-        let mut node = SimNode::new(cfg, MemStorage::new());
+        let mut node = SimNode::new(cfg);
         if let Some(j) = node.join.as_mut() {
             j.via = via;
         }

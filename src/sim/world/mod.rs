@@ -26,7 +26,7 @@ use crate::codec::{JoinReply, JoinRequest, PeerFrame};
 use crate::core::join::JoinFailure;
 use crate::core::{ConnId, Node, NodeConfig, NodeId, PersistJob, Role, SharedBytes};
 use crate::driver::conn::InBuf;
-use crate::storage::{MemStorage, Recovered, Storage};
+use crate::storage::{FileOptions, FileStorage, Recovered, SimDisk, Storage, StorageError};
 
 /// Rooms the talkers use.
 pub const ROOMS: [&str; 2] = ["lobby", "dev"];
@@ -120,11 +120,40 @@ struct ConnInfo {
     node_in: InBuf,
 }
 
+/// Where a simulated node keeps its data on its disk.
+const DATA_DIR: &str = "/var/lib/ringchat";
+
+/// The nodes' file storage: small segments so runs roll and compact them often; snapshots
+/// written inline, since the simulated disk is single-threaded and deterministic.
+const FILE_OPTIONS: FileOptions = FileOptions {
+    segment_bytes: 4096,
+    background_snapshots: false,
+};
+
+/// Opens (recovers) the file storage on `disk`.
+fn open_storage(disk: &SimDisk) -> Result<FileStorage<SimDisk>, StorageError> {
+    FileStorage::open_on(disk.clone(), DATA_DIR, FILE_OPTIONS)
+}
+
+/// What a restart would recover from `disk` now (read from a copy, so nothing is disturbed).
+fn durable_state(disk: &SimDisk) -> Result<Recovered, StorageError> {
+    open_storage(&disk.durable_copy())?.load()
+}
+
+/// The seed of the disk of a node whose configuration has `seed` (no draw from the world's
+/// generator, so the disks do not shift its other choices).
+fn disk_seed(seed: u64) -> u64 {
+    seed.rotate_left(17) ^ 0xd15c
+}
+
 /// One simulated node: the core, its storage, and what the simulation knows of it.
 struct SimNode {
     cfg: NodeConfig,
     node: Option<Node>,
-    storage: MemStorage,
+    /// Its disk (outlives crashes: what it holds durably is what a restart recovers).
+    disk: SimDisk,
+    /// The real file storage on that disk while the node runs (None while it is down).
+    storage: Option<FileStorage<SimDisk>>,
     paused: bool,
     backlog: VecDeque<Input>,
     crash_pending: Option<CrashPoint>,
@@ -150,12 +179,13 @@ struct SimNode {
 }
 
 impl SimNode {
-    fn new(cfg: NodeConfig, storage: MemStorage) -> SimNode {
+    fn new(cfg: NodeConfig) -> SimNode {
         SimNode {
             join: cfg.joining.then(Joining::default),
+            disk: SimDisk::new(disk_seed(cfg.seed)),
             cfg,
             node: None,
-            storage,
+            storage: None,
             paused: false,
             backlog: VecDeque::new(),
             crash_pending: None,
@@ -275,7 +305,7 @@ impl World {
         let mut nodes = BTreeMap::new();
         for &id in &members {
             let node_cfg = node_config(&cfg, id, &members, rng.u64(..));
-            nodes.insert(id, SimNode::new(node_cfg, MemStorage::new()));
+            nodes.insert(id, SimNode::new(node_cfg));
         }
         let net = Network::new(&members, cfg.latency);
         let mut plan = FaultPlan {
@@ -414,9 +444,16 @@ impl World {
         self.nodes.get(&id).and_then(|n| n.node.as_ref())
     }
 
-    /// What the node's storage has synced (what a restart would recover).
+    /// What the node's disk holds durably (what a restart would recover).
     pub fn durable(&mut self, id: NodeId) -> Option<Recovered> {
-        self.nodes.get_mut(&id).and_then(|n| n.storage.load().ok())
+        self.nodes
+            .get(&id)
+            .and_then(|n| durable_state(&n.disk).ok())
+    }
+
+    /// The node's simulated disk (its fault counters, or to inject a fault by hand).
+    pub fn disk(&self, id: NodeId) -> Option<&SimDisk> {
+        self.nodes.get(&id).map(|n| &n.disk)
     }
 
     /// Whether the node is paused.
