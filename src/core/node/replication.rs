@@ -247,9 +247,17 @@ impl Node {
             }
         }
         let commit_news = self.commit_sent.get(&peer).is_none_or(|&c| c < commit);
+        // With a disk, Appends leave before this leader's own sync, so they cannot say the
+        // entries are durable here: once the sync is done, a follower that forms a majority
+        // with this leader hears it at once and commits on its own (`commit_durable_pair`), a
+        // round trip before the commit notice would reach it.
+        let persisted = self.log.persisted();
+        let durable_news = pr.durable_sent < persisted
+            && persisted > commit
+            && self.log.configs().pair_is_majority(self.cfg.id, peer);
         // Commit news goes out even while entries are held: the writers the round waits for
         // may be waiting for the deliveries it releases.
-        if !sent && (force || (nudge == Nudge::CommitNotice && commit_news)) {
+        if !sent && (force || (nudge == Nudge::CommitNotice && (commit_news || durable_news))) {
             self.send_entries(peer, next, commit, 0);
             sent = true;
         }

@@ -1576,6 +1576,17 @@ fn a_leader_that_sends_before_its_sync_claims_only_what_is_durable() {
         "sent before the sync of {}",
         last + 1
     );
+    // Once synced, each follower (a majority with this leader) hears at once that the entry
+    // is durable here, without entries and before any commit: it commits on its own.
+    let notices: Vec<(NodeId, LogIndex, LogIndex)> = m
+        .sent
+        .iter()
+        .filter_map(|(to, f)| match f {
+            PeerFrame::Append(a) if a.entries.is_empty() => Some((*to, a.durable, a.commit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notices, vec![(2, last + 1, last), (3, last + 1, last)]);
 }
 
 #[test]
