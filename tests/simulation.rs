@@ -228,9 +228,12 @@ fn a_node_whose_disk_reads_back_corrupt_is_wiped_and_catches_up() {
     ok(w.run_for(ms(500)));
     w.crash(follower, CrashPoint::Idle);
     ok(w.run_for(ms(200)));
-    // Every read of a log segment flips a bit (where it is not the last record): recovery
-    // must refuse the data, and the node comes back empty, as after a wipe.
-    w.disk(follower).unwrap().set_corrupt_reads(1.0, ".seg");
+    // Every read of a log segment (where it is not the last record) or of a snapshot file
+    // flips a bit: recovery must refuse the data, and the node comes back empty, as after a
+    // wipe.
+    w.disk(follower)
+        .unwrap()
+        .set_corrupt_reads(1.0, ringchat::storage::STORAGE_FILES);
     w.restart(follower);
     assert!(w.disk(follower).unwrap().stats().flipped_reads > 0);
     let blank = w.durable(follower).unwrap();

@@ -12,7 +12,7 @@ mod volatile;
 pub use disk::{Disk, DiskFile, OsDisk};
 pub use file::{FileOptions, FileStorage};
 pub use memory::MemStorage;
-pub use sim_disk::{SimDisk, SimDiskStats, SimFile};
+pub use sim_disk::{CorruptFiles, Reach, SimDisk, SimDiskStats, SimFile, STORAGE_FILES};
 pub use volatile::Volatile;
 
 use std::fmt;

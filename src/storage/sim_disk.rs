@@ -23,10 +23,13 @@
 //! - Power loss at a chosen point ([`SimDisk::lose_power_after`],
 //!   [`SimDisk::lose_power_at_next_sync`]): every later operation fails and changes nothing,
 //!   as nothing runs after the power went, until the crash that follows.
-//! - Corrupt reads ([`SimDisk::set_corrupt_reads`]): a read flips one bit of what it returns,
-//!   only in bytes before the start of the file's last durable write, since a damaged last
-//!   record cannot be told from a torn write (recovery cuts it off as one), while damage
-//!   anywhere before it must be reported as corruption.
+//! - Corrupt reads ([`SimDisk::set_corrupt_reads`]): a read of a file the caller names (by
+//!   the end of its name) flips one bit of what it returns. Where depends on how the file is
+//!   read back ([`Reach`]): in a file appended to in place (a log segment) only in bytes before
+//!   the start of its last durable write, since a damaged last record cannot be told from a
+//!   torn write (recovery cuts it off as one), while damage anywhere before it must be
+//!   reported as corruption; in a file written whole and renamed into place (a snapshot
+//!   file) anywhere, as no part of it may be taken for a torn write.
 //!
 //! Deterministic: one seeded generator, no clock, no threads. The state sits behind a mutex
 //! only so the handle is `Send` like every [`Disk`]; the simulator never contends for it.
@@ -91,6 +94,25 @@ enum Power {
     Off,
 }
 
+/// Where in a file a corrupt read may flip a bit (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Only before the start of the file's last durable write: for files appended to in place,
+    /// whose damaged last write recovery rightly takes for a torn one.
+    BeforeLastWrite,
+    /// Anywhere: for files written whole then renamed into place, whose every bit is checked.
+    Anywhere,
+}
+
+/// Which files corrupt reads damage: the end of their name ("" for every file) and where, the
+/// first match applying.
+pub type CorruptFiles = &'static [(&'static str, Reach)];
+
+/// Every file `FileStorage` reads back: log segments before their last write, snapshot files
+/// anywhere.
+pub const STORAGE_FILES: CorruptFiles =
+    &[(".seg", Reach::BeforeLastWrite), (".snap", Reach::Anywhere)];
+
 /// Counters of the faults a disk injected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimDiskStats {
@@ -119,8 +141,8 @@ struct Fs {
     full: bool,
     fail_next_sync: bool,
     corrupt_reads: f64,
-    /// Only files whose name ends with this are read corrupt.
-    corrupt_suffix: &'static str,
+    /// The files read corrupt, and where.
+    corrupt_files: CorruptFiles,
     stats: SimDiskStats,
 }
 
@@ -211,7 +233,7 @@ impl Fs {
             full: false,
             fail_next_sync: false,
             corrupt_reads: 0.0,
-            corrupt_suffix: "",
+            corrupt_files: &[],
             stats: SimDiskStats::default(),
         }
     }
@@ -279,13 +301,21 @@ impl Fs {
             return Vec::new();
         };
         let mut bytes = inode.data.clone();
-        let below = (inode.last_write as usize).min(bytes.len());
-        let eligible = path
+        let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(self.corrupt_suffix));
-        if below > 0 && eligible && self.corrupt_reads > 0.0 && self.rng.f64() < self.corrupt_reads
-        {
+            .unwrap_or_default();
+        let reach = self
+            .corrupt_files
+            .iter()
+            .find(|(suffix, _)| name.ends_with(suffix))
+            .map(|&(_, reach)| reach);
+        let below = match reach {
+            None => 0,
+            Some(Reach::BeforeLastWrite) => (inode.last_write as usize).min(bytes.len()),
+            Some(Reach::Anywhere) => bytes.len(),
+        };
+        if below > 0 && self.corrupt_reads > 0.0 && self.rng.f64() < self.corrupt_reads {
             let at = self.rng.usize(..below);
             bytes[at] ^= 1 << self.rng.u8(..8);
             self.stats.flipped_reads += 1;
@@ -479,13 +509,12 @@ impl SimDisk {
         self.lock().power == Power::Off
     }
 
-    /// Each read of a file whose name ends with `suffix` ("" for every file) flips one bit
-    /// with probability `rate` (0 for none), only before the start of the file's last durable
-    /// write.
-    pub fn set_corrupt_reads(&self, rate: f64, suffix: &'static str) {
+    /// Each read of a file `files` names flips one bit with probability `rate` (0 for none),
+    /// where `files` says for it: e.g. [`STORAGE_FILES`].
+    pub fn set_corrupt_reads(&self, rate: f64, files: CorruptFiles) {
         let mut fs = self.lock();
         fs.corrupt_reads = rate;
-        fs.corrupt_suffix = suffix;
+        fs.corrupt_files = files;
     }
 
     /// A new disk holding what this one holds durably (what a crash now would leave), without
@@ -950,7 +979,7 @@ mod tests {
         let f = durable_file(&d, "a", b"first write ");
         f.write_all_at(b"last write", 12).unwrap();
         f.sync_data().unwrap();
-        d.set_corrupt_reads(1.0, "");
+        d.set_corrupt_reads(1.0, &[("", Reach::BeforeLastWrite)]);
         for _ in 0..50 {
             let got = d.read(&p("/d/a")).unwrap();
             assert_eq!(&got[12..], b"last write");
@@ -963,6 +992,32 @@ mod tests {
             d.durable_bytes(&p("/d/a")).unwrap(),
             b"first write last write"
         );
+    }
+
+    #[test]
+    fn corrupt_reads_reach_anywhere_in_the_files_named_so_and_only_those() {
+        let d = disk();
+        let f = durable_file(&d, "x.snap", b"head|");
+        f.write_all_at(b"body", 5).unwrap();
+        f.sync_data().unwrap();
+        durable_file(&d, "y.seg", b"one write");
+        durable_file(&d, "z.other", b"first");
+        d.open(&p("/d/z.other"))
+            .unwrap()
+            .write_all_at(b" second", 5)
+            .unwrap();
+        d.set_corrupt_reads(1.0, STORAGE_FILES);
+        let mut body_hit = 0;
+        for _ in 0..100 {
+            let got = d.read(&p("/d/x.snap")).unwrap();
+            assert_ne!(got, b"head|body");
+            body_hit += usize::from(got[5..] != *b"body");
+            // A segment's last (here only) write is never damaged; other files not at all.
+            assert_eq!(d.read(&p("/d/y.seg")).unwrap(), b"one write");
+            assert_eq!(d.read(&p("/d/z.other")).unwrap(), b"first second");
+        }
+        assert!(body_hit > 20, "the last write hit only {body_hit} times");
+        assert_eq!(d.stats().flipped_reads, 100);
     }
 
     #[test]

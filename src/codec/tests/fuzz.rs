@@ -17,8 +17,9 @@ use super::snapshot_image::{state, talkative_state};
 use super::{framed, samples, server_samples};
 use crate::codec::alloc_probe::largest_allocation;
 use crate::codec::disk::{
-    decode_record, decode_snapshot_file, encode_record, snapshot_file_header, WalRecord,
-    RECORD_HEADER_LEN, SNAPSHOT_HEADER_LEN,
+    decode_record, decode_snapshot_file, encode_record, snapshot_file_header,
+    snapshot_file_header_v1, SnapshotFormat, WalRecord, RECORD_HEADER_LEN, SNAPSHOT_HEADER_LEN,
+    SNAPSHOT_MAGIC,
 };
 use crate::codec::*;
 use crate::core::chat::{Activity, ChatState};
@@ -375,11 +376,20 @@ fn image_samples() -> Vec<Vec<u8>> {
     ]
 }
 
-/// Snapshot files holding each sample image.
+/// Snapshot files holding each sample image, in the format written (`RCSNAP02`).
 fn snapshot_file_samples() -> Vec<Vec<u8>> {
     image_samples()
         .into_iter()
         .map(|image| [&snapshot_file_header(500, 4, &image)[..], &image].concat())
+        .collect()
+}
+
+/// Snapshot files holding each sample image in the format of earlier versions (`RCSNAP01`),
+/// still read.
+fn old_snapshot_file_samples() -> Vec<Vec<u8>> {
+    image_samples()
+        .into_iter()
+        .map(|image| [&snapshot_file_header_v1(500, 4, &image)[..], &image].concat())
         .collect()
 }
 
@@ -389,6 +399,7 @@ struct Samples {
     peer_frames: Vec<Vec<u8>>,
     records: Vec<Vec<u8>>,
     snapshot_files: Vec<Vec<u8>>,
+    old_snapshot_files: Vec<Vec<u8>>,
     images: Vec<Vec<u8>>,
 }
 
@@ -399,6 +410,7 @@ fn cached() -> &'static Samples {
         peer_frames: peer_samples().iter().map(|f| encode(f).unwrap()).collect(),
         records: record_samples(),
         snapshot_files: snapshot_file_samples(),
+        old_snapshot_files: old_snapshot_file_samples(),
         images: image_samples(),
     })
 }
@@ -454,6 +466,8 @@ fn seal_record(bytes: &mut [u8], seal: Seal) {
     }
 }
 
+/// Seals a snapshot file; `Again` computes the CRC as its magic's format does (`RCSNAP02`: the
+/// header before the CRC, then the payload; any other magic: the payload).
 fn seal_snapshot_file(bytes: &mut [u8], seal: Seal) {
     if bytes.len() < SNAPSHOT_HEADER_LEN {
         return;
@@ -463,8 +477,12 @@ fn seal_snapshot_file(bytes: &mut [u8], seal: Seal) {
         Seal::Again => {
             let len = (bytes.len() - SNAPSHOT_HEADER_LEN) as u64;
             bytes[24..32].copy_from_slice(&len.to_le_bytes());
-            let crc = crc32fast::hash(&bytes[SNAPSHOT_HEADER_LEN..]);
-            bytes[32..36].copy_from_slice(&crc.to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            if bytes[0..8] == SNAPSHOT_MAGIC {
+                crc.update(&bytes[0..32]);
+            }
+            crc.update(&bytes[SNAPSHOT_HEADER_LEN..]);
+            bytes[32..36].copy_from_slice(&crc.finalize().to_le_bytes());
         }
         Seal::Length(len) => bytes[24..32].copy_from_slice(&len.to_le_bytes()),
     }
@@ -588,8 +606,15 @@ fn the_samples_cover_every_kind_and_decode_undamaged() {
         );
     }
     assert!(records.iter().all(|r| decode_record(r).is_ok()));
-    for file in snapshot_file_samples() {
-        decode_snapshot(decode_snapshot_file(&file).unwrap().payload).unwrap();
+    for (files, format) in [
+        (snapshot_file_samples(), SnapshotFormat::V2),
+        (old_snapshot_file_samples(), SnapshotFormat::V1),
+    ] {
+        for file in files {
+            let decoded = decode_snapshot_file(&file).unwrap();
+            assert_eq!(decoded.format, format);
+            decode_snapshot(decoded.payload).unwrap();
+        }
     }
 }
 
@@ -634,6 +659,26 @@ proptest! {
         let image = [&version.to_le_bytes()[..], &body].concat();
         decode_as_image(&image)?;
         decode_as_snapshot_file(&[&snapshot_file_header(1, 1, &image)[..], &image].concat())?;
+        decode_as_snapshot_file(&[&snapshot_file_header_v1(1, 1, &image)[..], &image].concat())?;
+    }
+
+    #[test]
+    fn a_random_header_on_a_snapshot_file_never_panics(
+        magic in prop_oneof![Just(*b"RCSNAP02"), Just(*b"RCSNAP01"), any::<[u8; 8]>()],
+        index in any::<u64>(),
+        epoch in any::<u64>(),
+        seal in seal(),
+        sample in any::<prop::sample::Index>(),
+    ) {
+        // Header fields an RCSNAP02 CRC vouches for, behind a sealed or unsealed checksum.
+        let image = sample.get::<Vec<u8>>(&cached().images);
+        let mut bytes = [&[0u8; SNAPSHOT_HEADER_LEN][..], image].concat();
+        bytes[0..8].copy_from_slice(&magic);
+        bytes[8..16].copy_from_slice(&index.to_le_bytes());
+        bytes[16..24].copy_from_slice(&epoch.to_le_bytes());
+        seal_snapshot_file(&mut bytes, Seal::Again);
+        seal_snapshot_file(&mut bytes, seal);
+        decode_as_snapshot_file(&bytes)?;
     }
 
     #[test]
@@ -678,6 +723,32 @@ proptest! {
         let mut bytes = damaged(sample.get::<Vec<u8>>(&cached().snapshot_files), &damages);
         seal_snapshot_file(&mut bytes, seal);
         decode_as_snapshot_file(&bytes)?;
+    }
+
+    #[test]
+    fn damaged_old_format_snapshot_files_never_panic(
+        sample in any::<prop::sample::Index>(),
+        damages in vec(damage(), 1..4),
+        seal in seal(),
+    ) {
+        let mut bytes = damaged(sample.get::<Vec<u8>>(&cached().old_snapshot_files), &damages);
+        seal_snapshot_file(&mut bytes, seal);
+        decode_as_snapshot_file(&bytes)?;
+    }
+
+    #[test]
+    fn damage_to_a_snapshot_file_not_sealed_again_is_refused(
+        sample in any::<prop::sample::Index>(),
+        damages in vec(damage(), 1..4),
+    ) {
+        // Anywhere, header fields included: the RCSNAP02 checksum covers every byte. (Damage
+        // may undo itself, or rewrite a length to the value it had: then nothing changed.)
+        let sample = sample.get::<Vec<u8>>(&cached().snapshot_files);
+        let bytes = damaged(sample, &damages);
+        if bytes != *sample {
+            let got = frugal(bytes.len(), || decode_snapshot_file(&bytes).map(|f| (f.index, f.epoch)))?;
+            prop_assert!(got.is_err(), "damage went unnoticed: {:?}", got);
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ const MAX_IN_FLIGHT: usize = 8;
 const STORAGE_RETRY: Micros = ms(1000);
 /// One restart in this many reads its disk back corrupt (when the node may lose its data).
 const CORRUPT_RESTART_ONE_IN: u8 = 12;
-/// The chance that each read of a log segment flips a bit, in such a restart.
+/// The chance that each read of a log segment or snapshot file flips a bit, in such a restart.
 const CORRUPT_READ_RATE: f64 = 0.3;
 /// A `MidWrite` crash strikes after at most this many changes to the disk.
 const MID_WRITE_CHANGES: u64 = 12;
@@ -479,11 +479,12 @@ impl World {
             return true;
         };
         if corrupt {
-            n.disk.set_corrupt_reads(CORRUPT_READ_RATE, ".seg");
+            n.disk
+                .set_corrupt_reads(CORRUPT_READ_RATE, storage::STORAGE_FILES);
         }
         let before = n.disk.stats().flipped_reads;
         let opened = open_storage(&n.disk);
-        n.disk.set_corrupt_reads(0.0, "");
+        n.disk.set_corrupt_reads(0.0, &[]);
         let flipped = n.disk.stats().flipped_reads > before;
         match (opened, flipped) {
             (Ok(s), false) => {
@@ -491,9 +492,7 @@ impl World {
                 true
             }
             (Ok(_), true) => {
-                self.fail(format!(
-                    "node {id}: recovery loaded a log read back corrupt"
-                ));
+                self.fail(format!("node {id}: recovery loaded data read back corrupt"));
                 false
             }
             (Err(e), true) if e.source.kind() == std::io::ErrorKind::InvalidData => {

@@ -16,11 +16,20 @@
 //! Anything else is corruption: a bad record followed by non-zero bytes, any bad record in a
 //! segment that is not the last, a length above the maximum, an unknown kind or undecodable
 //! payload behind a good CRC, or an entry leaving a gap.
+//!
+//! A snapshot file has no torn tail (it is renamed into place only once complete): any
+//! damage is corruption, reported the same way. Its checksum covers its header fields too
+//! (`RCSNAP02`); a file of the older format (`RCSNAP01`) is read with its weaker check, the
+//! payload's CRC, its length against the file size and its index against the file name.
 
 use std::io;
 use std::path::Path;
 
-use crate::codec::disk::{decode_record, decode_snapshot_file, DiskError, RecordKind, WalRecord};
+use log::info;
+
+use crate::codec::disk::{
+    decode_record, decode_snapshot_file, DiskError, RecordKind, SnapshotFormat, WalRecord,
+};
 use crate::core::log::{Entry, HardState};
 use crate::storage::{Disk, SnapshotMeta, StorageError, StoredSnapshot};
 
@@ -191,7 +200,9 @@ pub(super) fn scan_segment(
     })
 }
 
-/// Reads and validates the snapshot file at `path`, which its name says covers `index`.
+/// Reads and validates the snapshot file at `path`, which its name says covers `index`. Damage
+/// is an error naming the file and what failed, never skipped: an older snapshot would not
+/// hold what compaction already deleted from the log.
 pub(super) fn read_snapshot<D: Disk>(
     disk: &D,
     op: &'static str,
@@ -200,6 +211,14 @@ pub(super) fn read_snapshot<D: Disk>(
 ) -> Result<StoredSnapshot, StorageError> {
     let mut buf = disk.read(path).map_err(|e| StorageError::at(op, path, e))?;
     let file = decode_snapshot_file(&buf).map_err(|e| corrupt(op, path, 0, e))?;
+    if file.format == SnapshotFormat::V1 {
+        // Not an error: the node's next snapshot replaces it in the new format.
+        info!(
+            "storage: {} is in the older {} format, whose checksum does not cover its epoch",
+            path.display(),
+            file.format
+        );
+    }
     if file.index != index {
         return Err(corrupt(
             op,

@@ -5,7 +5,10 @@ use proptest::prelude::*;
 use tempfile::TempDir;
 
 use super::*;
-use crate::codec::disk::{decode_record, encode_record, WalRecord, RECORD_HEADER_LEN};
+use crate::codec::disk::{
+    decode_record, encode_record, snapshot_file_header_v1, WalRecord, RECORD_HEADER_LEN,
+    SNAPSHOT_HEADER_LEN,
+};
 use crate::core::log::{Command, ProposalId};
 use crate::core::{ConnId, SessionId};
 use crate::storage::{Disk, MemStorage, OsDisk, SimDisk};
@@ -494,11 +497,58 @@ fn a_snapshot_round_trips_and_a_damaged_one_is_an_error() {
     fs::write(path, &bytes).unwrap();
     let msg = err_text(FileStorage::open(d.path(), FileOptions::default()));
     assert!(msg.contains("00000000000000000006.snap"), "{msg}");
+    assert!(msg.contains("checksum"), "{msg}");
     bytes[5000] ^= 1;
+    // A damaged epoch (header offset 16) is caught too: the checksum covers the header.
+    bytes[16] ^= 2;
+    fs::write(path, &bytes).unwrap();
+    let msg = err_text(FileStorage::open(d.path(), FileOptions::default()));
+    assert!(msg.contains("00000000000000000006.snap"), "{msg}");
+    assert!(msg.contains("header fields or image damaged"), "{msg}");
+    bytes[16] ^= 2;
+    fs::write(path, &bytes).unwrap();
+    assert_eq!(reload(d.path()).snapshot.as_ref(), Some(&sn));
     bytes[0] = b'X';
     fs::write(path, &bytes).unwrap();
     let msg = err_text(FileStorage::open(d.path(), FileOptions::default()));
     assert!(msg.contains("magic"), "{msg}");
+}
+
+#[test]
+fn an_old_format_snapshot_file_is_read_and_the_next_one_is_written_in_the_new() {
+    let d = TempDir::new().unwrap();
+    let mut s = open(d.path());
+    s.append(&run(1, 10, 1)).unwrap();
+    s.sync().unwrap();
+    s.save_snapshot(&snap(6, 1), false).unwrap();
+    drop(s);
+    // The file as an earlier version wrote it: RCSNAP01, its CRC over the image only.
+    let path = &snapshot_files(d.path())[0];
+    let image = snap(6, 1).bytes;
+    let old = [&snapshot_file_header_v1(6, 1, &image)[..], &image[..]].concat();
+    fs::write(path, &old).unwrap();
+    let r = reload(d.path());
+    assert_eq!(r.snapshot, Some(snap(6, 1)));
+    assert_eq!(r.entries, run(7, 10, 1));
+
+    // Its image is still checked.
+    let mut damaged = old.clone();
+    damaged[SNAPSHOT_HEADER_LEN] ^= 1;
+    fs::write(path, &damaged).unwrap();
+    let msg = err_text(FileStorage::open(d.path(), FileOptions::default()));
+    assert!(msg.contains("00000000000000000006.snap"), "{msg}");
+    assert!(msg.contains("RCSNAP01"), "{msg}");
+    fs::write(path, &old).unwrap();
+
+    // The next snapshot is written in the new format, and compaction removes the old file.
+    let mut s = open(d.path());
+    s.save_snapshot(&snap(8, 1), false).unwrap();
+    s.compact().unwrap();
+    drop(s);
+    let files = snapshot_files(d.path());
+    assert_eq!(files.len(), 1);
+    assert_eq!(&fs::read(&files[0]).unwrap()[..8], b"RCSNAP02");
+    assert_eq!(reload(d.path()).snapshot, Some(snap(8, 1)));
 }
 
 #[test]
