@@ -36,7 +36,10 @@ impl World {
             changing: self.removing.is_some(),
             clients: self.clients.len(),
         };
-        let drawn = self.plan.draw(&mut self.rng, &scene);
+        let drawn = match &self.swarm {
+            Some(mix) => mix.draw_fault(&self.plan, &mut self.rng, &scene),
+            None => self.plan.draw(&mut self.rng, &scene),
+        };
         if let Some((fault, dur)) = drawn {
             self.apply_fault(fault, dur);
         }

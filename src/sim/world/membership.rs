@@ -76,7 +76,7 @@ impl World {
     /// The node learned it was removed: it tells its clients to go elsewhere and stops; it is
     /// never restarted.
     fn stop_for_good(&mut self, id: NodeId, why: &str) {
-        let now = self.clock.now();
+        let now = self.now_of(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -221,7 +221,7 @@ impl World {
             return;
         }
         self.schedule(now + JOIN_RETRY, Event::JoinTick(id));
-        let mono = self.clock.now().mono;
+        let mono = self.now_of(id).mono;
         let Some(n) = self.nodes.get(&id) else {
             return;
         };
@@ -300,7 +300,7 @@ impl World {
         if !self.rpc_path(joiner, to) {
             return;
         }
-        let now = self.clock.now();
+        let now = self.now_of(to);
         let Some(node) = self.nodes.get_mut(&to).and_then(|n| n.node.as_mut()) else {
             return;
         };
@@ -341,6 +341,7 @@ impl World {
         if !self.rpc_path(joiner, from) {
             return;
         }
+        let now = self.now_of(joiner);
         let Some(n) = self.nodes.get_mut(&joiner) else {
             return;
         };
@@ -356,7 +357,6 @@ impl World {
                 return; // the driver asks again
             };
             self.stats.join_accepted += 1;
-            let now = self.clock.now();
             if let Some(node) = n.node.as_mut() {
                 node.handle_join_accepted(now.mono, leader, addr);
             }
@@ -398,7 +398,7 @@ impl World {
         let mut asked = running[self.rng.usize(..running.len())];
         let mut answer = None;
         for _ in 0..2 {
-            let now = self.clock.now();
+            let now = self.now_of(asked);
             let Some(node) = self.nodes.get_mut(&asked).and_then(|n| n.node.as_mut()) else {
                 break;
             };
