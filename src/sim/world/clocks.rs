@@ -26,3 +26,23 @@ impl World {
         self.clock.micros_of_on(&self.node_clock(id), at)
     }
 }
+
+impl World {
+    /// Node `id` is woken for its deadline: on its own clock the deadline must be due, or the
+    /// mapping to virtual time woke it early and the loop would spin without time passing.
+    pub(super) fn check_due(&mut self, id: NodeId) {
+        let Some(deadline) = self.nodes.get(&id).and_then(|n| n.deadline) else {
+            return;
+        };
+        let local = self.now_of(id).mono;
+        if local < deadline {
+            let early = deadline.duration_since(local);
+            self.fail(format!(
+                "node {id}: woken at {} us, {early:?} before its deadline on its own clock \
+                 ({:?}): deadlines must map to when the node sees them due",
+                self.clock.micros(),
+                self.node_clock(id)
+            ));
+        }
+    }
+}

@@ -221,6 +221,16 @@ impl World {
             .map(|c| (c.crashed.as_slice(), c.cut_off.as_slice()))
     }
 
+    /// Whether the link between `a` and `b` is up with no fault on it.
+    pub fn linked(&self, a: NodeId, b: NodeId) -> bool {
+        self.net.connected(a, b) && !self.net.faulty(a, b)
+    }
+
+    /// Whether a partition separates `a` and `b`.
+    pub fn cut_between(&self, a: NodeId, b: NodeId) -> bool {
+        self.net.is_cut(a, b)
+    }
+
     /// Why the core has not converged yet (None once it has): one leader in the core, every
     /// core node of its configuration following it with everything applied and the same
     /// configuration, the core's links up, every talker settled on a core node with nothing

@@ -561,7 +561,10 @@ impl World {
                     self.handle_event(ev);
                 }
             }
-            1 => self.node_timer(id as NodeId),
+            1 => {
+                self.check_due(id as NodeId);
+                self.node_timer(id as NodeId);
+            }
             _ => self.client_tick(id as usize),
         }
         self.check()?;
