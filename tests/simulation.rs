@@ -119,7 +119,12 @@ fn swarm_seeds(seeds: std::ops::Range<u64>) {
     let reports = run_all(seeds, swarm_cfg);
     let mixes: std::collections::BTreeSet<Vec<&str>> = reports
         .iter()
-        .map(|r| r.swarm.as_ref().expect("a swarm run reports its mix").names())
+        .map(|r| {
+            r.swarm
+                .as_ref()
+                .expect("a swarm run reports its mix")
+                .names()
+        })
         .collect();
     assert!(
         mixes.len() as u64 > n / 2,
@@ -150,8 +155,14 @@ fn core_seeds(seeds: std::ops::Range<u64>) {
         );
         assert!(r.core.len() >= 2, "seed {}: core {:?}", r.seed, r.core);
     }
-    let crashed = reports.iter().filter(|r| !r.left_crashed.is_empty()).count();
-    let cut = reports.iter().filter(|r| !r.left_cut_off.is_empty()).count();
+    let crashed = reports
+        .iter()
+        .filter(|r| !r.left_crashed.is_empty())
+        .count();
+    let cut = reports
+        .iter()
+        .filter(|r| !r.left_cut_off.is_empty())
+        .count();
     assert!(
         crashed > 0 && cut > 0,
         "{crashed} seeds left nodes crashed, {cut} left nodes cut off: both fates must occur"
@@ -186,9 +197,15 @@ fn the_core_liveness_mode_leaves_a_minority_failed_for_good() {
         let core = w.core().expect("the core phase ran").to_vec();
         let (crashed, cut) = w.left_failed().expect("the core phase ran");
         let (crashed, cut) = (crashed.to_vec(), cut.to_vec());
-        assert!(!crashed.is_empty() || !cut.is_empty(), "seed {seed}: none failed");
+        assert!(
+            !crashed.is_empty() || !cut.is_empty(),
+            "seed {seed}: none failed"
+        );
         let leader = w.leader().expect("a leader");
-        assert!(core.contains(&leader), "seed {seed}: leader {leader} outside {core:?}");
+        assert!(
+            core.contains(&leader),
+            "seed {seed}: leader {leader} outside {core:?}"
+        );
         let config = w.node(leader).unwrap().configs().current().ids();
         let in_core = config.iter().filter(|m| core.contains(m)).count();
         assert!(
@@ -199,10 +216,16 @@ fn the_core_liveness_mode_leaves_a_minority_failed_for_good() {
             with_failed_member += 1;
         }
         for &id in &crashed {
-            assert!(w.node(id).is_none(), "seed {seed}: node {id} left crashed runs");
+            assert!(
+                w.node(id).is_none(),
+                "seed {seed}: node {id} left crashed runs"
+            );
         }
         for &id in &cut {
-            assert!(w.node(id).is_some(), "seed {seed}: node {id} left cut off is down");
+            assert!(
+                w.node(id).is_some(),
+                "seed {seed}: node {id} left cut off is down"
+            );
             for &c in &core {
                 assert!(
                     w.cut_between(id, c) && !w.linked(id, c),
@@ -221,7 +244,10 @@ fn the_core_liveness_mode_leaves_a_minority_failed_for_good() {
 #[test]
 fn a_swarm_seed_replays_its_mix_exactly() {
     for seed in [3, 77] {
-        for cfg in [SimConfig::swarm(seed), SimConfig::swarm(seed).core_liveness()] {
+        for cfg in [
+            SimConfig::swarm(seed),
+            SimConfig::swarm(seed).core_liveness(),
+        ] {
             let a = sim::run(cfg.clone()).unwrap_or_else(|f| panic!("{f}"));
             let b = sim::run(cfg).unwrap_or_else(|f| panic!("{f}"));
             assert_eq!(a, b, "seed {seed} ran differently twice");
@@ -251,7 +277,10 @@ fn every_node_reads_its_own_clock() {
     let mut w = World::new(cfg);
     ok(w.run_until(safety));
     let clocks: Vec<_> = (1..=3).map(|id| w.node_clock(id)).collect();
-    assert!(clocks[0] != clocks[1] && clocks[1] != clocks[2], "{clocks:?}");
+    assert!(
+        clocks[0] != clocks[1] && clocks[1] != clocks[2],
+        "{clocks:?}"
+    );
     let nows: Vec<_> = (1..=3).map(|id| w.now_of(id)).collect();
     assert!(nows[0].mono != nows[1].mono && nows[0].unix_ms != nows[1].unix_ms);
     // A node's wall clock is off by its offset plus what its drift added since the start.
@@ -268,8 +297,15 @@ fn every_node_reads_its_own_clock() {
     w.crash(2, CrashPoint::Idle);
     ok(w.run_for(ms(100)));
     w.restart(2);
-    assert_eq!(w.node_clock(2), clocks[1], "a restart keeps the node's clock");
-    assert!(w.now_of(2).mono > before, "the node's clock goes on across a restart");
+    assert_eq!(
+        w.node_clock(2),
+        clocks[1],
+        "a restart keeps the node's clock"
+    );
+    assert!(
+        w.now_of(2).mono > before,
+        "the node's clock goes on across a restart"
+    );
     ok(w.settle(bound));
 }
 

@@ -11,7 +11,11 @@
 //! changes: new nodes joining, members removed), then a liveness phase where every fault is
 //! healed and the cluster must converge (one leader, every node a member that agrees on the
 //! configuration, everything committed, applied and delivered, nothing unacked) within a
-//! bound. [`World`] also serves scenario tests: the same faults, injected by hand.
+//! bound, or, in the core liveness mode ([`LivenessMode::Core`]), where a random majority is
+//! healed and every other node stays failed for good, and that majority must serve every
+//! client. In a swarm run ([`swarm`]) the seed picks its own fault mix, rates, latencies and
+//! clients. Every node reads its own clock ([`clock::NodeClock`]: drift and wall-clock
+//! offset). [`World`] also serves scenario tests: the same faults, injected by hand.
 //!
 //! ```no_run
 //! let report = ringchat::sim::run(ringchat::sim::SimConfig::new(42)).unwrap();
