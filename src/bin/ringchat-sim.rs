@@ -53,10 +53,11 @@ struct Args {
     /// Virtual milliseconds of faults per seed.
     #[arg(long, default_value_t = 2000)]
     safety_ms: u64,
-    /// Largest one-way latency between nodes, in ms (the smallest is a sixteenth of it).
+    /// Largest one-way latency between nodes, in ms (the smallest is a sixteenth of it); a
+    /// swarm seed draws its own, up to three times this.
     #[arg(long, default_value_t = 8)]
     latency_ms: u64,
-    /// Talking clients per seed.
+    /// Talking clients per seed (a swarm seed draws 1 to this + 3).
     #[arg(long, default_value_t = 5)]
     talkers: usize,
     /// Percentage of random faults that are membership changes (joins, removals).

@@ -98,6 +98,13 @@ impl World {
                 let Some(node) = self.node(id) else {
                     continue;
                 };
+                // A configuration listing a member whose removal is committed is older than
+                // a committed entry: a node holding it as its newest misses that entry and can
+                // never lead, so its configuration does not bind the core.
+                let ids = node.configs().current().ids();
+                if ids.iter().any(|&m| self.checker.is_retired(m)) {
+                    continue;
+                }
                 let set: Vec<NodeId> = node
                     .configs()
                     .current()
