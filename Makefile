@@ -57,7 +57,8 @@ test:
 # Each seed picks its own fault mix (swarm testing; SIM_FLAGS=--no-swarm for the one fixed mix);
 # SEEDS seeds heal everything after the faults, LIVENESS more run the core liveness mode (a
 # random majority healed, every other node failed for good). Both defaults together take about
-# 30 s on 2 idle cores (80 s on a loaded machine). A failing seed is printed with the command that replays it.
+# 30 s on 2 idle cores (80 s on a loaded machine). A failing seed is printed with the command
+# that replays it.
 SEEDS ?= 2000
 LIVENESS ?= 500
 START ?= 0
