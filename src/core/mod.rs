@@ -15,7 +15,8 @@
 //!    produced (rounds of replication, forwards) and returns one owned [`Ready`].
 //! 3. Carry the `Ready` out: hand `persist` to storage (which may sync on another thread;
 //!    jobs are carried out in order, and one sync may cover several), queue `actions` on their
-//!    connections in order, follow `peers`, stop on `removed`, ask to join again on `rejoin`.
+//!    connections in order, follow `peers`, stop on `removed`, start the join client
+//!    ([`join::JoinClient`], a state machine of its own) on `rejoin`.
 //!    Nothing in `actions` depends on a write not yet reported durable: the core holds such
 //!    sends back and releases them in the turn after the completion that allows them.
 //! 4. Wait for input or until `deadline`, then start again at 1.
@@ -24,13 +25,15 @@
 //! again before it waits.
 
 pub mod chat;
-mod election;
+pub mod durable;
+pub mod join;
 pub mod log;
 pub mod membership;
 pub mod names;
 mod node;
 mod outbox;
 mod progress;
+mod ring;
 mod round;
 
 pub use node::{

@@ -4,6 +4,8 @@
 //! token is its slab key, and a few reserved tokens name the listener, the signal pipe and the
 //! waker (a stop request, or storage reporting writes durable). Links to the other cluster
 //! members are kept by the peer mesh ([`peers`]), in the same loop, with their own token range.
+//! A node started with `--join` whose join stalls asks again from the loop, on one non-blocking
+//! connection with a token of its own (the join client's shell, `join.rs`).
 //! The node's writes are made durable by `persister`: on a storage thread with file storage,
 //! so the loop never waits for a disk. Every loop turn, in this order (the core's contract, see
 //! [`crate::core`]):
@@ -59,10 +61,12 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::codec::{self, ErrorCode, ErrorFrame, Redirect, ServerFrame};
+use crate::core::join::JoinOutcome;
 use crate::core::{Action, ConnId, Node, NodeId, Now, Ready};
 use crate::storage::{FileOptions, FileStorage, Storage, StorageError, Volatile};
 use conn::{InBuf, OutQueue, OutputPool};
-use peers::Mesh;
+use join::{Joiner, JOIN};
+use peers::{LinkEvent, Mesh};
 use persister::{Completion, Persister};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -181,41 +185,25 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> DriverError {
     move |source| DriverError::Io { context, source }
 }
 
-/// Longest a new node tries to get itself added before giving up.
-const JOIN_LIMIT: Duration = Duration::from_secs(60);
-/// Longest one renewed join request (from the event loop) may block.
-const REJOIN_LIMIT: Duration = Duration::from_secs(3);
-
-/// `--join`: unless the node's data says it is a member already, asks the cluster at `via` to
-/// add it and links it to the leader that accepted it.
+/// `--join`: the node's join client; unless the node's data says it is a member already, it
+/// asks the cluster at `via` to add the node (blocking: nothing is served yet) and links it to
+/// the leader that accepted it.
 fn join_cluster(
     config: &DaemonConfig,
     via: SocketAddr,
     mesh: &Mesh,
     node: &mut Node,
-    limit: Duration,
-) -> Result<(), DriverError> {
+) -> Result<Joiner, DriverError> {
+    let mut joiner = Joiner::new(config, via, mesh)?;
     if node.configs().applied().has(config.id) {
         info!(
             "node {}: already a member (from its data); --join {via} ignored",
             config.id
         );
-        return Ok(());
+    } else {
+        joiner.join_before_serving(node)?;
     }
-    let peer_addr = mesh.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let req = codec::JoinRequest {
-        cluster_id: config.cluster_id,
-        node_id: config.id,
-        peer_addr,
-        client_addr: mesh.client_addr().to_owned(),
-    };
-    info!(
-        "node {}: asking {via} to join cluster {}",
-        config.id, config.cluster_id
-    );
-    let (leader, addr) = join::join(via, &req, limit).map_err(|e| DriverError::Join(e.0))?;
-    node.handle_join_accepted(now().mono, leader, addr);
-    Ok(())
+    Ok(joiner)
 }
 
 /// Runs a daemon with `config` until SIGTERM/SIGINT, then stops gracefully. Its log and
@@ -322,6 +310,8 @@ pub struct Driver {
     node: Node,
     /// Links to the other cluster members.
     mesh: Mesh,
+    /// The join client (`--join`), asking again in the loop when the node's join stalls.
+    joiner: Option<Joiner>,
     /// The node's storage (on a thread of its own for a disk).
     persister: Persister,
     /// When the node's next turn is due (from its last [`Ready`]).
@@ -475,9 +465,10 @@ impl Driver {
         if let Some(path) = &config.port_file {
             write_port_file(path, local_addr)?;
         }
-        if let Some(via) = config.join {
-            join_cluster(&config, via, &mesh, &mut node, JOIN_LIMIT)?;
-        }
+        let joiner = match config.join {
+            Some(via) => Some(join_cluster(&config, via, &mesh, &mut node)?),
+            None => None,
+        };
         Ok(Driver {
             id,
             poll,
@@ -495,8 +486,11 @@ impl Driver {
             output_pool: OutputPool::default(),
             node,
             mesh,
+            joiner,
             persister,
-            node_deadline: None,
+            // The first turn is due at once: the startup join's acceptance is an input the
+            // node acts on (linking to the leader) only in a turn, and nothing else may come.
+            node_deadline: Some(Instant::now()),
             accept_retry_at: None,
             dirty: Vec::new(),
             closing: Vec::new(),
@@ -560,12 +554,19 @@ impl Driver {
                     LISTENER => self.accept_all(now),
                     SIGNALS => stop |= self.take_signals(),
                     WAKER => stop |= self.stop.flag.load(Ordering::SeqCst),
-                    t if Mesh::owns(t) => self.mesh.ready(now, event, &mut self.node),
+                    t if Mesh::owns(t) => self.mesh.ready(now, event),
+                    JOIN => {
+                        if let Some(j) = &mut self.joiner {
+                            j.ready(now.mono, event, self.poll.registry());
+                        }
+                    }
                     Token(key) => self.ready(now, key, event),
                 }
             }
-            self.mesh.reread(now, &mut self.node);
-            self.mesh.on_timer(now, &mut self.node);
+            self.mesh.reread(now);
+            self.mesh.on_timer(now);
+            self.feed_links(now);
+            self.pump_join(now);
             self.take_completions(now);
             if self.accept_retry_at.is_some_and(|t| t <= now.mono) {
                 self.accept_retry_at = None;
@@ -611,6 +612,39 @@ impl Driver {
         }
     }
 
+    /// What happened on the peer links becomes the node's input, in order; join requests get
+    /// the node's answer.
+    fn feed_links(&mut self, now: Now) {
+        loop {
+            let events = self.mesh.take_events();
+            if events.is_empty() {
+                return;
+            }
+            for event in events {
+                match event {
+                    LinkEvent::Up { peer, client_addr } => {
+                        self.node.handle_peer_connected(now, peer, &client_addr)
+                    }
+                    LinkEvent::Down { peer } => self.node.handle_peer_disconnected(now, peer),
+                    LinkEvent::Frame { peer, frame } => {
+                        self.node.handle_peer_frame(now, peer, frame)
+                    }
+                    LinkEvent::Join { link, req } => {
+                        let who = format!("node {} (peers at {})", req.node_id, req.peer_addr);
+                        let reply = self.node.handle_join(now.mono, req);
+                        info!(
+                            "node {}: join request of {who}: {} ({})",
+                            self.id,
+                            if reply.ok { "accepted" } else { "refused" },
+                            reply.message
+                        );
+                        self.mesh.answer_join(now, link, reply);
+                    }
+                }
+            }
+        }
+    }
+
     /// Storage's completions become the node's input.
     fn take_completions(&mut self, now: Now) {
         for done in self.persister.completions(now.mono) {
@@ -629,22 +663,40 @@ impl Driver {
     }
 
     /// Links follow membership changes; a node removed from the cluster stops, saying why; a
-    /// joining node whose join stalled asks again.
+    /// joining node whose join stalled asks again (the request goes out at the next pass of
+    /// the loop: the client's deadline is now).
     fn follow_membership(&mut self, now: Now, ready: &mut Ready) {
-        if let Some(via) = self.cfg.join.filter(|_| ready.rejoin) {
-            // Blocking, but only while the node is no member and serves no one.
-            if let Err(e) = join_cluster(&self.cfg, via, &self.mesh, &mut self.node, REJOIN_LIMIT) {
-                warn!("node {}: {e}", self.id);
-            }
+        if let Some(j) = self.joiner.as_mut().filter(|_| ready.rejoin) {
+            j.rejoin(now.mono);
         }
         if let Some(wanted) = ready.peers.take() {
-            self.mesh.sync_peers(now, &wanted, &mut self.node);
+            self.mesh.sync_peers(now, &wanted);
         }
         if let Some(why) = ready.removed.take() {
             if self.shutdown_deadline.is_none() {
                 warn!("node {}: {why}; stopping", self.id);
                 self.begin_shutdown(now);
             }
+        }
+    }
+
+    /// The join client's turn: its sockets opened and closed; a leader that accepted the node
+    /// is handed to it, a refusal for good stops the node.
+    fn pump_join(&mut self, now: Now) {
+        let Some(j) = &mut self.joiner else {
+            return;
+        };
+        match j.pump(now.mono, self.poll.registry()) {
+            Some(JoinOutcome::Accepted { leader, addr }) => {
+                self.node.handle_join_accepted(now.mono, leader, addr)
+            }
+            Some(JoinOutcome::Refused(why)) | Some(JoinOutcome::GaveUp(why))
+                if self.shutdown_deadline.is_none() =>
+            {
+                error!("node {}: cannot join the cluster: {why}; stopping", self.id);
+                self.begin_shutdown(now);
+            }
+            _ => {}
         }
     }
 
@@ -663,6 +715,7 @@ impl Driver {
             self.persister.retry_at(),
             self.accept_retry_at,
             self.shutdown_deadline,
+            self.joiner.as_ref().and_then(Joiner::deadline),
         ]
         .into_iter()
         .flatten()
@@ -886,6 +939,7 @@ impl Driver {
             let drops = self.drops + self.mesh.drops();
             let mut ready = self.node.turn(now, self.persister.can_take(now.mono));
             self.node_deadline = ready.deadline;
+            self.mesh.set_epoch(self.node.epoch());
             // Storage first: a thread starts syncing while the sends go out.
             if let Some(job) = ready.persist.take() {
                 self.persister.submit(now.mono, job);
@@ -897,9 +951,10 @@ impl Driver {
                 self.flush(now, id);
             }
             self.dirty = dirty;
-            self.mesh.flush_dirty(now, &mut self.node);
+            self.mesh.flush_dirty(now);
             self.reap(now);
             self.follow_membership(now, &mut ready);
+            self.feed_links(now);
             let completed = self.persister.has_completions();
             self.take_completions(now);
             if !completed && self.drops + self.mesh.drops() == drops {
@@ -924,9 +979,7 @@ impl Driver {
                     }
                 }
                 Action::SendPeer { to, bytes } => self.mesh.send(to, bytes),
-                Action::ResetPeer { to, reason } => {
-                    self.mesh.reset(now, to, &reason, &mut self.node)
-                }
+                Action::ResetPeer { to, reason } => self.mesh.reset(now, to, &reason),
                 Action::Close { conn, reason } => {
                     let Some(key) = self.key_of(conn) else {
                         continue;

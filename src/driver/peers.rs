@@ -10,12 +10,12 @@
 //!   fallback dial adds it to its own delay); a link that comes up resets the backoff.
 //! - Handshake: each side first sends `Hello{cluster_id, node_id, epoch}`. The receiver checks
 //!   the cluster id, that the id is not its own and, on a link it dialed, that it is the node
-//!   it meant to reach. Only then does the core hear `handle_peer_connected`. A node of the
+//!   it meant to reach. Only then is the link up ([`LinkEvent::Up`]). A node of the
 //!   cluster that this one does not list is linked as a *guest*: never dialed, forgotten when
 //!   its link drops (the core decides what a guest's frames may do). A refused or silent link
 //!   is dropped with a warning naming the reason (silent: after [`HANDSHAKE_TIMEOUT`]).
 //! - One link per pair: a new link to a peer that is already linked replaces the old one (the
-//!   core hears the old one's disconnect first), unless the old one was dialed by the lower id
+//!   core hears of the old one's end first), unless the old one was dialed by the lower id
 //!   and the new one was not: when both ends dial at once, both keep the lower id's link.
 //! - A peer the core stops listing keeps its established link, as a guest; only a dial in
 //!   progress to it is dropped.
@@ -23,6 +23,11 @@
 //!   with the shared codec, and queue output in an [`OutQueue`] bounded by
 //!   [`MAX_PEER_OUTPUT`]; a link over the bound is dropped (the core restarts replication
 //!   to that peer when it comes back).
+//!
+//! - The mesh never calls the node: what happens on the links (a link up or down, a frame, a
+//!   join request) is queued as [`LinkEvent`]s that the driver feeds to the node in order, and
+//!   the node's sends and resets come back as calls ([`Mesh::send`], [`Mesh::reset`],
+//!   [`Mesh::answer_join`]).
 //!
 //! Tokens: a link's token is `PEER_BASE + slab key`, far above any client connection's key.
 
@@ -39,8 +44,8 @@ use slab::Slab;
 
 use super::conn::{InBuf, OutQueue, OutputPool};
 use super::{listen, DaemonConfig, DriverError};
-use crate::codec::{self, PeerFrame, PeerHello};
-use crate::core::{Node, NodeId, Now, SharedBytes};
+use crate::codec::{self, JoinReply, JoinRequest, PeerFrame, PeerHello};
+use crate::core::{NodeId, Now, SharedBytes};
 
 /// The peer listener's token.
 pub(super) const PEER_LISTENER: Token = Token(usize::MAX - 4);
@@ -78,6 +83,40 @@ enum State {
     Handshake,
     /// Handshake done: frames go to and from this member.
     Up(NodeId),
+    /// An accepted link that asked to join: it waits for the node's answer, then closes.
+    Joining,
+}
+
+/// What happened on the links, for the driver to feed to the node in order (the mesh never
+/// calls the node itself).
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A link to `peer` completed its handshake.
+    Up {
+        /// The peer.
+        peer: NodeId,
+        /// Where it serves clients, as its Hello said.
+        client_addr: String,
+    },
+    /// The link to `peer` went down.
+    Down {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A frame from `peer`.
+    Frame {
+        /// The peer.
+        peer: NodeId,
+        /// The frame.
+        frame: PeerFrame,
+    },
+    /// A new node asks to join: answer with [`Mesh::answer_join`] on `link`.
+    Join {
+        /// The link it asked on.
+        link: usize,
+        /// Its request.
+        req: JoinRequest,
+    },
 }
 
 /// One TCP connection to (or from) another member.
@@ -188,6 +227,10 @@ pub struct Mesh {
     /// (`TCP_USER_TIMEOUT`, `NodeConfig::link_silence_limit`).
     user_timeout: Duration,
     drops: u64,
+    /// What happened since the driver last took the events.
+    events: Vec<LinkEvent>,
+    /// The node's epoch, told to peers in the handshake.
+    epoch: u64,
     /// When a refused inbound link was last logged at warn, and refusals since.
     refusal_warned_at: Option<Instant>,
     refusals: u64,
@@ -311,6 +354,8 @@ impl Mesh {
             backoff_max: timing.dial_backoff_max().max(DIAL_BACKOFF_MIN),
             user_timeout: timing.link_silence_limit(),
             drops: 0,
+            events: Vec::new(),
+            epoch: 0,
             refusal_warned_at: None,
             refusals: 0,
         })
@@ -328,7 +373,7 @@ impl Mesh {
     /// node: a removed node that has to learn it, a leader this node's log does not know). A
     /// peer already known keeps its address: `--peers` says how this host reaches it (through
     /// a proxy or NAT, say), which the configuration cannot know.
-    pub fn sync_peers(&mut self, now: Now, wanted: &[(NodeId, String)], node: &mut Node) {
+    pub fn sync_peers(&mut self, now: Now, wanted: &[(NodeId, String)]) {
         let gone: Vec<NodeId> = self
             .slots
             .iter()
@@ -336,7 +381,7 @@ impl Mesh {
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
-            self.unlist(now, id, node);
+            self.unlist(now, id);
         }
         for (id, addr) in wanted {
             let parsed = addr.parse::<SocketAddr>();
@@ -366,7 +411,7 @@ impl Mesh {
 
     /// The core no longer lists `id`: a dial in progress is dropped; an established link
     /// stays, as a guest's, and goes with the slot when it drops.
-    fn unlist(&mut self, now: Now, id: NodeId, node: &mut Node) {
+    fn unlist(&mut self, now: Now, id: NodeId) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
@@ -375,7 +420,7 @@ impl Mesh {
         let dialing = slot.dialing.take();
         let up = slot.up.is_some();
         if let Some(key) = dialing {
-            self.drop_link(now, key, node, Level::Info, "no longer a peer");
+            self.drop_link(now, key, Level::Info, "no longer a peer");
         }
         if up {
             info!(
@@ -429,7 +474,7 @@ impl Mesh {
     }
 
     /// Starts due dials, drops links whose connect or handshake timed out, retries accepts.
-    pub fn on_timer(&mut self, now: Now, node: &mut Node) {
+    pub fn on_timer(&mut self, now: Now) {
         let t = now.mono;
         let expired: Vec<usize> = self
             .links
@@ -442,11 +487,11 @@ impl Mesh {
                 State::Connecting => "connect timed out",
                 _ => "no Hello within the handshake timeout",
             };
-            self.drop_link(now, key, node, Level::Warn, what);
+            self.drop_link(now, key, Level::Warn, what);
         }
         if self.accept_retry_at.is_some_and(|r| r <= t) {
             self.accept_retry_at = None;
-            self.accept_all(now, node);
+            self.accept_all(now);
         }
         let due: Vec<NodeId> = self
             .slots
@@ -460,10 +505,10 @@ impl Mesh {
     }
 
     /// An event on the peer listener or a link.
-    pub fn ready(&mut self, now: Now, event: &Event, node: &mut Node) {
+    pub fn ready(&mut self, now: Now, event: &Event) {
         let token = event.token();
         if token == PEER_LISTENER {
-            return self.accept_all(now, node);
+            return self.accept_all(now);
         }
         let key = token.0 - PEER_BASE;
         let Some(link) = self.links.get(key) else {
@@ -471,31 +516,53 @@ impl Mesh {
         };
         if link.state == State::Connecting {
             // Just connected: the peer's Hello may have come with this very edge, read anyway.
-            if self.finish_connect(now, key, node) {
-                self.read(now, key, node, true);
+            if self.finish_connect(now, key) {
+                self.read(now, key, true);
             }
             return;
         }
         if event.is_writable() && !link.out.is_empty() {
-            self.flush(now, key, node);
+            self.flush(now, key);
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(now, key, node, event.is_read_closed() || event.is_error());
+            self.read(now, key, event.is_read_closed() || event.is_error());
         }
     }
 
     /// Reads again the links that used their budget last turn.
-    pub fn reread(&mut self, now: Now, node: &mut Node) {
+    pub fn reread(&mut self, now: Now) {
         for key in std::mem::take(&mut self.reread) {
-            self.read(now, key, node, true);
+            self.read(now, key, true);
         }
+    }
+
+    /// What happened on the links since the last call, in order, for the node.
+    pub fn take_events(&mut self) -> Vec<LinkEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The node's epoch, for the Hellos of new links.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// Sends the node's answer to a join request, then closes the link. Best effort on a fresh
+    /// socket, as for a full server: the newcomer asks again if the answer is lost.
+    pub fn answer_join(&mut self, now: Now, link: usize, reply: JoinReply) {
+        let Some(l) = self.links.get(link).filter(|l| l.state == State::Joining) else {
+            return;
+        };
+        if let Ok(bytes) = codec::encode(&PeerFrame::JoinReply(reply)) {
+            let _ = (&l.stream).write(&bytes);
+        }
+        self.drop_link(now, link, Level::Debug, "join request answered");
     }
 
     /// Closes the link to `peer` (the node found it silent) and plans a dial as for any lost
     /// link.
-    pub fn reset(&mut self, now: Now, peer: NodeId, why: &str, node: &mut Node) {
+    pub fn reset(&mut self, now: Now, peer: NodeId, why: &str) {
         if let Some(key) = self.slots.get(&peer).and_then(|s| s.up) {
-            self.drop_link(now, key, node, Level::Warn, why);
+            self.drop_link(now, key, Level::Warn, why);
         }
     }
 
@@ -514,23 +581,23 @@ impl Mesh {
     }
 
     /// Writes what was queued this turn.
-    pub fn flush_dirty(&mut self, now: Now, node: &mut Node) {
+    pub fn flush_dirty(&mut self, now: Now) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for key in dirty.drain(..) {
-            self.flush(now, key, node);
+            self.flush(now, key);
         }
         if self.dirty.is_empty() {
             self.dirty = dirty; // keep the allocation
         }
     }
 
-    fn accept_all(&mut self, now: Now, node: &Node) {
+    fn accept_all(&mut self, now: Now) {
         loop {
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, addr)) => self.admit(now, stream, addr, node),
+                Ok((stream, addr)) => self.admit(now, stream, addr),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -551,7 +618,7 @@ impl Mesh {
         }
     }
 
-    fn admit(&mut self, now: Now, stream: TcpStream, addr: SocketAddr, node: &Node) {
+    fn admit(&mut self, now: Now, stream: TcpStream, addr: SocketAddr) {
         let pending = self
             .links
             .iter()
@@ -567,7 +634,7 @@ impl Mesh {
         }
         debug!("node {}: peer connection accepted from {addr}", self.id);
         self.set_user_timeout(&stream, addr);
-        self.insert(now, stream, addr, None, State::Handshake, node);
+        self.insert(now, stream, addr, None, State::Handshake);
     }
 
     /// Starts a non-blocking connect to `peer`.
@@ -640,7 +707,6 @@ impl Mesh {
         addr: SocketAddr,
         dialed: Option<NodeId>,
         state: State,
-        node: &Node,
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("node {}: TCP_NODELAY on peer link {addr}: {e}", self.id);
@@ -665,14 +731,14 @@ impl Mesh {
             dirty: false,
             deadline: Some(now.mono + HANDSHAKE_TIMEOUT),
         });
-        self.queue_hello(key, node);
+        self.queue_hello(key);
     }
 
-    fn queue_hello(&mut self, key: usize, node: &Node) {
+    fn queue_hello(&mut self, key: usize) {
         let hello = PeerFrame::Hello(PeerHello {
             cluster_id: self.cluster_id,
             node_id: self.id,
-            epoch: node.epoch(),
+            epoch: self.epoch,
             client_addr: self.client_addr.clone(),
         });
         match codec::encode(&hello) {
@@ -690,7 +756,7 @@ impl Mesh {
 
     /// A dialing link got an event: did the connect complete? Returns true when the link is
     /// connected (and now handshaking).
-    fn finish_connect(&mut self, now: Now, key: usize, node: &mut Node) -> bool {
+    fn finish_connect(&mut self, now: Now, key: usize) -> bool {
         let link = &mut self.links[key];
         let failed = match link.stream.take_error() {
             Ok(Some(e)) | Err(e) => Some(e.to_string()),
@@ -701,13 +767,7 @@ impl Mesh {
             },
         };
         if let Some(why) = failed {
-            self.drop_link(
-                now,
-                key,
-                node,
-                Level::Info,
-                &format!("connect failed: {why}"),
-            );
+            self.drop_link(now, key, Level::Info, &format!("connect failed: {why}"));
             return false;
         }
         if let Err(e) = link.stream.set_nodelay(true) {
@@ -719,8 +779,8 @@ impl Mesh {
         link.state = State::Handshake;
         link.deadline = Some(now.mono + HANDSHAKE_TIMEOUT);
         debug!("node {}: connected to {}", self.id, link.describe());
-        self.queue_hello(key, node);
-        self.flush(now, key, node);
+        self.queue_hello(key);
+        self.flush(now, key);
         self.links.contains(key)
     }
 
@@ -760,7 +820,7 @@ impl Mesh {
     /// Reads a link until `WouldBlock`, or until a short read (the receive queue was emptied
     /// and later data raises a new edge) unless `to_the_end` (the event reported a FIN or an
     /// error), as the client connections do: one system call less per batch of frames.
-    fn read(&mut self, now: Now, key: usize, node: &mut Node, to_the_end: bool) {
+    fn read(&mut self, now: Now, key: usize, to_the_end: bool) {
         for _ in 0..PEER_READS_PER_TURN {
             let Some(link) = self.links.get_mut(key) else {
                 return;
@@ -770,7 +830,7 @@ impl Mesh {
             }
             match link.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    return self.drop_link(now, key, node, Level::Info, "closed by the peer");
+                    return self.drop_link(now, key, Level::Info, "closed by the peer");
                 }
                 Ok(n) => {
                     let mut frames = std::mem::take(&mut self.frames);
@@ -778,7 +838,7 @@ impl Mesh {
                         .input
                         .feed_frames::<PeerFrame>(&self.scratch[..n], |f| frames.push(f));
                     // The frames before a bad one are good: hand them over first.
-                    let alive = self.process(now, key, &mut frames, node);
+                    let alive = self.process(now, key, &mut frames);
                     frames.clear();
                     self.frames = frames;
                     if !alive {
@@ -786,7 +846,7 @@ impl Mesh {
                     }
                     if let Err(e) = fed {
                         let why = format!("bad frame: {e}");
-                        return self.drop_link(now, key, node, Level::Warn, &why);
+                        return self.drop_link(now, key, Level::Warn, &why);
                     }
                     if n < self.scratch.len() && !to_the_end {
                         return;
@@ -796,7 +856,7 @@ impl Mesh {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let why = format!("read failed: {e}");
-                    return self.drop_link(now, key, node, Level::Info, &why);
+                    return self.drop_link(now, key, Level::Info, &why);
                 }
             }
         }
@@ -804,47 +864,32 @@ impl Mesh {
     }
 
     /// Hands decoded frames to the node, doing the handshake first. False if the link is gone.
-    fn process(
-        &mut self,
-        now: Now,
-        key: usize,
-        frames: &mut Vec<PeerFrame>,
-        node: &mut Node,
-    ) -> bool {
+    fn process(&mut self, now: Now, key: usize, frames: &mut Vec<PeerFrame>) -> bool {
         for frame in frames.drain(..) {
             let Some(link) = self.links.get(key) else {
                 return false;
             };
             match (link.state, frame) {
-                (State::Up(id), frame) => node.handle_peer_frame(now, id, frame),
+                (State::Up(peer), frame) => self.events.push(LinkEvent::Frame { peer, frame }),
                 (State::Handshake, PeerFrame::Hello(hello)) => {
-                    if !self.promote(now, key, &hello, node) {
+                    if !self.promote(now, key, &hello) {
                         return false;
                     }
                 }
+                // Asked to join: what else it sends is of no use.
+                (State::Joining, _) => {}
                 (State::Handshake, PeerFrame::Join(req)) if link.dialed.is_none() => {
-                    let who = format!("node {} (peers at {})", req.node_id, req.peer_addr);
-                    let reply = node.handle_join(now.mono, req);
-                    info!(
-                        "node {}: join request of {who}: {} ({})",
-                        self.id,
-                        if reply.ok { "accepted" } else { "refused" },
-                        reply.message
-                    );
-                    // Best effort on a fresh socket, as for a full server: the newcomer asks
-                    // again if the answer is lost.
-                    if let Ok(bytes) = codec::encode(&PeerFrame::JoinReply(reply)) {
-                        let _ = (&link.stream).write(&bytes);
-                    }
-                    self.drop_link(now, key, node, Level::Debug, "join request answered");
-                    return false;
+                    // Nothing more is read from it: the node's answer closes it.
+                    self.links[key].state = State::Joining;
+                    self.events.push(LinkEvent::Join { link: key, req });
+                    return true;
                 }
                 (_, other) => {
                     let why = format!(
                         "protocol violation: frame kind {:#04x} before Hello",
                         codec::FrameSet::kind(&other)
                     );
-                    self.drop_link(now, key, node, Level::Warn, &why);
+                    self.drop_link(now, key, Level::Warn, &why);
                     return false;
                 }
             }
@@ -854,13 +899,13 @@ impl Mesh {
 
     /// Checks a Hello and, if good, makes the link THE link to that node (a guest's if the
     /// core does not list it), unless a link the pair prefers is up already.
-    fn promote(&mut self, now: Now, key: usize, hello: &PeerHello, node: &mut Node) -> bool {
+    fn promote(&mut self, now: Now, key: usize, hello: &PeerHello) -> bool {
         let link = &self.links[key];
         let peer = match check_hello(hello, self.id, self.cluster_id, link.dialed) {
             Ok(p) => p,
             Err(why) => {
                 let why = format!("handshake refused: {why}");
-                self.drop_link(now, key, node, Level::Warn, &why);
+                self.drop_link(now, key, Level::Warn, &why);
                 return false;
             }
         };
@@ -872,14 +917,14 @@ impl Mesh {
         let (old, dialing) = (slot.up, slot.dialing.filter(|&d| d != key));
         if old.is_some_and(|o| self.keeps(o, key, peer)) {
             let why = "the link dialed by the lower id is up already";
-            self.drop_link(now, key, node, Level::Debug, why);
+            self.drop_link(now, key, Level::Debug, why);
             return false;
         }
         if let Some(old) = old {
-            self.drop_link(now, old, node, Level::Info, "replaced by a new connection");
+            self.drop_link(now, old, Level::Info, "replaced by a new connection");
         }
         if let Some(d) = dialing.filter(|&d| !self.keeps(d, key, peer)) {
-            self.drop_link(now, d, node, Level::Debug, "another link came up first");
+            self.drop_link(now, d, Level::Debug, "another link came up first");
         }
         let link = &mut self.links[key];
         link.state = State::Up(peer);
@@ -906,7 +951,8 @@ impl Mesh {
             "node {}: peer {peer} linked{guest} ({what}; its epoch {}, clients at {})",
             self.id, hello.epoch, hello.client_addr
         );
-        node.handle_peer_connected(now, peer, &hello.client_addr);
+        let client_addr = hello.client_addr.clone();
+        self.events.push(LinkEvent::Up { peer, client_addr });
         true
     }
 
@@ -944,7 +990,7 @@ impl Mesh {
     }
 
     /// Writes what is queued; drops the link on an error or over the output bound.
-    fn flush(&mut self, now: Now, key: usize, node: &mut Node) {
+    fn flush(&mut self, now: Now, key: usize) {
         let Some(link) = self.links.get_mut(key) else {
             return;
         };
@@ -954,7 +1000,7 @@ impl Mesh {
         }
         if let Err(e) = link.out.flush(&mut link.stream, &mut self.output_pool) {
             let why = format!("write failed: {e}");
-            return self.drop_link(now, key, node, Level::Info, &why);
+            return self.drop_link(now, key, Level::Info, &why);
         }
         let queued = link.out.queued();
         if queued > self.max_output {
@@ -962,7 +1008,7 @@ impl Mesh {
                 "{queued} bytes queued for it (limit {}): the peer does not keep up",
                 self.max_output
             );
-            return self.drop_link(now, key, node, Level::Warn, &why);
+            return self.drop_link(now, key, Level::Warn, &why);
         }
         let want = !link.out.is_empty();
         if want != link.write_armed {
@@ -974,14 +1020,14 @@ impl Mesh {
             let token = Token(PEER_BASE + key);
             if let Err(e) = self.registry.reregister(&mut link.stream, token, interest) {
                 let why = format!("reregister failed: {e}");
-                return self.drop_link(now, key, node, Level::Warn, &why);
+                return self.drop_link(now, key, Level::Warn, &why);
             }
             link.write_armed = want;
         }
     }
 
-    /// The one place a link goes away: the core hears of an established link's end once.
-    fn drop_link(&mut self, now: Now, key: usize, node: &mut Node, level: Level, why: &str) {
+    /// The one place a link goes away: an established link's end is reported once.
+    fn drop_link(&mut self, now: Now, key: usize, level: Level, why: &str) {
         let Some(mut link) = self.links.try_remove(key) else {
             return;
         };
@@ -1019,7 +1065,7 @@ impl Mesh {
                 self.id,
                 link.describe()
             );
-            node.handle_peer_disconnected(now, peer);
+            self.events.push(LinkEvent::Down { peer });
         } else {
             log!(
                 level,
@@ -1094,8 +1140,8 @@ mod tests {
         }
     }
 
-    /// A mesh of node `id` listing `peers` (never listening), and a node to hand it.
-    fn mesh(id: NodeId, peers: &[(NodeId, &str)], now: Instant) -> (Mesh, Node, mio::Poll) {
+    /// A mesh of node `id` listing `peers` (never listening).
+    fn mesh(id: NodeId, peers: &[(NodeId, &str)], now: Instant) -> (Mesh, mio::Poll) {
         let poll = mio::Poll::new().unwrap();
         let cfg = DaemonConfig {
             id,
@@ -1107,35 +1153,26 @@ mod tests {
         };
         let client = "127.0.0.1:7070".parse().unwrap();
         let mesh = Mesh::new(&cfg, poll.registry(), now, client).unwrap();
-        let core = crate::core::NodeConfig {
-            id,
-            ..Default::default()
-        };
-        let now = Now {
-            mono: now,
-            unix_ms: 0,
-        };
-        let node = Node::new(core, crate::storage::Recovered::default(), now).unwrap();
-        (mesh, node, poll)
+        (mesh, poll)
     }
 
     #[test]
     fn the_higher_id_dials_a_listed_lower_one_only_after_the_fallback_delay() {
         let t = Instant::now();
-        let (low, _, _p1) = mesh(1, &[(2, "127.0.0.1:9")], t);
+        let (low, _p1) = mesh(1, &[(2, "127.0.0.1:9")], t);
         assert_eq!(low.next_deadline(), Some(t), "the lower id dials at once");
-        let (mut high, mut node, _p2) = mesh(2, &[(1, "127.0.0.1:9")], t);
+        let (mut high, _p2) = mesh(2, &[(1, "127.0.0.1:9")], t);
         assert_eq!(high.next_deadline(), Some(t + FALLBACK_DIAL_AFTER));
         let at = |d: Duration| Now {
             mono: t + d,
             unix_ms: 0,
         };
-        high.on_timer(at(FALLBACK_DIAL_AFTER / 2), &mut node);
+        high.on_timer(at(FALLBACK_DIAL_AFTER / 2));
         assert!(
             high.slots[&1].dialing.is_none(),
             "dialed before the fallback delay"
         );
-        high.on_timer(at(FALLBACK_DIAL_AFTER), &mut node);
+        high.on_timer(at(FALLBACK_DIAL_AFTER));
         assert!(
             high.slots[&1].dialing.is_some() || high.slots[&1].failures > 0,
             "no fallback dial once the delay passed"
@@ -1145,12 +1182,12 @@ mod tests {
     #[test]
     fn a_peer_no_longer_listed_without_a_link_is_forgotten_and_a_new_one_gets_a_slot() {
         let t = Instant::now();
-        let (mut m, mut node, _p) = mesh(2, &[(1, "127.0.0.1:9")], t);
+        let (mut m, _p) = mesh(2, &[(1, "127.0.0.1:9")], t);
         let now = Now {
             mono: t,
             unix_ms: 0,
         };
-        m.sync_peers(now, &[(3, "127.0.0.1:10".into())], &mut node);
+        m.sync_peers(now, &[(3, "127.0.0.1:10".into())]);
         assert!(!m.slots.contains_key(&1));
         assert!(m.slots[&3].listed && m.slots[&3].we_dial);
         assert_eq!(m.next_deadline(), Some(t));

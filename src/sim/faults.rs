@@ -8,10 +8,16 @@ use crate::core::NodeId;
 pub enum CrashPoint {
     /// Between turns.
     Idle,
-    /// After the turn's writes reached storage but before the sync: they are lost.
+    /// At the first turn with writes in flight, before their sync: the disk's power goes at
+    /// their first fsync, and the crash loses what they wrote.
     BeforeSync,
-    /// After the sync, before the turn's sends left: the disk has what no one was told.
+    /// At the first turn with writes in flight, after their sync but before the node heard:
+    /// the disk has what no one was told.
     BeforeSend,
+    /// At the first turn with writes in flight, in the middle of them: the power goes after a
+    /// random number of changes to the disk, and the crash tears what was not synced (a
+    /// random prefix of it survives).
+    MidWrite,
 }
 
 /// One fault.
@@ -38,6 +44,8 @@ pub enum Fault {
     /// The node's storage fails every write for a while, as a full disk would: the node
     /// refuses client writes and any leadership, and retries at each turn.
     DiskFail(NodeId),
+    /// The node's next fsync fails with an I/O error; what it was to make durable is lost.
+    SyncFail(NodeId),
     /// A client's connection breaks.
     ClientReset(usize),
     /// A new node (with an id never used before) starts and asks to join the cluster.
@@ -58,6 +66,7 @@ impl Fault {
             Fault::Pause(_) => "pause",
             Fault::Crash(..) => "crash",
             Fault::DiskFail(_) => "disk-fail",
+            Fault::SyncFail(_) => "sync-fail",
             Fault::Wipe(_) => "wipe",
             Fault::ClientReset(_) => "client-reset",
             Fault::Join => "join",
@@ -203,16 +212,18 @@ impl FaultPlan {
                 }
                 (Fault::Pause(v), span(rng, self.pause_for))
             }
-            69..=74 => (Fault::DiskFail(pick(rng)), span(rng, self.pause_for)),
+            69..=71 => (Fault::DiskFail(pick(rng)), span(rng, self.pause_for)),
+            72..=74 => (Fault::SyncFail(pick(rng)), 0),
             75..=91 => {
                 let v = pick(rng);
                 if down.contains(&v) || !may_take_down {
                     return None;
                 }
-                let point = match rng.u8(..3) {
+                let point = match rng.u8(..4) {
                     0 => CrashPoint::Idle,
                     1 => CrashPoint::BeforeSync,
-                    _ => CrashPoint::BeforeSend,
+                    2 => CrashPoint::BeforeSend,
+                    _ => CrashPoint::MidWrite,
                 };
                 (Fault::Crash(v, point), span(rng, self.down_for))
             }

@@ -2,20 +2,22 @@
 //!
 //! Several [`crate::core::Node`]s run on a virtual clock ([`clock`]) over a fake network
 //! ([`network`]: per-link latency and order, resets, symmetric and one-way partitions, clogs)
-//! with in-memory storage that keeps only synced data across a crash; simulated chat clients
-//! ([`client`]) say messages and fail over like the client library. One seed drives every
-//! choice; the invariants ([`checker`]) are checked after every step, and a failure names the
-//! seed that replays it. A run has two phases: a safety phase with random faults
-//! ([`faults`]: link resets, partitions, one-way partitions, clogs, pauses, crashes at a chosen
-//! point of a loop turn, failing disks, wiped disks, client connection resets, and membership
-//! changes: new nodes joining, members removed), then a liveness phase where every fault is
-//! healed and the cluster must converge (one leader, every node a member that agrees on the
-//! configuration, everything committed, applied and delivered, nothing unacked) within a
-//! bound, or, in the core liveness mode ([`LivenessMode::Core`]), where a random majority is
-//! healed and every other node stays failed for good, and that majority must serve every
-//! client. In a swarm run ([`swarm`]) the seed picks its own fault mix, rates, latencies and
-//! clients. Every node reads its own clock ([`clock::NodeClock`]: drift and wall-clock
-//! offset). [`World`] also serves scenario tests: the same faults, injected by hand.
+//! with the real file storage on a simulated disk ([`crate::storage::SimDisk`]: a crash keeps
+//! only what was synced, or tears it; fsyncs fail; disks fill up; reads come back corrupt);
+//! simulated chat clients ([`client`]) say messages and fail over like the client library.
+//! One seed drives every choice; the invariants ([`checker`]) are checked after every step,
+//! and a failure names the seed that replays it. A run has two phases: a safety phase with
+//! random faults ([`faults`]: link resets, partitions, one-way partitions, clogs, pauses,
+//! crashes at a chosen point of a loop turn (torn writes among them), failed fsyncs, full
+//! disks, wiped disks, client connection resets, and membership changes: new nodes joining,
+//! members removed), then a liveness phase where every fault is healed and the cluster must
+//! converge (one leader, every node a member that agrees on the configuration, everything
+//! committed, applied and delivered, nothing unacked) within a bound, or, in the core
+//! liveness mode ([`LivenessMode::Core`]), where a random majority is healed and every other
+//! node stays failed for good, and that majority must serve every client. In a swarm run
+//! ([`swarm`]) the seed picks its own fault mix, rates, latencies and clients. Every node
+//! reads its own clock ([`clock::NodeClock`]: drift and wall-clock offset). [`World`] also
+//! serves scenario tests: the same faults, injected by hand.
 //!
 //! ```no_run
 //! let report = ringchat::sim::run(ringchat::sim::SimConfig::new(42)).unwrap();
@@ -66,6 +68,8 @@ pub struct SimConfig {
     pub heartbeat: Duration,
     /// Nodes' failure timeout.
     pub failure_timeout: Duration,
+    /// How long the simulated disk takes to write and sync one storage job (min, max).
+    pub fsync_latency: (Micros, Micros),
     /// Nodes' session timeout (sessions of a node lost this long end).
     pub session_timeout: Duration,
     /// Nodes snapshot after this many applied entries (small, so runs compact and install).
@@ -132,6 +136,7 @@ impl SimConfig {
             client_latency: (ms(1) / 4, ms(3)),
             heartbeat: Duration::from_millis(30),
             failure_timeout: Duration::from_millis(200),
+            fsync_latency: (50, 600),
             session_timeout: Duration::from_millis(1500),
             snapshot_entries: 64,
             compact_keep: 16,

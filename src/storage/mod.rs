@@ -3,19 +3,23 @@
 //! truncation, snapshot files) serves the daemon; `MemStorage` (keeps what was synced, loses the
 //! rest on a simulated crash) serves tests and the simulation; `Volatile` keeps nothing.
 
+mod disk;
 mod file;
 mod memory;
+mod sim_disk;
 mod volatile;
 
+pub use disk::{Disk, DiskFile, OsDisk};
 pub use file::{FileOptions, FileStorage};
 pub use memory::MemStorage;
+pub use sim_disk::{SimDisk, SimDiskStats, SimFile};
 pub use volatile::Volatile;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use crate::core::log::{Entry, Epoch, HardState, LogIndex};
+pub use crate::core::durable::{Recovered, SnapshotMeta, StoredSnapshot};
+use crate::core::log::{Entry, HardState, LogIndex};
 use crate::core::PersistJob;
 
 /// A storage failure, with what was being done and where.
@@ -68,36 +72,6 @@ impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.source)
     }
-}
-
-/// The log position a snapshot covers: every entry up to `index` (of `epoch`) is in it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SnapshotMeta {
-    /// Last log index the snapshot includes.
-    pub index: LogIndex,
-    /// Epoch of that entry.
-    pub epoch: Epoch,
-}
-
-/// A snapshot as stored: its position and the encoded state machine (opaque to storage).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoredSnapshot {
-    /// What it covers.
-    pub meta: SnapshotMeta,
-    /// The encoded state (see `codec::encode_snapshot`). Shared, so the file storage's writer
-    /// thread takes it without copying an image that can be tens of megabytes.
-    pub bytes: Arc<Vec<u8>>,
-}
-
-/// What a node finds in its storage when it starts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// The last durable election state.
-    pub hard_state: HardState,
-    /// The newest durable snapshot, if any.
-    pub snapshot: Option<StoredSnapshot>,
-    /// Every durable entry after the snapshot (or from index 1 without one), in order.
-    pub entries: Vec<Entry>,
 }
 
 /// Where a node keeps its log, election state and snapshots. Log writes may be buffered; only

@@ -1,12 +1,17 @@
 //! `Node`: one cluster member's state machine. Clients' frames become proposals; proposals reach
 //! the leader's log (directly, or forwarded by a follower); committed entries are applied to the
 //! chat state on every node, and each node turns the outcomes into frames for its own clients.
-//! The cluster half (ring election, replication, timers) is in `cluster.rs`.
+//! The cluster side is split by what it holds: `cluster.rs` (peer links, heartbeats, timers,
+//! each turn's flush), `election.rs` (the ring election, following, leading, stepping down),
+//! `replication.rs` (appends, acknowledgements, commit, held sends), `members.rs` (membership
+//! changes), `snapshot.rs`; `ready.rs` is the output contract and `timers.rs` the timer table.
 
 mod cluster;
 mod config;
+mod election;
 mod members;
 mod ready;
+mod replication;
 mod snapshot;
 mod timers;
 
@@ -27,7 +32,7 @@ use super::progress::Progress;
 use super::round::Rounds;
 use super::{Action, ConnId, NodeId, Now, SessionId, SharedBytes};
 use crate::codec::{self, ClientFrame, CodecError, ErrorCode, ServerFrame};
-use crate::storage::{Recovered, StoredSnapshot};
+use crate::core::durable::{Recovered, StoredSnapshot};
 
 use snapshot::{Encoding, Incoming, PendingSnapshot};
 use timers::{Timer, Timers};

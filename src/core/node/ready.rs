@@ -6,9 +6,9 @@ use std::time::Instant;
 use log::debug;
 
 use super::{Node, PersistToken};
+use crate::core::durable::StoredSnapshot;
 use crate::core::log::{Entry, HardState, LogIndex};
 use crate::core::{Action, NodeId, Now};
-use crate::storage::StoredSnapshot;
 
 /// A snapshot storage must store before the log writes of the same [`PersistJob`].
 #[derive(Clone, Debug)]
@@ -51,7 +51,8 @@ pub struct Ready {
     pub peers: Option<Vec<(NodeId, String)>>,
     /// The node is out of the cluster, and why: the shell stops it (said once).
     pub removed: Option<String>,
-    /// A joining node should ask to join again (never accepted, or stalled since).
+    /// A joining node's join stalled (never accepted, or accepted but still no member): the
+    /// shell starts its join client (`core::join`) again.
     pub rejoin: bool,
     /// When the next turn is due if no input comes first.
     pub deadline: Option<Instant>,

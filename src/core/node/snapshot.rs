@@ -12,10 +12,10 @@ use super::Node;
 use crate::codec::{
     self, AppendReply, ErrorCode, PeerFrame, SnapshotChunk, SnapshotEncoder, SnapshotReply,
 };
+use crate::core::durable::{SnapshotMeta, StoredSnapshot};
 use crate::core::log::LogIndex;
 use crate::core::progress::SnapshotSend;
 use crate::core::{Action, NodeId};
-use crate::storage::{SnapshotMeta, StoredSnapshot};
 
 /// A snapshot being received from the leader, in order.
 #[derive(Debug)]

@@ -5,7 +5,8 @@ use crate::core::log::HardState;
 use crate::core::NodeId;
 use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::{CrashPoint, Fault, Heal, Scene};
-use crate::storage::{MemStorage, Storage};
+
+use super::durable_state;
 
 use super::{Event, Input, World, TAG_FAULT};
 
@@ -49,31 +50,42 @@ impl World {
     }
 
     /// Crashes `id` and empties its storage, unless another node is without its data already
-    /// (wiped and not caught up, durably so): the design keeps acknowledged writes only while
-    /// a majority keeps its disks. True if it was wiped.
+    /// (wiped and not caught up, durably so) or the cluster has fewer than 3 voters: the
+    /// design keeps acknowledged writes only while a majority keeps its disks. True if it was
+    /// wiped.
     pub fn wipe(&mut self, id: NodeId) -> bool {
-        let n = self.voters().len();
-        if self.node(id).is_none() || n - 1 < n / 2 + 1 {
-            return false; // in a cluster of 1 or 2, the others are no majority
-        }
-        for (&other, n) in &mut self.nodes {
-            if n.gone {
-                continue;
-            }
-            let Ok(r) = n.storage.load() else {
-                return false;
-            };
-            let blank = r.hard_state == HardState::default() && r.entries.is_empty();
-            if other != id && (r.hard_state.amnesiac || blank) {
-                return false;
-            }
+        if self.node(id).is_none() || !self.may_lose_data(id) {
+            return false;
         }
         self.crash_now(id, CrashPoint::Idle);
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.storage = MemStorage::new();
+            n.disk.wipe();
             n.wiped = true;
         }
         self.note(format!("node {id}: WIPED"));
+        true
+    }
+
+    /// Whether node `id` may be without its data now: only if no other node is without its
+    /// data already (wiped and not caught up, durably so), since the design keeps acknowledged
+    /// writes only while a majority keeps its disks, and never in a cluster of 1 or 2.
+    pub(super) fn may_lose_data(&self, id: NodeId) -> bool {
+        let n = self.voters().len();
+        if n - 1 < n / 2 + 1 {
+            return false; // in a cluster of 1 or 2, the others are no majority
+        }
+        for (&other, n) in &self.nodes {
+            if n.gone || other == id {
+                continue;
+            }
+            let Ok(r) = durable_state(&n.disk) else {
+                return false;
+            };
+            let blank = r.hard_state == HardState::default() && r.entries.is_empty();
+            if r.hard_state.amnesiac || blank {
+                return false;
+            }
+        }
         true
     }
 
@@ -119,6 +131,7 @@ impl World {
                 self.fail_disk(id);
                 self.schedule(now + dur, Event::Heal(Heal::Disk(id)));
             }
+            Fault::SyncFail(id) => self.fail_sync(id),
             Fault::Wipe(id) => {
                 if self.wipe(id) {
                     self.schedule(now + dur, Event::Heal(Heal::Restart(id)));

@@ -3,6 +3,7 @@
 
 use crate::codec::{self, ServerFrame};
 use crate::core::{ConnId, NodeId, SharedBytes};
+use crate::driver::conn::InBuf;
 use crate::sim::client::{ClientEnv, ClientOut, SimClient};
 use crate::sim::clock::Micros;
 
@@ -127,6 +128,9 @@ impl World {
                         client_open: true,
                         to_node_at: now + lat,
                         to_client_at: 0,
+                        to_node: Vec::new(),
+                        reading: false,
+                        node_in: InBuf::new(),
                     },
                 );
                 let input = Input::Accept(conn);
@@ -143,11 +147,22 @@ impl World {
                 if !ci.client_open {
                     return;
                 }
-                let at = (now + lat).max(ci.to_node_at);
-                ci.to_node_at = at;
-                let node = ci.node;
-                let input = Input::Frame(conn, bytes);
-                self.schedule(at, Event::Input { node, input });
+                // A byte stream, as TCP: what is sent before the node reads arrives together,
+                // and reads take it in pieces of any size (see `World::read_client`).
+                ci.to_node.extend_from_slice(&bytes);
+                if !ci.reading {
+                    ci.reading = true;
+                    let at = (now + lat).max(ci.to_node_at);
+                    ci.to_node_at = at;
+                    let node = ci.node;
+                    self.schedule(
+                        at,
+                        Event::Input {
+                            node,
+                            input: Input::Readable(conn),
+                        },
+                    );
+                }
             }
             ClientOut::Close { conn } => {
                 let Some(ci) = self.conns.get_mut(&conn) else {

@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use log::debug;
 
+use membership::Joining;
+
 use super::checker::Checker;
 use super::client::{ClientKind, ClientParams, ClientSpec, SimClient};
 use super::clock::{ms, Clock, Micros, TraceHash};
@@ -24,8 +26,10 @@ use super::network::Network;
 use super::swarm::Swarm;
 use super::{Failure, Report, SimConfig};
 use crate::codec::{JoinReply, JoinRequest, PeerFrame};
+use crate::core::join::JoinFailure;
 use crate::core::{ConnId, Node, NodeConfig, NodeId, PersistJob, Role, SharedBytes};
-use crate::storage::{MemStorage, Recovered, Storage};
+use crate::driver::conn::InBuf;
+use crate::storage::{FileOptions, FileStorage, Recovered, SimDisk, Storage, StorageError};
 
 /// Rooms the talkers use.
 pub const ROOMS: [&str; 2] = ["lobby", "dev"];
@@ -46,7 +50,8 @@ enum Input {
     /// The peer closed the connection of this generation (after its last frames arrived).
     PeerClosed(NodeId, u64),
     Accept(ConnId),
-    Frame(ConnId, Vec<u8>),
+    /// Bytes the client sent are readable on the connection (a read takes some of them).
+    Readable(ConnId),
     Closed(ConnId),
     /// The node's storage finished its oldest job in flight (of the node's run `restarts`).
     Persisted {
@@ -75,23 +80,21 @@ enum Event {
     NextFault,
     /// A fault ends.
     Heal(Heal),
-    /// A joining node's timer: it asks (again) when its join stalled.
+    /// A joining node's join client is due (its deadline).
     JoinTick(NodeId),
-    /// A join request reaches a member.
+    /// A join request reaches a member, on the joiner's connection `conn`.
     JoinAsk {
         joiner: NodeId,
-        attempt: u64,
+        conn: u64,
         to: NodeId,
-        hops: u8,
         req: JoinRequest,
     },
-    /// The answer reaches the joining node.
+    /// The answer (or the connection's failure) reaches the joining node.
     JoinAnswer {
         joiner: NodeId,
-        attempt: u64,
+        conn: u64,
         from: NodeId,
-        hops: u8,
-        reply: JoinReply,
+        answer: Result<JoinReply, JoinFailure>,
     },
 }
 
@@ -113,13 +116,47 @@ struct ConnInfo {
     /// Last delivery time each way, so frames never overtake each other.
     to_node_at: Micros,
     to_client_at: Micros,
+    /// Bytes the client sent that the node has not read, and whether a read is planned.
+    to_node: Vec<u8>,
+    reading: bool,
+    /// The node side's framing: the driver's own, fed reads of any size.
+    node_in: InBuf,
+}
+
+/// Where a simulated node keeps its data on its disk.
+const DATA_DIR: &str = "/var/lib/ringchat";
+
+/// The nodes' file storage: small segments so runs roll and compact them often; snapshots
+/// written inline, since the simulated disk is single-threaded and deterministic.
+const FILE_OPTIONS: FileOptions = FileOptions {
+    segment_bytes: 4096,
+    background_snapshots: false,
+};
+
+/// Opens (recovers) the file storage on `disk`.
+fn open_storage(disk: &SimDisk) -> Result<FileStorage<SimDisk>, StorageError> {
+    FileStorage::open_on(disk.clone(), DATA_DIR, FILE_OPTIONS)
+}
+
+/// What a restart would recover from `disk` now (read from a copy, so nothing is disturbed).
+fn durable_state(disk: &SimDisk) -> Result<Recovered, StorageError> {
+    open_storage(&disk.durable_copy())?.load()
+}
+
+/// The seed of the disk of a node whose configuration has `seed` (no draw from the world's
+/// generator, so the disks do not shift its other choices).
+fn disk_seed(seed: u64) -> u64 {
+    seed.rotate_left(17) ^ 0xd15c
 }
 
 /// One simulated node: the core, its storage, and what the simulation knows of it.
 struct SimNode {
     cfg: NodeConfig,
     node: Option<Node>,
-    storage: MemStorage,
+    /// Its disk (outlives crashes: what it holds durably is what a restart recovers).
+    disk: SimDisk,
+    /// The real file storage on that disk while the node runs (None while it is down).
+    storage: Option<FileStorage<SimDisk>>,
     paused: bool,
     backlog: VecDeque<Input>,
     crash_pending: Option<CrashPoint>,
@@ -144,22 +181,14 @@ struct SimNode {
     wiped: bool,
 }
 
-/// The join requests of a node started to join (the driver's `--join`).
-#[derive(Debug, Default)]
-struct Joining {
-    /// The request waiting for an answer: its number, and when the node sent it.
-    asking: Option<(u64, Micros)>,
-    /// Requests sent so far (numbers them).
-    attempts: u64,
-}
-
 impl SimNode {
-    fn new(cfg: NodeConfig, storage: MemStorage) -> SimNode {
+    fn new(cfg: NodeConfig) -> SimNode {
         SimNode {
             join: cfg.joining.then(Joining::default),
+            disk: SimDisk::new(disk_seed(cfg.seed)),
             cfg,
             node: None,
-            storage,
+            storage: None,
             paused: false,
             backlog: VecDeque::new(),
             crash_pending: None,
@@ -222,6 +251,8 @@ pub struct WorldStats {
     pub removed_stopped: u64,
     /// Removed nodes that never learned it and were stopped when everything healed.
     pub zombies_stopped: u64,
+    /// Storage jobs a crash caught in flight (handed to the disk, not reported durable).
+    pub jobs_cut_by_crashes: u64,
 }
 
 /// The whole simulated system.
@@ -287,7 +318,7 @@ impl World {
         let mut nodes = BTreeMap::new();
         for &id in &members {
             let node_cfg = node_config(&cfg, id, &members, rng.u64(..));
-            nodes.insert(id, SimNode::new(node_cfg, MemStorage::new()));
+            nodes.insert(id, SimNode::new(node_cfg));
         }
         let net = Network::new(&members, cfg.latency);
         let mut plan = FaultPlan {
@@ -431,9 +462,16 @@ impl World {
         self.nodes.get(&id).and_then(|n| n.node.as_ref())
     }
 
-    /// What the node's storage has synced (what a restart would recover).
+    /// What the node's disk holds durably (what a restart would recover).
     pub fn durable(&mut self, id: NodeId) -> Option<Recovered> {
-        self.nodes.get_mut(&id).and_then(|n| n.storage.load().ok())
+        self.nodes
+            .get(&id)
+            .and_then(|n| durable_state(&n.disk).ok())
+    }
+
+    /// The node's simulated disk (its fault counters, or to inject a fault by hand).
+    pub fn disk(&self, id: NodeId) -> Option<&SimDisk> {
+        self.nodes.get(&id).map(|n| &n.disk)
     }
 
     /// Whether the node is paused.
@@ -642,18 +680,16 @@ impl World {
             Event::JoinTick(id) => self.join_tick(id),
             Event::JoinAsk {
                 joiner,
-                attempt,
+                conn,
                 to,
-                hops,
                 req,
-            } => self.join_ask(joiner, attempt, to, hops, req),
+            } => self.join_ask(joiner, conn, to, req),
             Event::JoinAnswer {
                 joiner,
-                attempt,
+                conn,
                 from,
-                hops,
-                reply,
-            } => self.join_answer(joiner, attempt, from, hops, reply),
+                answer,
+            } => self.join_answer(joiner, conn, from, answer),
         }
     }
 

@@ -1,18 +1,26 @@
 //! Nodes: their inputs (queued while paused), timers, the driver turn (persist, then send),
-//! crashes at a chosen point of a turn, restarts from storage, pauses and failing disks.
+//! crashes at a chosen point of a turn (a power loss of the node's simulated disk), restarts
+//! that recover the real file storage from what the disk holds durably (a node whose disk
+//! reads back corrupt is wiped and comes back as a new one), pauses and failing disks.
 
-use crate::codec::{self, ClientFrame, PeerFrame};
+use crate::codec::{self, PeerFrame};
 use crate::core::{Action, Node, NodeId};
 use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::CrashPoint;
 use crate::storage::{self, Storage};
 
+use super::open_storage;
+
 /// Jobs the simulated storage holds in flight at most (as the driver's storage thread).
 const MAX_IN_FLIGHT: usize = 8;
-/// How long the simulated disk takes to write and sync one job, in microseconds.
-const FSYNC_LATENCY: std::ops::RangeInclusive<Micros> = 50..=600;
 /// Pause before storage takes writes again after a failure (as the driver's).
 const STORAGE_RETRY: Micros = ms(1000);
+/// One restart in this many reads its disk back corrupt (when the node may lose its data).
+const CORRUPT_RESTART_ONE_IN: u8 = 12;
+/// The chance that each read of a log segment flips a bit, in such a restart.
+const CORRUPT_READ_RATE: f64 = 0.3;
+/// A `MidWrite` crash strikes after at most this many changes to the disk.
+const MID_WRITE_CHANGES: u64 = 12;
 
 use super::{
     client_addr, Event, Input, NodeSide, World, TAG_LINK, TAG_PEER, TAG_TIMER, TAG_TO_NODE,
@@ -24,7 +32,16 @@ impl World {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        let recovered = match n.storage.load() {
+        if n.storage.is_none() {
+            match open_storage(&n.disk) {
+                Ok(s) => n.storage = Some(s),
+                Err(e) => return self.fail(format!("node {id}: storage open failed: {e}")),
+            }
+        }
+        let Some(storage) = n.storage.as_mut() else {
+            return;
+        };
+        let recovered = match storage.load() {
             Ok(r) => r,
             Err(e) => return self.fail(format!("node {id}: storage load failed: {e}")),
         };
@@ -107,22 +124,49 @@ impl World {
                     }
                 }
             }
-            Input::Frame(conn, bytes) => {
-                if self
-                    .conns
-                    .get(&conn)
-                    .is_none_or(|ci| ci.node_side != NodeSide::Open)
-                {
+            Input::Readable(conn) => {
+                let Some(ci) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                ci.reading = false;
+                if ci.node_side != NodeSide::Open {
+                    ci.to_node.clear();
                     return;
                 }
-                self.trace.event(TAG_TO_NODE, t, &bytes);
-                match codec::decode::<ClientFrame>(&bytes) {
-                    Ok(Some((frame, _))) => node.handle_frame(now, conn, frame),
-                    other => self.fail(format!("undecodable client frame: {other:?}")),
+                // A read takes what arrived, or (one time in two) only a piece of it: frames
+                // cut anywhere, several in one read, several inputs in one turn.
+                let n = ci.to_node.len();
+                let take = if n > 1 && self.rng.bool() {
+                    self.rng.usize(1..n)
+                } else {
+                    n
+                };
+                let chunk: Vec<u8> = ci.to_node.drain(..take).collect();
+                self.trace.event(TAG_TO_NODE, t, &chunk);
+                let fed = ci.node_in.feed(&chunk, |f| node.handle_frame(now, conn, f));
+                if let Err(e) = fed {
+                    return self.fail(format!("conn {}: a client sent a bad frame: {e}", conn.0));
+                }
+                if !ci.to_node.is_empty() {
+                    ci.reading = true;
+                    let at = self.clock.micros() + self.rng.u64(0..=20);
+                    let input = Input::Readable(conn);
+                    self.schedule(at, Event::Input { node: id, input });
                 }
             }
             Input::Closed(conn) => {
                 if let Some(ci) = self.conns.get_mut(&conn) {
+                    // What the client sent before closing is read first, as the driver reads
+                    // to the end of the stream.
+                    let rest = std::mem::take(&mut ci.to_node);
+                    if ci.node_side == NodeSide::Open && !rest.is_empty() {
+                        self.trace.event(TAG_TO_NODE, t, &rest);
+                        let fed = ci.node_in.feed(&rest, |f| node.handle_frame(now, conn, f));
+                        if let Err(e) = fed {
+                            let why = format!("conn {}: a client sent a bad frame: {e}", conn.0);
+                            return self.fail(why);
+                        }
+                    }
                     if ci.node_side == NodeSide::Open {
                         ci.node_side = NodeSide::Closed;
                         node.handle_disconnect(now, conn);
@@ -146,10 +190,13 @@ impl World {
         if n.restarts != restarts {
             return; // of a run that crashed
         }
-        let (Some(node), Some(job)) = (n.node.as_mut(), n.in_flight.pop_front()) else {
+        let (Some(node), Some(storage)) = (n.node.as_mut(), n.storage.as_mut()) else {
             return;
         };
-        match storage::write(&mut n.storage, &job) {
+        let Some(job) = n.in_flight.pop_front() else {
+            return;
+        };
+        match storage::write(storage, &job) {
             Ok(()) => node.handle_persisted(now, job.token),
             Err(e) => {
                 n.in_flight.clear();
@@ -172,8 +219,10 @@ impl World {
     /// One driver turn (`Node::turn`, then what its `Ready` asks for), as the daemon's loop
     /// does it: the storage job goes to the simulated disk, which completes it after a random
     /// latency as an input of a later turn; again while closes give the node more to do. A
-    /// pending crash strikes with the jobs in flight written but not synced (`BeforeSync`), or
-    /// synced but not reported (`BeforeSend`), before the turn's sends leave.
+    /// pending crash strikes at the first turn with jobs in flight, before the turn's sends
+    /// leave, the disk losing its power with those jobs written up to their first fsync
+    /// (`BeforeSync`), cut after a random number of changes (`MidWrite`, a torn crash), or
+    /// synced but not reported (`BeforeSend`).
     pub(super) fn turn(&mut self, id: NodeId) {
         let now = self.now_of(id);
         let micros = self.clock.micros();
@@ -201,29 +250,44 @@ impl World {
             if let Some(job) = ready.persist {
                 n.retry_at = None;
                 n.in_flight.push_back(job);
-                let done = n.disk_busy_until.max(micros) + self.rng.u64(FSYNC_LATENCY);
+                let (lo, hi) = self.cfg.fsync_latency;
+                let done = n.disk_busy_until.max(micros) + self.rng.u64(lo..=hi);
                 n.disk_busy_until = done;
                 let input = Input::Persisted {
                     restarts: n.restarts,
                 };
                 self.schedule(done, Event::Input { node: id, input });
             }
+            let mid_write =
+                self.nodes.get(&id).and_then(|n| n.crash_pending) == Some(CrashPoint::MidWrite);
+            let changes = if mid_write {
+                self.rng.u64(..=MID_WRITE_CHANGES)
+            } else {
+                0
+            };
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
-            if let Some(point) = n.crash_pending.take() {
-                for job in &n.in_flight {
-                    let _ = match point {
-                        // Written, never synced: the crash loses it.
-                        CrashPoint::BeforeSync => storage::stage(&mut n.storage, job),
-                        CrashPoint::BeforeSend => storage::write(&mut n.storage, job),
-                        CrashPoint::Idle => Ok(()),
-                    };
+            // A crash in the middle of a sync waits for a turn with writes in flight.
+            let strikes = !n.in_flight.is_empty() || n.crash_pending == Some(CrashPoint::Idle);
+            if let Some(point) = n.crash_pending.take_if(|_| strikes) {
+                match point {
+                    // Written, never synced: the crash loses it.
+                    CrashPoint::BeforeSync => n.disk.lose_power_at_next_sync(),
+                    CrashPoint::MidWrite => n.disk.lose_power_after(changes),
+                    CrashPoint::BeforeSend | CrashPoint::Idle => {}
+                }
+                if let (Some(storage), false) = (n.storage.as_mut(), point == CrashPoint::Idle) {
+                    for job in &n.in_flight {
+                        if storage::write(storage, job).is_err() {
+                            break; // the power went
+                        }
+                    }
                 }
                 return self.crash_now(id, point);
             }
             let closed = self.carry_out(id, ready.actions);
-            self.follow_membership(id, ready.peers, ready.removed);
+            self.follow_membership(id, ready.peers, ready.removed, ready.rejoin);
             if !closed {
                 break;
             }
@@ -310,8 +374,8 @@ impl World {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if n.storage.is_failing() {
-            n.storage.set_failing(false);
+        if n.disk.is_full() {
+            n.disk.set_full(false);
             if n.node.is_some() && !n.paused {
                 self.turn(id);
             }
@@ -321,7 +385,15 @@ impl World {
     /// Makes every write of the node's storage fail until [`World::disk_works`].
     pub fn fail_disk(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.storage.set_failing(true);
+            n.disk.set_full(true);
+        }
+    }
+
+    /// Makes the next fsync of the running node's disk fail (what it was to make durable is
+    /// lost). Not of a node that is down: the failure is one of a run's writes.
+    pub fn fail_sync(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) {
+            n.disk.fail_next_sync();
         }
     }
 
@@ -345,12 +417,18 @@ impl World {
             return;
         };
         n.node = None;
-        n.storage.crash();
+        n.storage = None;
+        if point == CrashPoint::MidWrite {
+            n.disk.crash_torn();
+        } else {
+            n.disk.crash();
+        }
         n.paused = false;
         n.backlog.clear();
         n.crash_pending = None;
         n.last_view = None;
         n.deadline = None;
+        self.stats.jobs_cut_by_crashes += n.in_flight.len() as u64;
         n.in_flight.clear();
         n.retry_at = None;
         n.peers.clear();
@@ -375,12 +453,61 @@ impl World {
             return;
         }
         n.restarts += 1;
-        let wiped = std::mem::take(&mut n.wiped);
+        let mut wiped = std::mem::take(&mut n.wiped);
         self.note(format!("node {id}: RESTART"));
+        if !wiped && !self.recover(id) {
+            if self.violation.is_some() {
+                return;
+            }
+            wiped = true;
+        }
         if wiped {
             self.rejoin_after_wipe(id);
         }
         self.start_node(id);
         self.reconnect_links_of(id);
+    }
+
+    /// Recovers the node's storage from its disk; now and then the disk reads back corrupt
+    /// (only when the node may be without its data: see [`World::may_lose_data`]). Recovery
+    /// must then refuse the data, and the node cannot start: the admin wipes its disk (false).
+    /// Recovery loading data from a corrupt read, or refusing data read back intact, is a
+    /// failure of the run.
+    fn recover(&mut self, id: NodeId) -> bool {
+        let corrupt = self.rng.u8(..CORRUPT_RESTART_ONE_IN) == 0 && self.may_lose_data(id);
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return true;
+        };
+        if corrupt {
+            n.disk.set_corrupt_reads(CORRUPT_READ_RATE, ".seg");
+        }
+        let before = n.disk.stats().flipped_reads;
+        let opened = open_storage(&n.disk);
+        n.disk.set_corrupt_reads(0.0, "");
+        let flipped = n.disk.stats().flipped_reads > before;
+        match (opened, flipped) {
+            (Ok(s), false) => {
+                n.storage = Some(s);
+                true
+            }
+            (Ok(_), true) => {
+                self.fail(format!(
+                    "node {id}: recovery loaded a log read back corrupt"
+                ));
+                false
+            }
+            (Err(e), true) if e.source.kind() == std::io::ErrorKind::InvalidData => {
+                n.disk.wipe();
+                *self.stats.faults.entry("corrupt-read").or_default() += 1;
+                self.note(format!(
+                    "node {id}: storage refused a corrupt read ({e}): the admin wipes its disk"
+                ));
+                false
+            }
+            (Err(e), _) => {
+                self.fail(format!("node {id}: storage open failed: {e}"));
+                false
+            }
+        }
     }
 }

@@ -19,16 +19,17 @@ mod pending;
 mod recovery;
 mod segment;
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use log::{error, warn};
 
+use super::disk::{Disk, DiskFile, OsDisk};
 use super::{assemble, Recovered, SnapshotMeta, Storage, StorageError, StoredSnapshot};
 use crate::codec::disk::{encode_base, encode_hard_state, encode_log_reset, snapshot_file_header};
 use crate::core::log::{Entry, HardState, LogIndex};
@@ -72,16 +73,22 @@ pub(crate) enum Fault {
     FailCreate,
 }
 
-/// The write-ahead log and snapshots of one node, in its data directory.
+/// The write-ahead log and snapshots of one node, in its data directory on disk `D`.
+///
+/// Generic over the disk rather than holding a `Box<dyn Disk>`: the daemon's storage gets
+/// static calls on `std::fs::File` exactly as before, the type stays `Send` whenever the disk
+/// is (the daemon runs it on its storage thread), and `FileStorage` alone still names the
+/// daemon's storage on the OS disk.
 #[derive(Debug)]
-pub struct FileStorage {
+pub struct FileStorage<D: Disk = OsDisk> {
+    disk: D,
     wal_dir: PathBuf,
     snap_dir: PathBuf,
     options: FileOptions,
     /// The durable segments, oldest first; appends go to the last one.
     segments: Vec<SegmentMeta>,
     /// The last segment, open for writing (None only when there is no segment).
-    active: Option<File>,
+    active: Option<D::File>,
     /// Records not yet durable, and the log and election state they lead to.
     pending: Pending,
     /// The snapshot the log was last reset to (including a reset not yet synced).
@@ -106,10 +113,22 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Opens (creating if needed) the storage in data directory `dir`: removes unfinished
-    /// files, reads the newest snapshot, replays every segment and cuts off a torn tail.
-    /// Corruption is an error naming the file and the offset of the bad record.
+    /// Opens (creating if needed) the storage in data directory `dir` of the OS's file
+    /// system: see [`FileStorage::open_on`].
     pub fn open(dir: impl AsRef<Path>, options: FileOptions) -> Result<FileStorage, StorageError> {
+        FileStorage::open_on(OsDisk, dir, options)
+    }
+}
+
+impl<D: Disk> FileStorage<D> {
+    /// Opens (creating if needed) the storage in data directory `dir` of `disk`: removes
+    /// unfinished files, reads the newest snapshot, replays every segment and cuts off a torn
+    /// tail. Corruption is an error naming the file and the offset of the bad record.
+    pub fn open_on(
+        disk: D,
+        dir: impl AsRef<Path>,
+        options: FileOptions,
+    ) -> Result<FileStorage<D>, StorageError> {
         let dir = dir.as_ref();
         let wal_dir = dir.join("wal");
         let snap_dir = dir.join("snapshot");
@@ -117,19 +136,19 @@ impl FileStorage {
             let p = p.to_path_buf();
             move |e| StorageError::at("open", p, e)
         };
-        fs::create_dir_all(dir).map_err(at(dir))?;
+        segment::ensure_dir(&disk, dir).map_err(at(dir))?;
         for d in [&wal_dir, &snap_dir] {
-            segment::ensure_dir(dir, d).map_err(at(d))?;
-            segment::remove_temp_files(d).map_err(at(d))?;
+            segment::ensure_dir(&disk, d).map_err(at(d))?;
+            segment::remove_temp_files(&disk, d).map_err(at(d))?;
         }
 
-        let snapshots = segment::list(&snap_dir, SNAPSHOT_EXT).map_err(at(&snap_dir))?;
+        let snapshots = segment::list(&disk, &snap_dir, SNAPSHOT_EXT).map_err(at(&snap_dir))?;
         let snapshot = match snapshots.last() {
-            Some((index, path)) => Some(recovery::read_snapshot("open", path, *index)?),
+            Some((index, path)) => Some(recovery::read_snapshot(&disk, "open", path, *index)?),
             None => None,
         };
 
-        let files = segment::list(&wal_dir, SEGMENT_EXT).map_err(at(&wal_dir))?;
+        let files = segment::list(&disk, &wal_dir, SEGMENT_EXT).map_err(at(&wal_dir))?;
         for w in files.windows(2) {
             if w[1].0 != w[0].0 + 1 {
                 let missing = wal_dir.join(segment::file_name(w[0].0 + 1, SEGMENT_EXT));
@@ -150,19 +169,13 @@ impl FileStorage {
         let mut roll_pending = false;
         for (i, (seq, path)) in files.iter().enumerate() {
             if i + 1 < files.len() {
-                let bytes = fs::read(path).map_err(at(path))?;
+                let bytes = disk.read(path).map_err(at(path))?;
                 let s = recovery::scan_segment("open", *seq, path, &bytes, false, &mut replay)?;
                 segments.push(s.meta);
                 continue;
             }
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(at(path))?;
-            let size = file.metadata().map_or(0, |m| m.len());
-            let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-            file.read_to_end(&mut bytes).map_err(at(path))?;
+            let file = disk.open(path).map_err(at(path))?;
+            let bytes = file.read_all().map_err(at(path))?;
             let s = recovery::scan_segment("open", *seq, path, &bytes, true, &mut replay)?;
             if let Some((offset, why)) = &s.torn {
                 warn!(
@@ -209,6 +222,7 @@ impl FileStorage {
         let snapshot_meta = snapshot.as_ref().map(|s| s.meta);
         let recovered = assemble(replay.hard_state, snapshot, replay.base, replay.entries);
         Ok(FileStorage {
+            disk,
             wal_dir,
             snap_dir,
             options,
@@ -335,7 +349,7 @@ impl FileStorage {
         bytes.extend_from_slice(self.pending.bytes());
 
         let fault = &mut self.fault;
-        let wal_dir = &self.wal_dir;
+        let (disk, wal_dir) = (&self.disk, &self.wal_dir);
         let result = (|| {
             if *fault == Some(Fault::FailCreate) {
                 *fault = None;
@@ -344,24 +358,19 @@ impl FileStorage {
                     "no space left on device (injected)",
                 ));
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)?;
+            let file = disk.create(&path)?;
             write_at(&file, &bytes, 0, fault)?;
             sync_data(&file, fault)?;
-            segment::sync_dir(wal_dir)?;
+            disk.sync_dir(wal_dir)?;
             Ok(file)
         })();
         let file = match result {
             Ok(f) => f,
             Err(e) => {
                 // The old segment stays the last one; a retry creates this one afresh.
-                match fs::remove_file(&path) {
+                match self.disk.remove_file(&path) {
                     Ok(()) => {
-                        let _ = segment::sync_dir(&self.wal_dir);
+                        let _ = self.disk.sync_dir(&self.wal_dir);
                     }
                     Err(r) if r.kind() == io::ErrorKind::NotFound => {}
                     Err(r) => warn!(
@@ -389,21 +398,26 @@ impl FileStorage {
     /// Deletes the snapshot files `doomed` says of their index, then syncs the directory.
     fn remove_snapshots(&self, doomed: impl Fn(LogIndex) -> bool) -> io::Result<()> {
         let mut removed = false;
-        for (index, path) in segment::list(&self.snap_dir, SNAPSHOT_EXT)? {
+        for (index, path) in segment::list(&self.disk, &self.snap_dir, SNAPSHOT_EXT)? {
             if doomed(index) {
-                fs::remove_file(&path)?;
+                self.disk.remove_file(&path)?;
                 removed = true;
             }
         }
         if removed {
-            segment::sync_dir(&self.snap_dir)?;
+            self.disk.sync_dir(&self.snap_dir)?;
         }
         Ok(())
     }
 }
 
 /// Writes `bytes` at `offset` (or fails as an injected fault says).
-fn write_at(file: &File, bytes: &[u8], offset: u64, fault: &mut Option<Fault>) -> io::Result<()> {
+fn write_at(
+    file: &impl DiskFile,
+    bytes: &[u8],
+    offset: u64,
+    fault: &mut Option<Fault>,
+) -> io::Result<()> {
     if *fault == Some(Fault::HalfWrite) {
         *fault = None;
         file.write_all_at(bytes.get(..bytes.len() / 2).unwrap_or_default(), offset)?;
@@ -416,7 +430,7 @@ fn write_at(file: &File, bytes: &[u8], offset: u64, fault: &mut Option<Fault>) -
 }
 
 /// fdatasync (or fails as an injected fault says).
-fn sync_data(file: &File, fault: &mut Option<Fault>) -> io::Result<()> {
+fn sync_data(file: &impl DiskFile, fault: &mut Option<Fault>) -> io::Result<()> {
     if *fault == Some(Fault::FailSync) {
         *fault = None;
         return Err(io::Error::other("input/output error (injected)"));
@@ -428,7 +442,7 @@ fn invalid_input(op: &'static str) -> impl FnOnce(io::Error) -> StorageError {
     move |e| StorageError::new(op, e)
 }
 
-impl Storage for FileStorage {
+impl<D: Disk> Storage for FileStorage<D> {
     fn truncate(&mut self, from: LogIndex) -> Result<(), StorageError> {
         self.pending
             .truncate(from)
@@ -460,14 +474,15 @@ impl Storage for FileStorage {
         if self.options.background_snapshots && !replaces_log {
             // A handle on the same bytes: the core keeps (and streams) its snapshot meanwhile.
             let (bytes, dir) = (snapshot.bytes.clone(), self.snap_dir.clone());
+            let disk = self.disk.clone();
             let handle = std::thread::Builder::new()
                 .name("snapshot-writer".into())
-                .spawn(move || write_snapshot_file(&dir, &path, &header, &bytes))
+                .spawn(move || write_snapshot_file(&disk, &dir, &path, &header, &bytes))
                 .map_err(|e| StorageError::at("save snapshot", &self.snap_dir, e))?;
             self.writing = Some((meta, handle));
             return Ok(());
         }
-        write_snapshot_file(&self.snap_dir, &path, &header, &snapshot.bytes)?;
+        write_snapshot_file(&self.disk, &self.snap_dir, &path, &header, &snapshot.bytes)?;
         self.snapshot_stored(meta);
         if replaces_log {
             self.base = meta;
@@ -518,8 +533,9 @@ impl Storage for FileStorage {
         }
         for _ in 0..doomed {
             let path = self.segments[0].path.clone();
-            fs::remove_file(&path)
-                .and_then(|_| segment::sync_dir(&self.wal_dir))
+            self.disk
+                .remove_file(&path)
+                .and_then(|_| self.disk.sync_dir(&self.wal_dir))
                 .map_err(|e| StorageError::at("compact", &path, e))?;
             self.segments.remove(0);
         }
@@ -533,6 +549,7 @@ impl Storage for FileStorage {
         self.finish_writing();
         let snapshot = match self.snapshot {
             Some(meta) => Some(recovery::read_snapshot(
+                &self.disk,
                 "load",
                 &self.snapshot_path(meta.index),
                 meta.index,
@@ -541,8 +558,10 @@ impl Storage for FileStorage {
         };
         let mut replay = Replay::default();
         for meta in &self.segments {
-            let bytes =
-                fs::read(&meta.path).map_err(|e| StorageError::at("load", &meta.path, e))?;
+            let bytes = self
+                .disk
+                .read(&meta.path)
+                .map_err(|e| StorageError::at("load", &meta.path, e))?;
             let Some(valid) = usize::try_from(meta.len).ok().and_then(|l| bytes.get(..l)) else {
                 let why = format!("file ends before its {} synced bytes", meta.len);
                 return Err(recovery::corrupt(
@@ -563,7 +582,7 @@ impl Storage for FileStorage {
     }
 }
 
-impl Drop for FileStorage {
+impl<D: Disk> Drop for FileStorage<D> {
     fn drop(&mut self) {
         // A snapshot being written is finished (its file completes or its temp is left for
         // the next open to remove); only a killed process leaves it half done.
@@ -572,7 +591,8 @@ impl Drop for FileStorage {
 }
 
 /// Writes a snapshot file durably: a temporary file, fsync, rename, fsync of the directory.
-fn write_snapshot_file(
+fn write_snapshot_file<D: Disk>(
+    disk: &D,
     dir: &Path,
     path: &Path,
     header: &[u8],
@@ -582,16 +602,16 @@ fn write_snapshot_file(
     tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
     let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(header)?;
-        f.write_all(bytes)?;
+        let f = disk.create(&tmp)?;
+        f.write_all_at(header, 0)?;
+        f.write_all_at(bytes, header.len() as u64)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, path)?;
-        segment::sync_dir(dir)
+        disk.rename(&tmp, path)?;
+        disk.sync_dir(dir)
     })();
     result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+        let _ = disk.remove_file(&tmp);
         StorageError::at("save snapshot", path, e)
     })
 }

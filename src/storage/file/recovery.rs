@@ -4,8 +4,10 @@
 //!
 //! Torn-tail rules, applied only to the last segment, for the first bad record at offset `o`:
 //! - fewer than a header's bytes remain after `o`;
-//! - its length fails its CRC and every byte from `o` to the end is zero (a zeroed header can
-//!   never pass: the CRC of a zero length is not zero);
+//! - its length fails its CRC and every byte after the length and its CRC (the first 8 bytes)
+//!   is zero: the write stopped inside them, the file size covering bytes that stayed zero (a
+//!   zeroed header can never pass: the CRC of a zero length is not zero; a whole record always
+//!   has non-zero bytes after them, its CRC and kind);
 //! - its length is intact but the record reaches past the end of the file;
 //! - its length is intact, its CRC fails, and every byte after it is zero (which includes
 //!   ending exactly at the end of the file: a write of several pages can reach the disk
@@ -20,7 +22,7 @@ use std::path::Path;
 
 use crate::codec::disk::{decode_record, decode_snapshot_file, DiskError, RecordKind, WalRecord};
 use crate::core::log::{Entry, HardState};
-use crate::storage::{SnapshotMeta, StorageError, StoredSnapshot};
+use crate::storage::{Disk, SnapshotMeta, StorageError, StoredSnapshot};
 
 use super::segment::SegmentMeta;
 
@@ -102,6 +104,9 @@ pub(super) fn corrupt(
     )
 }
 
+/// Bytes of a record's length and the length's CRC, at its start.
+const LENGTH_FIELDS: usize = 8;
+
 fn all_zero(b: &[u8]) -> bool {
     b.iter().all(|&x| x == 0)
 }
@@ -111,7 +116,7 @@ fn all_zero(b: &[u8]) -> bool {
 pub(super) fn is_torn_tail(err: &DiskError, rest: &[u8]) -> bool {
     match err {
         DiskError::Short { .. } | DiskError::PastEnd { .. } => true,
-        DiskError::BadLengthChecksum => all_zero(rest),
+        DiskError::BadLengthChecksum => rest.get(LENGTH_FIELDS..).is_none_or(all_zero),
         DiskError::BadChecksum { .. } => err
             .record_end()
             .and_then(|end| rest.get(end..))
@@ -187,12 +192,13 @@ pub(super) fn scan_segment(
 }
 
 /// Reads and validates the snapshot file at `path`, which its name says covers `index`.
-pub(super) fn read_snapshot(
+pub(super) fn read_snapshot<D: Disk>(
+    disk: &D,
     op: &'static str,
     path: &Path,
     index: u64,
 ) -> Result<StoredSnapshot, StorageError> {
-    let mut buf = std::fs::read(path).map_err(|e| StorageError::at(op, path, e))?;
+    let mut buf = disk.read(path).map_err(|e| StorageError::at(op, path, e))?;
     let file = decode_snapshot_file(&buf).map_err(|e| corrupt(op, path, 0, e))?;
     if file.index != index {
         return Err(corrupt(

@@ -1,12 +1,12 @@
 //! File names, directory listings and directory fsyncs of the segment and snapshot files.
 
-use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 
 use crate::core::log::LogIndex;
+use crate::storage::Disk;
 
 /// Extension of WAL segment files.
 pub(super) const SEGMENT_EXT: &str = "seg";
@@ -48,22 +48,17 @@ pub(super) struct SegmentMeta {
 
 /// The numbered files with extension `ext` in `dir`, ascending. Other files are left alone
 /// (with a warning), temporary ones included: see [`remove_temp_files`].
-pub(super) fn list(dir: &Path, ext: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+pub(super) fn list<D: Disk>(disk: &D, dir: &Path, ext: &str) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    for item in fs::read_dir(dir)? {
-        let item = item?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else {
-            warn!("storage: ignoring {}", item.path().display());
+    for path in disk.read_dir(dir)? {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            warn!("storage: ignoring {}", path.display());
             continue;
         };
         if let Some(n) = parse_name(name, ext) {
-            out.push((n, item.path()));
+            out.push((n, path));
         } else if !name.ends_with(TMP_SUFFIX) {
-            warn!(
-                "storage: ignoring unexpected file {}",
-                item.path().display()
-            );
+            warn!("storage: ignoring unexpected file {}", path.display());
         }
     }
     out.sort_unstable_by_key(|(n, _)| *n);
@@ -71,33 +66,35 @@ pub(super) fn list(dir: &Path, ext: &str) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Deletes the `*.tmp` files of `dir`: leftovers of a write a crash interrupted, never valid.
-pub(super) fn remove_temp_files(dir: &Path) -> io::Result<()> {
-    for item in fs::read_dir(dir)? {
-        let path = item?.path();
+pub(super) fn remove_temp_files<D: Disk>(disk: &D, dir: &Path) -> io::Result<()> {
+    for path in disk.read_dir(dir)? {
         if path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with(TMP_SUFFIX))
         {
             info!("storage: removing unfinished {}", path.display());
-            fs::remove_file(&path)?;
+            disk.remove_file(&path)?;
         }
     }
     Ok(())
 }
 
-/// Makes the creation, renaming or deletion of files in `dir` durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` if it is missing, and makes its entry in `parent` durable.
-pub(super) fn ensure_dir(parent: &Path, dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
+/// Creates `dir` (and its missing parents) if it is missing, making each new entry durable in
+/// its parent: a directory created and not synced into its parent may vanish at a power loss
+/// with every file in it, however well those were synced.
+pub(super) fn ensure_dir<D: Disk>(disk: &D, dir: &Path) -> io::Result<()> {
+    if disk.is_dir(dir) {
         return Ok(());
     }
-    fs::create_dir_all(dir)?;
-    sync_dir(parent)
+    let parent = match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return disk.create_dir_all(dir), // a root
+    };
+    ensure_dir(disk, parent)?;
+    disk.create_dir_all(dir)?;
+    disk.sync_dir(parent)
 }
 
 #[cfg(test)]

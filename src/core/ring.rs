@@ -1,6 +1,6 @@
 //! Ring order for the election: who gets the token next, and who should start an election
 //! first. The election's rules (one participation per epoch, majority, best log wins) are in
-//! `node::cluster`; this module only knows the ring.
+//! `node::election`; this module only knows the ring.
 
 use super::NodeId;
 
