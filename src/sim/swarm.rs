@@ -35,6 +35,8 @@ pub enum FaultKind {
     Wipe,
     /// [`Fault::DiskFail`].
     DiskFail,
+    /// [`Fault::SyncFail`].
+    SyncFail,
     /// [`Fault::ClientReset`].
     ClientReset,
     /// [`Fault::Join`] and [`Fault::Remove`].
@@ -43,7 +45,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order (the order of draws).
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::LinkReset,
         FaultKind::Partition,
         FaultKind::Silent,
@@ -53,6 +55,7 @@ impl FaultKind {
         FaultKind::Crash,
         FaultKind::Wipe,
         FaultKind::DiskFail,
+        FaultKind::SyncFail,
         FaultKind::ClientReset,
         FaultKind::Membership,
     ];
@@ -69,6 +72,7 @@ impl FaultKind {
             FaultKind::Crash => "crash",
             FaultKind::Wipe => "wipe",
             FaultKind::DiskFail => "disk-fail",
+            FaultKind::SyncFail => "sync-fail",
             FaultKind::ClientReset => "client-reset",
             FaultKind::Membership => "membership",
         }
@@ -108,6 +112,8 @@ pub struct Swarm {
     pub latency: (Micros, Micros),
     /// One-way latency between a client and its node (min, max).
     pub client_latency: (Micros, Micros),
+    /// How long the disk takes to write and sync one storage job (min, max).
+    pub fsync_latency: (Micros, Micros),
     /// Talkers.
     pub talkers: usize,
     /// Probers.
@@ -157,6 +163,10 @@ impl Swarm {
         let most = base.client_latency.1.max(16);
         let hi = r.u64(most / 16..=most * 2);
         let client_latency = (hi / r.u64(2..=16), hi);
+        // From a sixteenth of the base run's disk latency up to four times it.
+        let most = base.fsync_latency.1.max(16);
+        let hi = r.u64(most / 16..=most * 4);
+        let fsync_latency = (hi / r.u64(2..=16), hi);
         let talkers = if base.talkers == 0 {
             0
         } else {
@@ -183,6 +193,7 @@ impl Swarm {
             majority_down_one_in,
             latency,
             client_latency,
+            fsync_latency,
             talkers,
             probers,
             skew,
@@ -197,6 +208,7 @@ impl Swarm {
         }
         cfg.latency = self.latency;
         cfg.client_latency = self.client_latency;
+        cfg.fsync_latency = self.fsync_latency;
         cfg.talkers = self.talkers;
         cfg.probers = self.probers;
         cfg.skew = self.skew;
@@ -298,12 +310,14 @@ impl Swarm {
             }
             FaultKind::Pause => (Fault::Pause(victim(rng)?), span(rng, plan.pause_for)),
             FaultKind::DiskFail => (Fault::DiskFail(pick(rng)), span(rng, plan.pause_for)),
+            FaultKind::SyncFail => (Fault::SyncFail(pick(rng)), 0),
             FaultKind::Crash => {
                 let v = victim(rng)?;
-                let point = match rng.u8(..3) {
+                let point = match rng.u8(..4) {
                     0 => CrashPoint::Idle,
                     1 => CrashPoint::BeforeSync,
-                    _ => CrashPoint::BeforeSend,
+                    2 => CrashPoint::BeforeSend,
+                    _ => CrashPoint::MidWrite,
                 };
                 (Fault::Crash(v, point), span(rng, plan.down_for))
             }
@@ -353,8 +367,8 @@ impl fmt::Display for Swarm {
         let r = |(a, b): (Micros, Micros)| format!("{}-{} ms", a / 1000, b / 1000);
         write!(
             f,
-            "kinds [{}], gap {}, cuts {}, pauses {}, down {}, latency {}-{} us, {} talkers, \
-             {} probers, drift <= {} ppm, offset <= {} ms",
+            "kinds [{}], gap {}, cuts {}, pauses {}, down {}, latency {}-{} us, fsync {}-{} us, \
+             {} talkers, {} probers, drift <= {} ppm, offset <= {} ms",
             kinds.join(" "),
             r(self.gap),
             r(self.cut_for),
@@ -362,6 +376,8 @@ impl fmt::Display for Swarm {
             r(self.down_for),
             self.latency.0,
             self.latency.1,
+            self.fsync_latency.0,
+            self.fsync_latency.1,
             self.talkers,
             self.probers,
             self.skew.max_ppm,
@@ -410,7 +426,7 @@ mod tests {
         assert!(mixes.iter().any(|m| m.kinds.len() >= 9));
     }
 
-    /// Enough seeds that some draw every kind off (1 in 1024 without membership), so the
+    /// Enough seeds that some draw every kind off (1 in 2048 without membership), so the
     /// fallback to one kind is exercised.
     #[test]
     fn no_membership_kind_when_the_base_run_has_none() {

@@ -69,7 +69,11 @@ impl World {
     /// Whether node `id` may be without its data now: only if no other node is without its
     /// data already (wiped and not caught up, durably so), since the design keeps acknowledged
     /// writes only while a majority keeps its disks, and never in a cluster of 1 or 2.
+    /// In the core liveness phase, never: the nodes left failed are without their data.
     pub(super) fn may_lose_data(&self, id: NodeId) -> bool {
+        if self.core.is_some() {
+            return false;
+        }
         let n = self.voters().len();
         if n - 1 < n / 2 + 1 {
             return false; // in a cluster of 1 or 2, the others are no majority
