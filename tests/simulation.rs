@@ -1,7 +1,9 @@
 //! Deterministic simulation of whole clusters (`ringchat::sim`): many random-fault seeds with
 //! every invariant checked after every step (membership changes among the faults: new nodes
 //! joining, members removed), a determinism check, and scenario tests that pin down one
-//! behaviour each. A failure prints the seed and the command that replays it.
+//! behaviour each. Swarm seeds (each its own fault mix) and seeds of the core liveness mode
+//! (a random majority healed, the rest failed for good) run too. A failure prints the seed and
+//! the command that replays it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -10,7 +12,7 @@ use ringchat::codec::PeerFrame;
 use ringchat::core::log::Command;
 use ringchat::core::{NodeId, Role};
 use ringchat::sim::faults::CrashPoint;
-use ringchat::sim::{self, ms, Micros, Report, SimConfig, World};
+use ringchat::sim::{self, ms, Micros, Report, SimConfig, SkewBounds, World};
 
 /// Runs every seed of `seeds` with `cfg(seed)`; panics listing every failing seed.
 fn run_all(seeds: std::ops::Range<u64>, cfg: impl Fn(u64) -> SimConfig) -> Vec<Report> {
@@ -103,6 +105,208 @@ fn a_seed_replays_exactly() {
         a.trace_hash, b.trace_hash,
         "the trace hash ignores the seed"
     );
+}
+
+// ----- swarm testing, the core liveness mode, per-node clocks -----
+
+/// Swarm seeds: 3 nodes, every fourth 5.
+fn swarm_cfg(seed: u64) -> SimConfig {
+    SimConfig::swarm(seed).with_nodes(if seed % 4 == 3 { 5 } else { 3 })
+}
+
+fn swarm_seeds(seeds: std::ops::Range<u64>) {
+    let n = seeds.end - seeds.start;
+    let reports = run_all(seeds, swarm_cfg);
+    let mixes: std::collections::BTreeSet<Vec<&str>> = reports
+        .iter()
+        .map(|r| {
+            r.swarm
+                .as_ref()
+                .expect("a swarm run reports its mix")
+                .names()
+        })
+        .collect();
+    assert!(
+        mixes.len() as u64 > n / 2,
+        "only {} distinct mixes in {n} seeds",
+        mixes.len()
+    );
+}
+
+#[test]
+fn swarm_seeds_0_to_49() {
+    swarm_seeds(0..50);
+}
+
+#[test]
+fn swarm_seeds_50_to_99() {
+    swarm_seeds(50..100);
+}
+
+/// Core liveness seeds: each leaves at least one node failed for good, and the core (at
+/// least two nodes) converged.
+fn core_seeds(seeds: std::ops::Range<u64>) {
+    let reports = run_all(seeds, |seed| swarm_cfg(seed).core_liveness());
+    for r in &reports {
+        assert!(
+            !r.left_crashed.is_empty() || !r.left_cut_off.is_empty(),
+            "seed {}: no node left failed: {r}",
+            r.seed
+        );
+        assert!(r.core.len() >= 2, "seed {}: core {:?}", r.seed, r.core);
+    }
+    let crashed = reports
+        .iter()
+        .filter(|r| !r.left_crashed.is_empty())
+        .count();
+    let cut = reports
+        .iter()
+        .filter(|r| !r.left_cut_off.is_empty())
+        .count();
+    assert!(
+        crashed > 0 && cut > 0,
+        "{crashed} seeds left nodes crashed, {cut} left nodes cut off: both fates must occur"
+    );
+}
+
+#[test]
+fn core_liveness_seeds_0_to_49() {
+    core_seeds(0..50);
+}
+
+#[test]
+fn core_liveness_seeds_50_to_99() {
+    core_seeds(50..100);
+}
+
+/// The core liveness mode really leaves a minority failed: once the core converged, its
+/// leader's configuration has the core as a majority; every node outside the core is down
+/// (crashed) or running but cut off from every core node, and stays so; most seeds leave a
+/// voting member of the final configuration failed.
+#[test]
+fn the_core_liveness_mode_leaves_a_minority_failed_for_good() {
+    let mut with_failed_member = 0;
+    let seeds = 0..16;
+    for seed in seeds.clone() {
+        let cfg = swarm_cfg(seed).core_liveness();
+        let (safety, bound) = (cfg.safety, cfg.liveness_bound);
+        let mut w = World::new(cfg);
+        ok(w.run_until(safety));
+        ok(w.settle_core(bound));
+        ok(w.run_for(ms(500)));
+        let core = w.core().expect("the core phase ran").to_vec();
+        let (crashed, cut) = w.left_failed().expect("the core phase ran");
+        let (crashed, cut) = (crashed.to_vec(), cut.to_vec());
+        assert!(
+            !crashed.is_empty() || !cut.is_empty(),
+            "seed {seed}: none failed"
+        );
+        let leader = w.leader().expect("a leader");
+        assert!(
+            core.contains(&leader),
+            "seed {seed}: leader {leader} outside {core:?}"
+        );
+        let config = w.node(leader).unwrap().configs().current().ids();
+        let in_core = config.iter().filter(|m| core.contains(m)).count();
+        assert!(
+            2 * in_core > config.len(),
+            "seed {seed}: core {core:?} is no majority of {config:?}"
+        );
+        if config.iter().any(|m| !core.contains(m)) {
+            with_failed_member += 1;
+        }
+        for &id in &crashed {
+            assert!(
+                w.node(id).is_none(),
+                "seed {seed}: node {id} left crashed runs"
+            );
+        }
+        for &id in &cut {
+            assert!(
+                w.node(id).is_some(),
+                "seed {seed}: node {id} left cut off is down"
+            );
+            for &c in &core {
+                assert!(
+                    w.cut_between(id, c) && !w.linked(id, c),
+                    "seed {seed}: node {id} left cut off reaches core node {c}"
+                );
+            }
+        }
+    }
+    let n = seeds.end - seeds.start;
+    assert!(
+        with_failed_member * 4 >= n * 3,
+        "only {with_failed_member} of {n} seeds left a member of the final configuration failed"
+    );
+}
+
+#[test]
+fn a_swarm_seed_replays_its_mix_exactly() {
+    for seed in [3, 77] {
+        for cfg in [
+            SimConfig::swarm(seed),
+            SimConfig::swarm(seed).core_liveness(),
+        ] {
+            let a = sim::run(cfg.clone()).unwrap_or_else(|f| panic!("{f}"));
+            let b = sim::run(cfg).unwrap_or_else(|f| panic!("{f}"));
+            assert_eq!(a, b, "seed {seed} ran differently twice");
+        }
+    }
+    // A failure names the flags of the base configuration, from which the mix is drawn again.
+    let base = SimConfig::swarm(5).core_liveness();
+    let w = World::new(base.clone());
+    assert_eq!(w.config().replay_flags(), base.replay_flags());
+    assert_eq!(base.replay_flags(), "--nodes 3 --core");
+    assert!(SimConfig::new(5).replay_flags().contains("--no-swarm"));
+    let a = sim::run(SimConfig::swarm(11)).unwrap();
+    let b = sim::run(SimConfig::swarm(12)).unwrap();
+    assert_ne!(a.swarm, b.swarm, "two seeds drew the same mix");
+}
+
+/// Every node reads its own clock (drift up to 5%, offsets up to 30 s), keeps it across a
+/// restart, and the cluster still converges with every invariant holding.
+#[test]
+fn every_node_reads_its_own_clock() {
+    let mut cfg = SimConfig::new(21);
+    cfg.skew = SkewBounds {
+        max_ppm: 50_000,
+        max_offset_ms: 30_000,
+    };
+    let (safety, bound) = (cfg.safety, cfg.liveness_bound);
+    let mut w = World::new(cfg);
+    ok(w.run_until(safety));
+    let clocks: Vec<_> = (1..=3).map(|id| w.node_clock(id)).collect();
+    assert!(
+        clocks[0] != clocks[1] && clocks[1] != clocks[2],
+        "{clocks:?}"
+    );
+    let nows: Vec<_> = (1..=3).map(|id| w.now_of(id)).collect();
+    assert!(nows[0].mono != nows[1].mono && nows[0].unix_ms != nows[1].unix_ms);
+    // A node's wall clock is off by its offset plus what its drift added since the start.
+    for (id, c) in (1..=3).zip(&clocks) {
+        let d = w.now_of(id).unix_ms as i64 - (1_700_000_000_000 + (w.now() / 1000) as i64);
+        let drift_ms = (w.now() as i64 / 1000) * c.drift_ppm / 1_000_000;
+        assert!(
+            (d - c.offset_ms - drift_ms).abs() <= 2,
+            "node {id}: wall clock {d} ms off, expected {} + {drift_ms}",
+            c.offset_ms
+        );
+    }
+    let before = w.now_of(2).mono;
+    w.crash(2, CrashPoint::Idle);
+    ok(w.run_for(ms(100)));
+    w.restart(2);
+    assert_eq!(
+        w.node_clock(2),
+        clocks[1],
+        "a restart keeps the node's clock"
+    );
+    assert!(
+        w.now_of(2).mono > before,
+        "the node's clock goes on across a restart"
+    );
+    ok(w.settle(bound));
 }
 
 // ----- scenarios -----

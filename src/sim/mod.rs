@@ -12,8 +12,12 @@
 //! disks, wiped disks, client connection resets, and membership changes: new nodes joining,
 //! members removed), then a liveness phase where every fault is healed and the cluster must
 //! converge (one leader, every node a member that agrees on the configuration, everything
-//! committed, applied and delivered, nothing unacked) within a bound. [`World`] also serves
-//! scenario tests: the same faults, injected by hand.
+//! committed, applied and delivered, nothing unacked) within a bound, or, in the core
+//! liveness mode ([`LivenessMode::Core`]), where a random majority is healed and every other
+//! node stays failed for good, and that majority must serve every client. In a swarm run
+//! ([`swarm`]) the seed picks its own fault mix, rates, latencies and clients. Every node
+//! reads its own clock ([`clock::NodeClock`]: drift and wall-clock offset). [`World`] also
+//! serves scenario tests: the same faults, injected by hand.
 //!
 //! ```no_run
 //! let report = ringchat::sim::run(ringchat::sim::SimConfig::new(42)).unwrap();
@@ -25,6 +29,7 @@ pub mod client;
 pub mod clock;
 pub mod faults;
 pub mod network;
+pub mod swarm;
 pub mod world;
 
 use std::collections::BTreeMap;
@@ -32,7 +37,10 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-pub use clock::{ms, Micros};
+use crate::core::NodeId;
+
+pub use clock::{ms, Micros, NodeClock, SkewBounds};
+pub use swarm::{FaultKind, Swarm};
 pub use world::World;
 
 /// Everything that shapes one run besides the seed's random choices.
@@ -88,6 +96,29 @@ pub struct SimConfig {
     pub reset_silent_links: bool,
     /// Print the trace of the run on stderr.
     pub verbose: bool,
+    /// Swarm testing: the seed picks its own fault mix, rates, latencies, clients and clock
+    /// skew ([`Swarm`]) within what the fields above allow.
+    pub swarm: bool,
+    /// Bounds of the per-node clock drift and wall-clock offset (each node's own, drawn from
+    /// the seed and its id).
+    pub skew: SkewBounds,
+    /// What the phase after the faults heals and requires.
+    pub liveness_mode: LivenessMode,
+    /// The replay flags of the configuration before the swarm shaped it (set by
+    /// [`Swarm::apply`]; the mix is drawn again from them).
+    pub base_flags: Option<String>,
+}
+
+/// What the run does after its fault phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LivenessMode {
+    /// Heal every fault; the whole cluster must converge.
+    #[default]
+    HealAll,
+    /// As the VOPR's liveness mode: heal a random majority of the voting members (the core)
+    /// and leave every other node failed for good (crashed, or cut off from the core); the
+    /// core must elect a leader among itself and serve every client, which fails over to it.
+    Core,
 }
 
 impl SimConfig {
@@ -117,13 +148,47 @@ impl SimConfig {
             membership: 8,
             reset_silent_links: true,
             verbose: false,
+            swarm: false,
+            skew: SkewBounds {
+                max_ppm: 200,
+                max_offset_ms: 5000,
+            },
+            liveness_mode: LivenessMode::HealAll,
+            base_flags: None,
         }
+    }
+
+    /// The run of `seed` as `ringchat-sim` runs it by default: a swarm seed (its own fault
+    /// mix).
+    pub fn swarm(seed: u64) -> SimConfig {
+        SimConfig {
+            swarm: true,
+            ..SimConfig::new(seed)
+        }
+    }
+
+    /// The same in the core liveness mode ([`LivenessMode::Core`]).
+    pub fn core_liveness(mut self) -> SimConfig {
+        self.liveness_mode = LivenessMode::Core;
+        self
     }
 
     /// The `ringchat-sim` flags other than `--seed` that make this run (those it has).
     pub fn replay_flags(&self) -> String {
+        if let Some(flags) = &self.base_flags {
+            return flags.clone();
+        }
         let d = SimConfig::new(self.seed);
         let mut flags = format!("--nodes {}", self.nodes);
+        if !self.swarm {
+            flags += " --no-swarm";
+        }
+        if self.liveness_mode == LivenessMode::Core {
+            flags += " --core";
+        }
+        if self.skew == SkewBounds::NONE {
+            flags += " --no-skew";
+        }
         if self.membership != d.membership {
             flags += &format!(" --membership {}", self.membership);
         }
@@ -187,6 +252,16 @@ pub struct Report {
     pub zombies: u64,
     /// Time from healing to convergence.
     pub liveness_ms: u64,
+    /// The seed's fault mix (swarm runs).
+    pub swarm: Option<Swarm>,
+    /// How the run ended its fault phase.
+    pub liveness_mode: LivenessMode,
+    /// Core mode: the healed majority of the voting members.
+    pub core: Vec<NodeId>,
+    /// Core mode: voting members (of the core's configurations) left crashed for good.
+    pub left_crashed: Vec<NodeId>,
+    /// Core mode: voting members left running but cut off from the core for good.
+    pub left_cut_off: Vec<NodeId>,
     /// Fingerprint of everything that happened, for determinism checks.
     pub trace_hash: u64,
 }
@@ -216,7 +291,18 @@ impl fmt::Display for Report {
             self.refused,
             self.liveness_ms,
             self.trace_hash
-        )
+        )?;
+        if self.liveness_mode == LivenessMode::Core {
+            write!(
+                f,
+                "; core {:?}, left crashed {:?}, left cut off {:?}",
+                self.core, self.left_crashed, self.left_cut_off
+            )?;
+        }
+        if let Some(mix) = &self.swarm {
+            write!(f, "; mix: {mix}")?;
+        }
+        Ok(())
     }
 }
 
@@ -275,9 +361,12 @@ pub fn run(cfg: SimConfig) -> Result<Report, Failure> {
 }
 
 fn run_phases(cfg: SimConfig) -> Result<Report, Failure> {
-    let (safety, bound) = (cfg.safety, cfg.liveness_bound);
+    let (safety, bound, mode) = (cfg.safety, cfg.liveness_bound, cfg.liveness_mode);
     let mut w = World::new(cfg);
     w.run_until(safety)?;
-    let took = w.settle(bound)?;
+    let took = match mode {
+        LivenessMode::HealAll => w.settle(bound)?,
+        LivenessMode::Core => w.settle_core(bound)?,
+    };
     Ok(w.report(took / 1000))
 }

@@ -37,7 +37,10 @@ impl World {
             changing: self.removing.is_some(),
             clients: self.clients.len(),
         };
-        let drawn = self.plan.draw(&mut self.rng, &scene);
+        let drawn = match &self.swarm {
+            Some(mix) => mix.draw_fault(&self.plan, &mut self.rng, &scene),
+            None => self.plan.draw(&mut self.rng, &scene),
+        };
         if let Some((fault, dur)) = drawn {
             self.apply_fault(fault, dur);
         }
@@ -66,7 +69,11 @@ impl World {
     /// Whether node `id` may be without its data now: only if no other node is without its
     /// data already (wiped and not caught up, durably so), since the design keeps acknowledged
     /// writes only while a majority keeps its disks, and never in a cluster of 1 or 2.
+    /// In the core liveness phase, never: the nodes left failed are without their data.
     pub(super) fn may_lose_data(&self, id: NodeId) -> bool {
+        if self.core.is_some() {
+            return false;
+        }
         let n = self.voters().len();
         if n - 1 < n / 2 + 1 {
             return false; // in a cluster of 1 or 2, the others are no majority

@@ -32,7 +32,7 @@ impl World {
     /// The node closed `conn`: it learns at once (as the driver tells it), the client after
     /// what was queued for it.
     pub(super) fn node_closes(&mut self, id: NodeId, conn: ConnId) -> bool {
-        let now = self.clock.now();
+        let now = self.now_of(id);
         let Some(ci) = self.conns.get(&conn) else {
             return false;
         };

@@ -113,7 +113,7 @@ impl World {
     /// The node learned it was removed: it tells its clients to go elsewhere and stops; it is
     /// never restarted.
     fn stop_for_good(&mut self, id: NodeId, why: &str) {
-        let now = self.clock.now();
+        let now = self.now_of(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -246,7 +246,7 @@ impl World {
     /// A node (re)started: a new process, whose join client starts afresh if the core says it
     /// should join (it is no member from its data).
     pub(super) fn joiner_started(&mut self, id: NodeId) {
-        let mono = self.clock.now().mono;
+        let mono = self.now_of(id).mono;
         let Some(n) = self.nodes.get(&id) else {
             return;
         };
@@ -268,7 +268,7 @@ impl World {
         if fresh && !self.new_join_client(id, restarts) {
             return;
         }
-        let now = self.clock.now().mono;
+        let now = self.now_of(id).mono;
         if let Some(r) = self.join_run(id) {
             r.client.start(now, None);
         }
@@ -355,7 +355,8 @@ impl World {
     /// (its next run starts one), a paused one looks again later.
     fn join_pump(&mut self, id: NodeId) {
         let t = self.clock.micros();
-        let now = self.clock.now();
+        let now = self.now_of(id);
+        let node_clock = self.node_clock(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -393,7 +394,10 @@ impl World {
                 }
             }
         }
-        if let Some(at) = ready.deadline.map(|d| self.clock.micros_of(d).max(t)) {
+        if let Some(at) = ready
+            .deadline
+            .map(|d| self.clock.micros_of_on(&node_clock, d).max(t))
+        {
             if r.tick_at.is_none_or(|x| x > at) {
                 r.tick_at = Some(at);
                 self.schedule(at, Event::JoinTick(id));
@@ -478,7 +482,7 @@ impl World {
             return;
         }
         let at = self.clock.micros() + self.rpc_latency();
-        let now = self.clock.now();
+        let now = self.now_of(to);
         let Some(n) = self.nodes.get_mut(&to) else {
             return;
         };
@@ -528,7 +532,7 @@ impl World {
         if !self.alive_and_running(joiner) || self.net.faulty(joiner, from) {
             return;
         }
-        let now = self.clock.now().mono;
+        let now = self.now_of(joiner).mono;
         let Some(r) = self.join_run(joiner) else {
             return;
         };
@@ -561,7 +565,7 @@ impl World {
         let mut asked = running[self.rng.usize(..running.len())];
         let mut answer = None;
         for _ in 0..2 {
-            let now = self.clock.now();
+            let now = self.now_of(asked);
             let Some(node) = self.nodes.get_mut(&asked).and_then(|n| n.node.as_mut()) else {
                 break;
             };

@@ -5,7 +5,9 @@
 
 mod chaos;
 mod clients;
+mod clocks;
 mod links;
+mod liveness;
 mod membership;
 mod nodes;
 
@@ -21,6 +23,7 @@ use super::client::{ClientKind, ClientParams, ClientSpec, SimClient};
 use super::clock::{ms, Clock, Micros, TraceHash};
 use super::faults::{CrashPoint, FaultPlan, Heal};
 use super::network::Network;
+use super::swarm::Swarm;
 use super::{Failure, Report, SimConfig};
 use crate::codec::{JoinReply, JoinRequest, PeerFrame};
 use crate::core::join::JoinFailure;
@@ -284,6 +287,10 @@ pub struct World {
     faults_on: bool,
     plan: FaultPlan,
     violation: Option<String>,
+    /// The seed's fault mix, in a swarm run.
+    swarm: Option<Swarm>,
+    /// The core liveness phase, once started.
+    core: Option<liveness::Core>,
 }
 
 const TAG_PEER: u64 = 1;
@@ -298,7 +305,13 @@ const TAG_JOIN: u64 = 8;
 impl World {
     /// A cluster of `cfg.nodes` fresh nodes (all links down, coming up within a few ms) and
     /// the configured clients; random faults start if `cfg.faults`.
-    pub fn new(cfg: SimConfig) -> World {
+    /// With `cfg.swarm`, the seed's mix ([`Swarm::draw`]) shapes the run: `cfg` is the base
+    /// configuration it is drawn from.
+    pub fn new(mut cfg: SimConfig) -> World {
+        let swarm = cfg.swarm.then(|| Swarm::draw(&cfg));
+        if let Some(mix) = &swarm {
+            mix.apply(&mut cfg);
+        }
         let mut rng = fastrand::Rng::with_seed(cfg.seed);
         let net_rng = fastrand::Rng::with_seed(rng.u64(..));
         let members: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
@@ -313,6 +326,9 @@ impl World {
             ..FaultPlan::default()
         };
         plan.sizes = (plan.sizes.0.min(cfg.nodes), plan.sizes.1.max(cfg.nodes));
+        if let Some(mix) = &swarm {
+            plan = mix.plan(plan);
+        }
         let mut w = World {
             rng,
             net_rng,
@@ -338,6 +354,8 @@ impl World {
             faults_on: cfg.faults,
             plan,
             violation: None,
+            swarm,
+            core: None,
             cfg,
         };
         w.targets = w.members.clone();
@@ -557,7 +575,7 @@ impl World {
                 continue;
             }
             if let Some(t) = n.deadline.filter(|_| n.node.is_some()) {
-                consider((self.clock.micros_of(t).max(now), 1, u64::from(id)));
+                consider((self.deadline_micros(id, t).max(now), 1, u64::from(id)));
             }
         }
         for c in &self.clients {
@@ -581,7 +599,10 @@ impl World {
                     self.handle_event(ev);
                 }
             }
-            1 => self.node_timer(id as NodeId),
+            1 => {
+                self.check_due(id as NodeId);
+                self.node_timer(id as NodeId);
+            }
             _ => self.client_tick(id as usize),
         }
         self.check()?;
@@ -916,6 +937,20 @@ impl World {
             zombies: self.stats.zombies_stopped,
             liveness_ms,
             trace_hash: trace.value(),
+            swarm: self.swarm.clone(),
+            liveness_mode: self.cfg.liveness_mode,
+            core: self
+                .core
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.nodes.clone()),
+            left_crashed: self
+                .core
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.crashed.clone()),
+            left_cut_off: self
+                .core
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.cut_off.clone()),
         }
     }
 }

@@ -28,7 +28,7 @@ use super::{
 
 impl World {
     pub(super) fn start_node(&mut self, id: NodeId) {
-        let now = self.clock.now();
+        let now = self.now_of(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -77,7 +77,7 @@ impl World {
     }
 
     pub(super) fn apply_input(&mut self, id: NodeId, input: Input) {
-        let now = self.clock.now();
+        let now = self.now_of(id);
         let t = self.clock.micros();
         let Some(node) = self.nodes.get_mut(&id).and_then(|n| n.node.as_mut()) else {
             return;
@@ -183,7 +183,7 @@ impl World {
     /// as the driver's storage thread does. A failure discards the jobs queued behind it; the
     /// node hands everything not durable out again after the retry pause.
     fn storage_done(&mut self, id: NodeId, restarts: u64) {
-        let now = self.clock.now();
+        let now = self.now_of(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -224,7 +224,7 @@ impl World {
     /// (`BeforeSync`), cut after a random number of changes (`MidWrite`, a torn crash), or
     /// synced but not reported (`BeforeSend`).
     pub(super) fn turn(&mut self, id: NodeId) {
-        let now = self.clock.now();
+        let now = self.now_of(id);
         let micros = self.clock.micros();
         for _ in 0..32 {
             let Some(n) = self.nodes.get_mut(&id) else {
