@@ -40,6 +40,7 @@
 #            CATCHUP_LEAD (0.5 s of the open loop before the kill)  CATCHUP_TIMEOUT (300 s)
 #            CATCHUP_SETTLE (5 s of quiet between the load and the first open loop)
 #   SNAPSHOT_ENTRIES (empty: the daemon's default)  TEXT_BYTES (32)
+#   DAEMON_FLAGS="..." (more ringchatd flags for every node, e.g. --replication-linger-us 0)
 #   NO_BUILD=1 (skip cargo build --release)  BIN_DIR=/some/dir (use the binaries there instead
 #   of target/release; no build)  BENCH_DIR=/some/dir (where the temp dir goes; default $TMPDIR
 #   or /tmp)  KEEP=1 (keep the data dirs and daemon logs; the path is printed)
@@ -102,6 +103,9 @@ tmp=$(make_tmp ringchat-bench-durable)
 
 storage_flags=()
 [ -z "$SNAPSHOT_ENTRIES" ] || storage_flags+=(--snapshot-entries "$SNAPSHOT_ENTRIES")
+# More ringchatd flags for every node, e.g. DAEMON_FLAGS="--replication-linger-us 0".
+read -r -a daemon_flags <<<"${DAEMON_FLAGS:-}"
+storage_flags+=("${daemon_flags[@]}")
 
 cluster_pids=() # the 3 nodes of the current cluster (lib-bench.sh)
 single_pid=""   # the restart scenario's node
