@@ -938,13 +938,15 @@ impl Driver {
         loop {
             let drops = self.drops + self.mesh.drops();
             let mut ready = self.node.turn(now, self.persister.can_take(now.mono));
-            self.node_deadline = ready.deadline;
-            self.mesh.set_epoch(self.node.epoch());
             // Storage first: a thread starts syncing while the sends go out.
             if let Some(job) = ready.persist.take() {
                 self.persister.submit(now.mono, job);
             }
-            self.drain_actions(now, std::mem::take(&mut ready.actions));
+            self.node_deadline = ready.deadline;
+            self.mesh.set_epoch(self.node.epoch());
+            let mut actions = std::mem::take(&mut ready.actions);
+            self.drain_actions(now, &mut actions);
+            self.node.recycle(actions);
             // `flush` never adds to `dirty`, so the list's allocation is reused.
             let mut dirty = std::mem::take(&mut self.dirty);
             for id in dirty.drain(..) {
@@ -964,8 +966,8 @@ impl Driver {
     }
 
     /// Step 5: the node's actions into output queues and closes.
-    fn drain_actions(&mut self, now: Now, actions: Vec<Action>) {
-        for action in actions {
+    fn drain_actions(&mut self, now: Now, actions: &mut Vec<Action>) {
+        for action in actions.drain(..) {
             match action {
                 Action::Send { conn, bytes } => {
                     let Some(key) = self.key_of(conn) else {

@@ -186,8 +186,7 @@ impl Node {
                 "node {}: link to peer {peer} silent: {reason}; closing it and dialing again",
                 self.cfg.id
             );
-            self.actions
-                .push_back(Action::ResetPeer { to: peer, reason });
+            self.actions.push(Action::ResetPeer { to: peer, reason });
             self.handle_peer_disconnected(now, peer);
         }
     }
@@ -410,7 +409,7 @@ impl Node {
 
     pub(super) fn send_peer(&mut self, to: NodeId, frame: &PeerFrame) {
         let bytes = encode_peer(frame);
-        self.actions.push_back(Action::SendPeer { to, bytes });
+        self.actions.push(Action::SendPeer { to, bytes });
     }
 }
 

@@ -433,7 +433,7 @@ impl Node {
         let bytes = encode_peer(&PeerFrame::Elected(elected.clone()));
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for to in peers {
-            self.actions.push_back(Action::SendPeer {
+            self.actions.push(Action::SendPeer {
                 to,
                 bytes: bytes.clone(),
             });

@@ -17,7 +17,7 @@ mod timers;
 
 pub use ready::{PersistJob, Ready, SnapshotWrite};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -297,7 +297,10 @@ pub struct Node {
     /// [`NodeConfig::leaderless_limit`]).
     leaderless_since: Option<Instant>,
     told_no_leader: bool,
-    actions: VecDeque<Action>,
+    actions: Vec<Action>,
+    /// An emptied actions buffer the shell gave back ([`Node::recycle`]), so a turn hands
+    /// out its actions without copying them and the next fills a buffer already grown.
+    spare_actions: Vec<Action>,
     rng: fastrand::Rng,
     shutting_down: bool,
     /// Started without durable state in a cluster of several: until it has caught up (or sees
@@ -442,7 +445,8 @@ impl Node {
             leader_since: now.mono,
             leaderless_since: None,
             told_no_leader: false,
-            actions: VecDeque::new(),
+            actions: Vec::new(),
+            spare_actions: Vec::new(),
             rng,
             shutting_down: false,
             amnesia,
@@ -728,7 +732,7 @@ impl Node {
                 let h = self.held.remove(i);
                 let leads = |e| self.role == Role::Leader && self.hard.epoch == e;
                 if h.leading.is_none_or(leads) {
-                    self.actions.push_back(h.action);
+                    self.actions.push(h.action);
                 }
             } else {
                 i += 1;
@@ -939,7 +943,7 @@ impl Node {
                 // the driver ignores sends to connections it no longer has.
                 for m in self.chat.members(&room) {
                     if m.node == self.cfg.id && m.incarnation == self.incarnation {
-                        self.actions.push_back(Action::Send {
+                        self.actions.push(Action::Send {
                             conn: m.conn,
                             bytes: bytes.clone(),
                         });
@@ -1002,7 +1006,7 @@ impl Node {
         if let Err(e) = codec::encode_into(&ServerFrame::Joined(joined), &mut buf) {
             log::error!("node {}: cannot encode Joined for {room}: {e}", self.cfg.id);
         }
-        self.actions.push_back(Action::Send {
+        self.actions.push(Action::Send {
             conn,
             bytes: buf.into(),
         });
@@ -1045,7 +1049,7 @@ impl Node {
         };
         for m in self.chat.members(room) {
             if Some(*m) != skip && self.is_local(*m) {
-                self.actions.push_back(Action::Send {
+                self.actions.push(Action::Send {
                     conn: m.conn,
                     bytes: bytes.clone(),
                 });
@@ -1081,7 +1085,7 @@ impl Node {
 
     fn send(&mut self, conn: ConnId, frame: &ServerFrame) {
         if let Some(bytes) = self.encode(frame) {
-            self.actions.push_back(Action::Send { conn, bytes });
+            self.actions.push(Action::Send { conn, bytes });
         }
     }
 
@@ -1101,7 +1105,7 @@ impl Node {
     }
 
     fn close(&mut self, conn: ConnId, reason: String) {
-        self.actions.push_back(Action::Close { conn, reason });
+        self.actions.push(Action::Close { conn, reason });
     }
 }
 

@@ -97,12 +97,20 @@ impl Node {
             _ => None,
         };
         Ready {
-            actions: self.actions.drain(..).collect(),
+            actions: std::mem::replace(&mut self.actions, std::mem::take(&mut self.spare_actions)),
             persist,
             peers,
             removed,
             rejoin: self.join_stalled(now.mono),
             deadline: self.poll_timeout(),
+        }
+    }
+
+    /// Gives back a `Ready`'s actions buffer once carried out, for a later turn to fill.
+    pub fn recycle(&mut self, mut actions: Vec<Action>) {
+        actions.clear();
+        if actions.capacity() > self.spare_actions.capacity() {
+            self.spare_actions = actions;
         }
     }
 

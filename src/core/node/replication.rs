@@ -303,7 +303,7 @@ impl Node {
                     // Also an empty one, so it cannot overtake the entries before it.
                     self.hold_as_leader(last, action);
                 } else {
-                    self.actions.push_back(action);
+                    self.actions.push(action);
                 }
             }
             // Batches are bounded far below the frame limit, so this is a bug: say so and
@@ -336,7 +336,7 @@ impl Node {
 
     fn hold_with(&mut self, index: LogIndex, action: Action, leading: Option<Epoch>) {
         if self.hard_persisted >= self.hard_version && self.log.persisted() >= index {
-            self.actions.push_back(action);
+            self.actions.push(action);
         } else {
             self.held.push(Held {
                 hard_version: self.hard_version,

@@ -213,18 +213,7 @@ impl World {
             self.restart(id);
         }
         let now = self.clock.micros();
-        let (one_way, released) = self.net.clear_faults(now, &mut self.net_rng);
-        for (from, to, at, generation, bytes) in released {
-            let input = Input::Peer {
-                from,
-                generation,
-                bytes,
-            };
-            self.schedule(at, Event::Input { node: to, input });
-        }
-        for (a, b) in one_way {
-            self.reset_link(a, b, false);
-        }
+        self.clear_network_faults();
         for (a, b) in self.net.pairs() {
             if !self.net.connected(a, b) {
                 let at = now + self.rng.u64(ms(1)..=ms(20));

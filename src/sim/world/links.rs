@@ -6,7 +6,7 @@ use crate::core::{NodeId, SharedBytes};
 use crate::driver::peers::FALLBACK_DIAL_AFTER;
 use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::Heal;
-use crate::sim::network::Sent;
+use crate::sim::network::{Released, Sent};
 
 use super::{Event, Input, World, TAG_LINK};
 
@@ -169,14 +169,7 @@ impl World {
         let now = self.clock.micros();
         for (a, b) in pairs {
             let (released, uncut) = self.net.end_silent(a, b, now, &mut self.net_rng);
-            for (from, to, at, generation, bytes) in released {
-                let input = Input::Peer {
-                    from,
-                    generation,
-                    bytes,
-                };
-                self.schedule(at, Event::Input { node: to, input });
-            }
+            self.deliver_released(released);
             if uncut && !self.net.connected(a, b) {
                 let cycle = self.nodes.get(&a.min(b)).map_or(ms(300), |n| {
                     (n.cfg.dial_timeout() + n.cfg.dial_backoff_max()).as_micros() as Micros
@@ -184,6 +177,29 @@ impl World {
                 let at = now + ms(1) + self.rng.u64(0..=cycle);
                 self.schedule(at, Event::LinkUp(a, b));
             }
+        }
+    }
+
+    /// Schedules the arrival of the frames a clog or a silent cut held back.
+    pub(super) fn deliver_released(&mut self, released: Vec<Released>) {
+        for (from, to, at, generation, bytes) in released {
+            let input = Input::Peer {
+                from,
+                generation,
+                bytes,
+            };
+            self.schedule(at, Event::Input { node: to, input });
+        }
+    }
+
+    /// Ends every network fault (the liveness phases): held frames arrive, links that lost
+    /// frames one way are reset.
+    pub(super) fn clear_network_faults(&mut self) {
+        let now = self.clock.micros();
+        let (one_way, released) = self.net.clear_faults(now, &mut self.net_rng);
+        self.deliver_released(released);
+        for (a, b) in one_way {
+            self.reset_link(a, b, false);
         }
     }
 

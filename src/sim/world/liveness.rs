@@ -16,7 +16,7 @@ use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::CrashPoint;
 use crate::sim::Failure;
 
-use super::{Event, Input, World};
+use super::{Event, World};
 
 /// The core of a core liveness phase and the nodes left failed.
 #[derive(Clone, Debug, Default)]
@@ -186,18 +186,7 @@ impl World {
             self.events.remove(&k);
         }
         let now = self.clock.micros();
-        let (one_way, released) = self.net.clear_faults(now, &mut self.net_rng);
-        for (from, to, at, generation, bytes) in released {
-            let input = Input::Peer {
-                from,
-                generation,
-                bytes,
-            };
-            self.schedule(at, Event::Input { node: to, input });
-        }
-        for (a, b) in one_way {
-            self.reset_link(a, b, false);
-        }
+        self.clear_network_faults();
         if !cut_off.is_empty() {
             self.cut(&cut_off);
         }
@@ -288,26 +277,8 @@ impl World {
             if !running(&id) {
                 return Some(format!("core node {id} is down"));
             }
-            let node = self.node(id)?;
-            let s = node.stats();
-            if s.leader != Some(leader) || s.epoch != ls.epoch {
-                return Some(format!(
-                    "core node {id} follows {:?} in epoch {} (leader {leader}, epoch {})",
-                    s.leader, s.epoch, ls.epoch
-                ));
-            }
-            if s.applied != ls.last_index || s.last_index != ls.last_index {
-                return Some(format!(
-                    "core node {id} applied {} of {} (log {})",
-                    s.applied, ls.last_index, s.last_index
-                ));
-            }
-            if node.configs().current() != config {
-                return Some(format!(
-                    "core node {id} has configuration {:?}, leader {leader} {:?}",
-                    node.configs().current(),
-                    config
-                ));
+            if let Some(why) = self.lags_behind(id, leader) {
+                return Some(format!("core {why}"));
             }
             for &other in core {
                 if other != id

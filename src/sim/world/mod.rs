@@ -556,6 +556,35 @@ impl World {
         }
     }
 
+    /// Why node `id` does not follow `leader` in its epoch with everything applied and the same
+    /// configuration, if it does not (None too if either is not running).
+    pub(super) fn lags_behind(&self, id: NodeId, leader: NodeId) -> Option<String> {
+        let lnode = self.node(leader)?;
+        let (ls, config) = (lnode.stats(), lnode.configs().current());
+        let node = self.node(id)?;
+        let s = node.stats();
+        if s.leader != Some(leader) || s.epoch != ls.epoch {
+            return Some(format!(
+                "node {id} follows {:?} in epoch {} (leader {leader}, epoch {})",
+                s.leader, s.epoch, ls.epoch
+            ));
+        }
+        if s.applied != ls.last_index || s.last_index != ls.last_index {
+            return Some(format!(
+                "node {id} applied {} of {} (log {})",
+                s.applied, ls.last_index, s.last_index
+            ));
+        }
+        if node.configs().current() != config {
+            return Some(format!(
+                "node {id} has configuration {:?}, leader {leader} {:?}",
+                node.configs().current(),
+                config
+            ));
+        }
+        None
+    }
+
     /// Runs one step (the earliest event, node timer or client timer, if not after `limit`),
     /// then checks the invariants. Ok(false) when nothing is due until `limit` (the clock is
     /// then at `limit`).
@@ -764,26 +793,8 @@ impl World {
             ));
         }
         for &id in &set {
-            let node = self.node(id)?;
-            let s = node.stats();
-            if s.leader != Some(leader) || s.epoch != ls.epoch {
-                return Some(format!(
-                    "node {id} follows {:?} in epoch {} (leader {leader}, epoch {})",
-                    s.leader, s.epoch, ls.epoch
-                ));
-            }
-            if s.applied != ls.last_index || s.last_index != ls.last_index {
-                return Some(format!(
-                    "node {id} applied {} of {} (log {})",
-                    s.applied, ls.last_index, s.last_index
-                ));
-            }
-            if node.configs().current() != config {
-                return Some(format!(
-                    "node {id} has configuration {:?}, leader {leader} {:?}",
-                    node.configs().current(),
-                    config
-                ));
+            if let Some(why) = self.lags_behind(id, leader) {
+                return Some(why);
             }
         }
         let chat = lnode.chat();
