@@ -316,6 +316,9 @@ pub struct Driver {
     persister: Persister,
     /// When the node's next turn is due (from its last [`Ready`]).
     node_deadline: Option<Instant>,
+    /// Buffers kept across turns for what storage completed and what the links reported.
+    completed: Vec<Completion>,
+    link_events: Vec<LinkEvent>,
     accept_retry_at: Option<Instant>,
     /// Connections with new output this turn.
     dirty: Vec<ConnId>,
@@ -491,6 +494,8 @@ impl Driver {
             // The first turn is due at once: the startup join's acceptance is an input the
             // node acts on (linking to the leader) only in a turn, and nothing else may come.
             node_deadline: Some(Instant::now()),
+            completed: Vec::new(),
+            link_events: Vec::new(),
             accept_retry_at: None,
             dirty: Vec::new(),
             closing: Vec::new(),
@@ -615,12 +620,15 @@ impl Driver {
     /// What happened on the peer links becomes the node's input, in order; join requests get
     /// the node's answer.
     fn feed_links(&mut self, now: Now) {
+        // The buffer is kept across turns: every peer frame passes through it.
+        let mut events = std::mem::take(&mut self.link_events);
         loop {
-            let events = self.mesh.take_events();
+            self.mesh.take_events(&mut events);
             if events.is_empty() {
+                self.link_events = events;
                 return;
             }
-            for event in events {
+            for event in events.drain(..) {
                 match event {
                     LinkEvent::Up { peer, client_addr } => {
                         self.node.handle_peer_connected(now, peer, &client_addr)
@@ -647,7 +655,9 @@ impl Driver {
 
     /// Storage's completions become the node's input.
     fn take_completions(&mut self, now: Now) {
-        for done in self.persister.completions(now.mono) {
+        let mut completed = std::mem::take(&mut self.completed);
+        self.persister.completions(now.mono, &mut completed);
+        for done in completed.drain(..) {
             match done {
                 Completion::Persisted(token) => self.node.handle_persisted(now, token),
                 Completion::Failed(why) => {
@@ -660,6 +670,7 @@ impl Driver {
                 }
             }
         }
+        self.completed = completed;
     }
 
     /// Links follow membership changes; a node removed from the cluster stops, saying why; a

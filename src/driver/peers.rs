@@ -536,9 +536,10 @@ impl Mesh {
         }
     }
 
-    /// What happened on the links since the last call, in order, for the node.
-    pub fn take_events(&mut self) -> Vec<LinkEvent> {
-        std::mem::take(&mut self.events)
+    /// Appends to `out` what happened on the links since the last call, in order, for the
+    /// node (both buffers keep their capacity: this runs every loop turn).
+    pub fn take_events(&mut self, out: &mut Vec<LinkEvent>) {
+        out.append(&mut self.events);
     }
 
     /// The node's epoch, for the Hellos of new links.

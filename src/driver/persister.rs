@@ -168,11 +168,12 @@ impl Persister {
         !self.done.is_empty()
     }
 
-    /// What storage finished since the last call, in order.
-    pub fn completions(&mut self, now: Instant) -> Vec<Completion> {
-        let mut out = std::mem::take(&mut self.done);
+    /// Appends to `out` what storage finished since the last call, in order (into the
+    /// caller's buffer: this runs every loop turn).
+    pub fn completions(&mut self, now: Instant, out: &mut Vec<Completion>) {
+        out.append(&mut self.done);
         let Mode::Thread { rx, .. } = &self.mode else {
-            return out;
+            return;
         };
         loop {
             match rx.try_recv() {
@@ -191,14 +192,14 @@ impl Persister {
                     out.push(Completion::Failed(error.to_string()));
                 }
                 Ok(Report::Discarded(jobs)) => self.in_flight -= jobs,
-                Err(TryRecvError::Empty) => return out,
+                Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     if self.in_flight > 0 {
                         self.in_flight = 0;
                         self.retry_at = Some(now + STORAGE_RETRY);
                         out.push(Completion::Failed("the storage thread stopped".to_owned()));
                     }
-                    return out;
+                    return;
                 }
             }
         }
@@ -370,7 +371,7 @@ mod tests {
             assert!(Instant::now() < deadline, "storage answered {got:?} only");
             poll.poll(&mut events, Some(Duration::from_millis(100)))
                 .unwrap();
-            got.extend(p.completions(Instant::now()));
+            p.completions(Instant::now(), &mut got);
         }
         got
     }
@@ -431,7 +432,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         while p.in_flight > 0 {
             assert!(Instant::now() < deadline, "the second job never came back");
-            let more = p.completions(Instant::now());
+            let mut more = Vec::new();
+            p.completions(Instant::now(), &mut more);
             assert!(more.is_empty(), "{more:?}");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -457,7 +459,8 @@ mod tests {
         let token = job.token;
         p.submit(Instant::now(), job);
         assert!(p.has_completions());
-        let done = p.completions(Instant::now());
+        let mut done = Vec::new();
+        p.completions(Instant::now(), &mut done);
         assert!(matches!(done[..], [Completion::Persisted(t)] if t == token));
         assert_eq!(*probe.syncs.lock().unwrap(), 1);
     }

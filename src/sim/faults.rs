@@ -96,6 +96,83 @@ pub enum Heal {
     Disk(NodeId),
 }
 
+/// A kind of fault a seed's mix may enable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// [`Fault::LinkReset`].
+    LinkReset,
+    /// [`Fault::Partition`].
+    Partition,
+    /// [`Fault::Silent`].
+    Silent,
+    /// [`Fault::OneWay`].
+    OneWay,
+    /// [`Fault::Clog`].
+    Clog,
+    /// [`Fault::Pause`].
+    Pause,
+    /// [`Fault::Crash`].
+    Crash,
+    /// [`Fault::Wipe`].
+    Wipe,
+    /// [`Fault::DiskFail`].
+    DiskFail,
+    /// [`Fault::SyncFail`].
+    SyncFail,
+    /// [`Fault::ClientReset`].
+    ClientReset,
+    /// [`Fault::Join`] and [`Fault::Remove`].
+    Membership,
+}
+
+impl FaultKind {
+    /// Every kind, in a fixed order (the order of draws).
+    pub const ALL: [FaultKind; 12] = [
+        FaultKind::LinkReset,
+        FaultKind::Partition,
+        FaultKind::Silent,
+        FaultKind::OneWay,
+        FaultKind::Clog,
+        FaultKind::Pause,
+        FaultKind::Crash,
+        FaultKind::Wipe,
+        FaultKind::DiskFail,
+        FaultKind::SyncFail,
+        FaultKind::ClientReset,
+        FaultKind::Membership,
+    ];
+
+    /// Short name (as [`Fault::name`], "membership" for joins and removals).
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::LinkReset => "link-reset",
+            FaultKind::Partition => "partition",
+            FaultKind::Silent => "silent-partition",
+            FaultKind::OneWay => "one-way",
+            FaultKind::Clog => "clog",
+            FaultKind::Pause => "pause",
+            FaultKind::Crash => "crash",
+            FaultKind::Wipe => "wipe",
+            FaultKind::DiskFail => "disk-fail",
+            FaultKind::SyncFail => "sync-fail",
+            FaultKind::ClientReset => "client-reset",
+            FaultKind::Membership => "membership",
+        }
+    }
+
+    /// Whether the kind needs a link between two nodes (none in a cluster of one).
+    pub(super) fn needs_pair(self) -> bool {
+        matches!(
+            self,
+            FaultKind::LinkReset
+                | FaultKind::Partition
+                | FaultKind::Silent
+                | FaultKind::OneWay
+                | FaultKind::Clog
+        )
+    }
+}
+
 /// How faults are drawn.
 #[derive(Clone, Debug)]
 pub struct FaultPlan {
@@ -154,71 +231,92 @@ impl FaultPlan {
         if rng.u8(..100) < self.membership {
             return self.draw_membership(rng, scene);
         }
-        let Scene {
-            nodes: members,
-            down,
-            clients,
-            ..
-        } = *scene;
-        let n = members.len();
+        let (n, down) = (scene.nodes.len(), scene.down);
         if n == 0 {
             return None;
         }
-        let pick = |rng: &mut fastrand::Rng| members[rng.usize(..n)];
-        let pair = |rng: &mut fastrand::Rng| {
-            let a = members[rng.usize(..n)];
-            let others: Vec<NodeId> = members.iter().copied().filter(|&m| m != a).collect();
-            (a, others[rng.usize(..others.len())])
-        };
-        let span = |rng: &mut fastrand::Rng, (lo, hi): (Micros, Micros)| rng.u64(lo..=hi);
         let voters = scene.members.len().max(1);
         let may_take_down = down.len() < (voters - 1) / 2 || rng.u8(..20) == 0;
         let roll = rng.u8(..100);
         if n < 2 && roll < 54 {
             return None; // no links to break
         }
-        let fault = match roll {
-            0..=17 => {
+        let kind = match roll {
+            0..=17 => FaultKind::LinkReset,
+            // A random non-empty proper subset, often a single node; a third of them silent.
+            18..=27 => FaultKind::Partition,
+            28..=33 => FaultKind::Silent,
+            34..=43 => FaultKind::OneWay,
+            44..=53 => FaultKind::Clog,
+            54..=68 => FaultKind::Pause,
+            69..=71 => FaultKind::DiskFail,
+            72..=74 => FaultKind::SyncFail,
+            75..=91 => FaultKind::Crash,
+            92..=94 => FaultKind::Wipe,
+            _ => FaultKind::ClientReset,
+        };
+        self.fault_of(kind, rng, scene, may_take_down)
+    }
+
+    /// A fault of `kind` on the nodes of `scene`, lasting as this plan says; None when it
+    /// would take a node down that is down already, or take one more down while
+    /// `may_take_down` is false. The fixed mix and the swarm's both build their faults here.
+    pub(super) fn fault_of(
+        &self,
+        kind: FaultKind,
+        rng: &mut fastrand::Rng,
+        scene: &Scene<'_>,
+        may_take_down: bool,
+    ) -> Option<(Fault, Micros)> {
+        let Scene {
+            nodes,
+            down,
+            clients,
+            ..
+        } = *scene;
+        let n = nodes.len();
+        let pick = |rng: &mut fastrand::Rng| nodes[rng.usize(..n)];
+        let pair = |rng: &mut fastrand::Rng| {
+            let a = nodes[rng.usize(..n)];
+            let others: Vec<NodeId> = nodes.iter().copied().filter(|&m| m != a).collect();
+            (a, others[rng.usize(..others.len())])
+        };
+        let span = |rng: &mut fastrand::Rng, (lo, hi): (Micros, Micros)| rng.u64(lo..=hi);
+        // A node to take down, if the guard allows.
+        let victim = |rng: &mut fastrand::Rng| {
+            let v = pick(rng);
+            (!down.contains(&v) && may_take_down).then_some(v)
+        };
+        let fault = match kind {
+            FaultKind::LinkReset => {
                 let (a, b) = pair(rng);
                 (Fault::LinkReset(a, b), span(rng, self.reconnect_after))
             }
-            18..=33 => {
-                // A random non-empty proper subset, often a single node; a third of them
-                // silent.
-                let mut side: Vec<NodeId> =
-                    members.iter().copied().filter(|_| rng.bool()).collect();
+            FaultKind::Partition | FaultKind::Silent => {
+                let mut side: Vec<NodeId> = nodes.iter().copied().filter(|_| rng.bool()).collect();
                 if side.is_empty() || side.len() == n {
                     side = vec![pick(rng)];
                 }
                 let dur = span(rng, self.cut_for);
-                if roll >= 28 {
+                if kind == FaultKind::Silent {
                     (Fault::Silent(side), dur)
                 } else {
                     (Fault::Partition(side), dur)
                 }
             }
-            34..=43 => {
+            FaultKind::OneWay => {
                 let (a, b) = pair(rng);
                 (Fault::OneWay(a, b), span(rng, self.cut_for))
             }
-            44..=53 => {
+            FaultKind::Clog => {
                 let (a, b) = pair(rng);
                 (Fault::Clog(a, b), span(rng, self.cut_for) / 2)
             }
-            54..=68 => {
-                let v = pick(rng);
-                if down.contains(&v) || !may_take_down {
-                    return None;
-                }
-                (Fault::Pause(v), span(rng, self.pause_for))
-            }
-            69..=71 => (Fault::DiskFail(pick(rng)), span(rng, self.pause_for)),
-            72..=74 => (Fault::SyncFail(pick(rng)), 0),
-            75..=91 => {
-                let v = pick(rng);
-                if down.contains(&v) || !may_take_down {
-                    return None;
-                }
+            FaultKind::Pause => (Fault::Pause(victim(rng)?), span(rng, self.pause_for)),
+            FaultKind::DiskFail => (Fault::DiskFail(pick(rng)), span(rng, self.pause_for)),
+            FaultKind::SyncFail => (Fault::SyncFail(pick(rng)), 0),
+            FaultKind::Crash => {
+                let v = victim(rng)?;
                 let point = match rng.u8(..4) {
                     0 => CrashPoint::Idle,
                     1 => CrashPoint::BeforeSync,
@@ -227,24 +325,19 @@ impl FaultPlan {
                 };
                 (Fault::Crash(v, point), span(rng, self.down_for))
             }
-            92..=94 => {
-                let v = pick(rng);
-                if down.contains(&v) || !may_take_down {
-                    return None;
-                }
-                (Fault::Wipe(v), span(rng, self.down_for))
-            }
-            _ => {
+            FaultKind::Wipe => (Fault::Wipe(victim(rng)?), span(rng, self.down_for)),
+            FaultKind::ClientReset => {
                 if clients == 0 {
                     return None;
                 }
                 (Fault::ClientReset(rng.usize(..clients)), 0)
             }
+            FaultKind::Membership => return self.draw_membership(rng, scene),
         };
         Some(fault)
     }
 
-    fn draw_membership(
+    pub(super) fn draw_membership(
         &self,
         rng: &mut fastrand::Rng,
         scene: &Scene<'_>,

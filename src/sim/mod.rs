@@ -40,7 +40,8 @@ use std::time::Duration;
 use crate::core::NodeId;
 
 pub use clock::{ms, Micros, NodeClock, SkewBounds};
-pub use swarm::{FaultKind, Swarm};
+pub use faults::FaultKind;
+pub use swarm::Swarm;
 pub use world::World;
 
 /// Everything that shapes one run besides the seed's random choices.

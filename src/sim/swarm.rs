@@ -10,86 +10,8 @@
 use std::fmt;
 
 use super::clock::{ms, Micros, SkewBounds};
-use super::faults::{CrashPoint, Fault, FaultPlan, Scene};
+use super::faults::{Fault, FaultKind, FaultPlan, Scene};
 use super::SimConfig;
-use crate::core::NodeId;
-
-/// A kind of fault a seed's mix may enable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FaultKind {
-    /// [`Fault::LinkReset`].
-    LinkReset,
-    /// [`Fault::Partition`].
-    Partition,
-    /// [`Fault::Silent`].
-    Silent,
-    /// [`Fault::OneWay`].
-    OneWay,
-    /// [`Fault::Clog`].
-    Clog,
-    /// [`Fault::Pause`].
-    Pause,
-    /// [`Fault::Crash`].
-    Crash,
-    /// [`Fault::Wipe`].
-    Wipe,
-    /// [`Fault::DiskFail`].
-    DiskFail,
-    /// [`Fault::SyncFail`].
-    SyncFail,
-    /// [`Fault::ClientReset`].
-    ClientReset,
-    /// [`Fault::Join`] and [`Fault::Remove`].
-    Membership,
-}
-
-impl FaultKind {
-    /// Every kind, in a fixed order (the order of draws).
-    pub const ALL: [FaultKind; 12] = [
-        FaultKind::LinkReset,
-        FaultKind::Partition,
-        FaultKind::Silent,
-        FaultKind::OneWay,
-        FaultKind::Clog,
-        FaultKind::Pause,
-        FaultKind::Crash,
-        FaultKind::Wipe,
-        FaultKind::DiskFail,
-        FaultKind::SyncFail,
-        FaultKind::ClientReset,
-        FaultKind::Membership,
-    ];
-
-    /// Short name (as [`Fault::name`], "membership" for joins and removals).
-    pub fn name(self) -> &'static str {
-        match self {
-            FaultKind::LinkReset => "link-reset",
-            FaultKind::Partition => "partition",
-            FaultKind::Silent => "silent-partition",
-            FaultKind::OneWay => "one-way",
-            FaultKind::Clog => "clog",
-            FaultKind::Pause => "pause",
-            FaultKind::Crash => "crash",
-            FaultKind::Wipe => "wipe",
-            FaultKind::DiskFail => "disk-fail",
-            FaultKind::SyncFail => "sync-fail",
-            FaultKind::ClientReset => "client-reset",
-            FaultKind::Membership => "membership",
-        }
-    }
-
-    /// Whether the kind needs a link between two nodes (none in a cluster of one).
-    fn needs_pair(self) -> bool {
-        matches!(
-            self,
-            FaultKind::LinkReset
-                | FaultKind::Partition
-                | FaultKind::Silent
-                | FaultKind::OneWay
-                | FaultKind::Clog
-        )
-    }
-}
 
 /// The fault mix and shape of one seed's run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,106 +177,18 @@ impl Swarm {
             }
             roll -= w;
         }
-        let Scene {
-            nodes,
-            down,
-            clients,
-            ..
-        } = *scene;
-        let n = nodes.len();
+        let (n, down) = (scene.nodes.len(), scene.down);
         if kind == FaultKind::Membership {
-            return draw_membership(plan, rng, scene);
+            return plan.draw_membership(rng, scene);
         }
         if n == 0 || (n < 2 && kind.needs_pair()) {
             return None;
         }
-        let pick = |rng: &mut fastrand::Rng| nodes[rng.usize(..n)];
-        let pair = |rng: &mut fastrand::Rng| {
-            let a = nodes[rng.usize(..n)];
-            let others: Vec<NodeId> = nodes.iter().copied().filter(|&m| m != a).collect();
-            (a, others[rng.usize(..others.len())])
-        };
-        let span = |rng: &mut fastrand::Rng, (lo, hi): (Micros, Micros)| rng.u64(lo..=hi);
         let voters = scene.members.len().max(1);
         let may_take_down =
             down.len() < (voters - 1) / 2 || rng.u8(..self.majority_down_one_in.max(1)) == 0;
-        // A node to take down, if the guard allows.
-        let victim = |rng: &mut fastrand::Rng| {
-            let v = pick(rng);
-            (!down.contains(&v) && may_take_down).then_some(v)
-        };
-        let fault = match kind {
-            FaultKind::LinkReset => {
-                let (a, b) = pair(rng);
-                (Fault::LinkReset(a, b), span(rng, plan.reconnect_after))
-            }
-            FaultKind::Partition | FaultKind::Silent => {
-                let mut side: Vec<NodeId> = nodes.iter().copied().filter(|_| rng.bool()).collect();
-                if side.is_empty() || side.len() == n {
-                    side = vec![pick(rng)];
-                }
-                let dur = span(rng, plan.cut_for);
-                if kind == FaultKind::Silent {
-                    (Fault::Silent(side), dur)
-                } else {
-                    (Fault::Partition(side), dur)
-                }
-            }
-            FaultKind::OneWay => {
-                let (a, b) = pair(rng);
-                (Fault::OneWay(a, b), span(rng, plan.cut_for))
-            }
-            FaultKind::Clog => {
-                let (a, b) = pair(rng);
-                (Fault::Clog(a, b), span(rng, plan.cut_for) / 2)
-            }
-            FaultKind::Pause => (Fault::Pause(victim(rng)?), span(rng, plan.pause_for)),
-            FaultKind::DiskFail => (Fault::DiskFail(pick(rng)), span(rng, plan.pause_for)),
-            FaultKind::SyncFail => (Fault::SyncFail(pick(rng)), 0),
-            FaultKind::Crash => {
-                let v = victim(rng)?;
-                let point = match rng.u8(..4) {
-                    0 => CrashPoint::Idle,
-                    1 => CrashPoint::BeforeSync,
-                    2 => CrashPoint::BeforeSend,
-                    _ => CrashPoint::MidWrite,
-                };
-                (Fault::Crash(v, point), span(rng, plan.down_for))
-            }
-            FaultKind::Wipe => (Fault::Wipe(victim(rng)?), span(rng, plan.down_for)),
-            FaultKind::ClientReset => {
-                if clients == 0 {
-                    return None;
-                }
-                (Fault::ClientReset(rng.usize(..clients)), 0)
-            }
-            FaultKind::Membership => unreachable!("drawn above"),
-        };
-        Some(fault)
+        plan.fault_of(kind, rng, scene, may_take_down)
     }
-}
-
-/// A membership change within `plan.sizes`, none while another is under way (as
-/// [`FaultPlan::draw`] does for its share of membership draws).
-fn draw_membership(
-    plan: &FaultPlan,
-    rng: &mut fastrand::Rng,
-    scene: &Scene<'_>,
-) -> Option<(Fault, Micros)> {
-    let (min, max) = plan.sizes;
-    let size = scene.members.len();
-    let may_join = size + scene.joining < max;
-    let may_remove = !scene.changing && scene.joining == 0 && size > min;
-    let join = match (may_join, may_remove) {
-        (false, false) => return None,
-        (true, true) => rng.bool(),
-        (j, _) => j,
-    };
-    if join {
-        return Some((Fault::Join, 0));
-    }
-    let victim = scene.members[rng.usize(..size)];
-    Some((Fault::Remove(victim), 0))
 }
 
 impl fmt::Display for Swarm {

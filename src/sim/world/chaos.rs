@@ -188,11 +188,10 @@ impl World {
         }
     }
 
-    /// Liveness phase: no more faults; every node restarted or resumed, every link healed;
-    /// clients stop saying new messages (probers leave).
-    pub fn heal_all(&mut self) {
+    /// The end of the fault phase: no more faults are drawn, the heals and faults planned are
+    /// dropped, and so are the scenario's frame filters; retired nodes stop.
+    pub(super) fn stop_faults(&mut self) {
         self.faults_on = false;
-        self.note("LIVENESS: healing everything");
         let pending: Vec<(Micros, u64)> = self
             .events
             .iter()
@@ -204,6 +203,13 @@ impl World {
         }
         self.filters.clear();
         self.stop_retired();
+    }
+
+    /// Liveness phase: no more faults; every node restarted or resumed, every link healed;
+    /// clients stop saying new messages (probers leave).
+    pub fn heal_all(&mut self) {
+        self.note("LIVENESS: healing everything");
+        self.stop_faults();
         for id in self.members.clone() {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.crash_pending = None;

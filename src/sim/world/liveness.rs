@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 use crate::core::log::HardState;
 use crate::core::{NodeId, Role};
 use crate::sim::client::ClientKind;
+
+use super::talker_behind;
 use crate::sim::clock::{ms, Micros};
 use crate::sim::faults::CrashPoint;
 use crate::sim::Failure;
@@ -74,18 +76,7 @@ impl World {
     /// cut off from the core for good, as the seed draws; clients stop saying new messages.
     /// Returns the core.
     pub fn heal_core(&mut self) -> Vec<NodeId> {
-        self.faults_on = false;
-        let pending: Vec<(Micros, u64)> = self
-            .events
-            .iter()
-            .filter(|(_, e)| matches!(e, Event::NextFault | Event::Heal(_)))
-            .map(|(&k, _)| k)
-            .collect();
-        for k in pending {
-            self.events.remove(&k);
-        }
-        self.filters.clear();
-        self.stop_retired();
+        self.stop_faults();
         // From now on the minority left failed uses up what the design may lose: no core
         // node loses its disk at its restart (see `may_lose_data`).
         self.core = Some(Core::default());
@@ -304,18 +295,8 @@ impl World {
                     c.open_on()
                 ));
             }
-            if c.unacked() > 0 {
-                return Some(format!("client {} has {} unacked", c.index, c.unacked()));
-            }
-            for room in c.rooms() {
-                let seen = c.session().last_seen(room).unwrap_or(0);
-                if seen != chat.last_seq(room) {
-                    return Some(format!(
-                        "client {} saw {room} up to #{seen} of #{}",
-                        c.index,
-                        chat.last_seq(room)
-                    ));
-                }
+            if let Some(why) = talker_behind(c, chat) {
+                return Some(why);
             }
         }
         None

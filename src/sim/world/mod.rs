@@ -26,6 +26,7 @@ use super::network::Network;
 use super::swarm::Swarm;
 use super::{Failure, Report, SimConfig};
 use crate::codec::{JoinReply, JoinRequest, PeerFrame};
+use crate::core::chat::ChatState;
 use crate::core::join::JoinFailure;
 use crate::core::{ConnId, Node, NodeConfig, NodeId, PersistJob, Role, SharedBytes};
 use crate::driver::conn::InBuf;
@@ -203,6 +204,28 @@ impl SimNode {
             wiped: false,
         }
     }
+}
+
+/// Why a talking client has not caught up with the room histories of `chat` (the leader's),
+/// if it has not: no settled session, writes unacknowledged, or messages not seen.
+fn talker_behind(c: &SimClient, chat: &ChatState) -> Option<String> {
+    if !c.settled() {
+        return Some(format!("client {} has no settled session", c.index));
+    }
+    if c.unacked() > 0 {
+        return Some(format!("client {} has {} unacked", c.index, c.unacked()));
+    }
+    for room in c.rooms() {
+        let seen = c.session().last_seen(room).unwrap_or(0);
+        if seen != chat.last_seq(room) {
+            return Some(format!(
+                "client {} saw {room} up to #{seen} of #{}",
+                c.index,
+                chat.last_seq(room)
+            ));
+        }
+    }
+    None
 }
 
 /// The peer address of a node (what its configuration entries hold).
@@ -810,21 +833,8 @@ impl World {
             if c.kind != ClientKind::Talker {
                 continue;
             }
-            if !c.settled() {
-                return Some(format!("client {} has no settled session", c.index));
-            }
-            if c.unacked() > 0 {
-                return Some(format!("client {} has {} unacked", c.index, c.unacked()));
-            }
-            for room in c.rooms() {
-                let seen = c.session().last_seen(room).unwrap_or(0);
-                if seen != chat.last_seq(room) {
-                    return Some(format!(
-                        "client {} saw {room} up to #{seen} of #{}",
-                        c.index,
-                        chat.last_seq(room)
-                    ));
-                }
+            if let Some(why) = talker_behind(c, chat) {
+                return Some(why);
             }
         }
         None
